@@ -1,0 +1,1 @@
+"""acmix-bench: runner, FLOPs counting and matching, timing, CLI."""

@@ -1,0 +1,1 @@
+"""datamodules of acmix-bench."""
