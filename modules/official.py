@@ -62,6 +62,7 @@ def _from_resnet(sd, prefix, in_planes, out_planes, kernel_att=7, head=4, kernel
     expected.update({"conv_p.weight": (d, 2, 1, 1), "conv_p.bias": (d,), "fc.weight": (k2, 3 * head, 1, 1),
                      "dep_conv.weight": (out_planes, k2, kernel_conv, kernel_conv)})
     w = _take(sd, prefix, expected)
+    op = op.to(w["conv1.weight"].dtype)  # before copying, so no precision is lost on the way
     with torch.no_grad():
         op.stage1.qkv.weight.copy_(torch.cat([w["conv1.weight"], w["conv2.weight"], w["conv3.weight"]]))
         op.stage1.qkv.bias.copy_(torch.cat([w["conv1.bias"], w["conv2.bias"], w["conv3.bias"]]))
@@ -71,7 +72,7 @@ def _from_resnet(sd, prefix, in_planes, out_planes, kernel_att=7, head=4, kernel
         op.stage2.conv.shift.weight.copy_(w["dep_conv.weight"])
         op.stage2.alpha.copy_(w["rate1"])
         op.stage2.beta.copy_(w["rate2"])
-    return op.to(w["conv1.weight"].dtype)
+    return op
 
 
 def _from_swin(sd, prefix, dim, window_size, num_heads, shift_size=0, qk_scale=None):
@@ -87,6 +88,7 @@ def _from_swin(sd, prefix, dim, window_size, num_heads, shift_size=0, qk_scale=N
     if not torch.equal(w["relative_position_index"].long().cpu(), relative_position_index(M)):
         raise ValueError("from_official: relative_position_index differs from Swin's for "
                          f"window_size={M}; the checkpoint was built with another window size")
+    op = op.to(w["qkv.weight"].dtype)
     with torch.no_grad():
         op.stage1.qkv.weight.copy_(w["qkv.weight"])
         op.stage1.qkv.bias.copy_(w["qkv.bias"])
@@ -98,4 +100,4 @@ def _from_swin(sd, prefix, dim, window_size, num_heads, shift_size=0, qk_scale=N
         op.stage2.conv.shift.weight.copy_(w["dep_conv.weight"])
         op.stage2.alpha.copy_(w["rate1"])
         op.stage2.beta.copy_(w["rate2"])
-    return op.to(w["qkv.weight"].dtype)
+    return op

@@ -198,12 +198,14 @@ def test_local_attention_gradcheck(fn, stride, dil):
     assert gradcheck(f, inputs, eps=1e-6, atol=1e-5)
 
 
-def test_local_attention_against_per_pixel_loop():
-    """The reference against explicit loops over the ACMIX.md formula with reflection indices."""
-    B, C, N, H, W, ka, s = 1, 4, 2, 5, 4, 3, 2
-    d, pad = C // N, ka // 2
+@pytest.mark.parametrize("s,dil", [(2, 1), (1, 2)])
+def test_local_attention_against_per_pixel_loop(s, dil):
+    """The reference against explicit loops over the ACMIX.md formula with reflection indices
+    (dilation: window offsets spaced by `dil`, padding dil * (k_a - 1) / 2)."""
+    B, C, N, H, W, ka = 1, 4, 2, 5, 4, 3
+    d, pad = C // N, dil * (ka // 2)
     q, k, v, pw, pb = (t.detach() for t in _local_inputs(B, C, N, H, W, seed=5))
-    out = local_attention_reference(q, k, v, pw, pb, N, ka, s)
+    out = local_attention_reference(q, k, v, pw, pb, N, ka, s, dil)
 
     def refl(i, n):
         return -i if i < 0 else (2 * (n - 1) - i if i >= n else i)
@@ -217,7 +219,7 @@ def test_local_attention_against_per_pixel_loop():
                 logits, vals = [], []
                 for a in range(ka):
                     for b in range(ka):
-                        yy, xx = refl(oy + a - pad, H), refl(ox + b - pad, W)
+                        yy, xx = refl(oy + a * dil - pad, H), refl(ox + b * dil - pad, W)
                         lg = sum(d ** -0.5 * q[0, n * d + c, oy, ox] * (k[0, n * d + c, yy, xx] + pe(c, oy, ox) - pe(c, yy, xx))
                                  for c in range(d))
                         logits.append(lg)
