@@ -12,6 +12,7 @@ import sys
 
 SUBCOMMANDS = [
     "bench.demo",
+    "bench.report_cli",
 ]
 
 

@@ -1,0 +1,36 @@
+"""`acmix-bench report RESULTS_DIR [--compare OTHER_DIR] [--out DIR]`: tables, plots, claims from records."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def run(args) -> int:
+    from reports.build import STATUS_MARK, build_report
+
+    written, rep = build_report(args.results_dir, args.out, args.compare)
+    out = Path(written["report.md"]).parent
+    rs = rep.rs
+    n_bad = int((rep.frame["status"] != "ok").sum())
+    print(f"acmix-bench report: {len(rs.records)} records from {rs.root} ({n_bad} not ok, "
+          f"{len(rs.problems)} unreadable, {len(rs.missing())} planned but missing)")
+    for f, why in rs.problems:
+        print(f"  warning: skipped {f}: {why}", file=sys.stderr)
+    for c in rep.claims:
+        print(f"  {STATUS_MARK[c.status]:<16} {c.statement}")
+    if rep.base is not None:
+        cd = rep.csv["compare_cells"]
+        flagged = int((cd["flags"] != "").sum()) if len(cd) else 0
+        print(f"  compared with {rep.base.root}: {len(cd)} matching cells, {flagged} with changes beyond noise")
+    print(f"wrote {out / 'report.md'}, {out / 'report.html'}, {len([k for k in written if k.startswith('tables/')])} "
+          f"tables, {len([k for k in written if k.startswith('plots/')])} plot files")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="build report.md/report.html, tables and plots from a result directory")
+    p.add_argument("results_dir", metavar="RESULTS_DIR", help="OUT directory of `acmix-bench run` (holds cells/*.json)")
+    p.add_argument("--compare", metavar="OTHER_DIR", default=None,
+                   help="another result directory: deltas per matching cell, flagged beyond the measured noise")
+    p.add_argument("--out", metavar="DIR", default=None, help="where to write the report (default RESULTS_DIR/report)")
+    p.set_defaults(func=run)

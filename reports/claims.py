@@ -1,0 +1,294 @@
+"""The paper's claims checked against one result set.
+
+Each claim ends as "held", "not held" or "not enough data", with the rows
+(numbers and spread) that decided it. The rules, stated once:
+
+- Accuracy differences use seeds: d = mean_a - mean_b, SE = sqrt(s_a^2/n_a + s_b^2/n_b)
+  (sample std). "better" when d > 2 SE, "worse" when d < -2 SE, else "within noise".
+  With fewer than two seeds on either side the spread is unknown: "no spread".
+  Accuracy within noise or without spread cannot decide: not enough data.
+- Speed differences use the timing spread: noise of a side = max(its timing IQR,
+  range of its per-seed medians). "faster" when the gap between medians exceeds half
+  the two noises summed (the bands median +- noise/2 do not overlap), "slower" when
+  the same holds the other way, else "within noise". A speed-up claim whose speeds
+  are equal within the measured noise is not held (the timing spread is of the
+  quantity itself, and the samples are many).
+- A claim is held when every deciding comparison goes its way, not held when any
+  deciding comparison goes against it (beyond noise; for speed also within noise),
+  and not enough data otherwise, including when the cells it needs are missing.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from .tables import match_table, mixing_raw, seed_stats, shift_table, summary_table
+
+HELD, NOT_HELD, NED = "held", "not held", "not enough data"
+K_SE = 2.0
+GCONV_SHIFTS = ("fixed", "learnable", "multigroup")
+
+
+@dataclass
+class Claim:
+    key: str
+    statement: str
+    status: str
+    summary: str
+    method: str
+    rows: list[dict] = field(default_factory=list)
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+
+def compare_acc(a, b) -> dict:
+    """Seed statistics of two accuracy samples (lists of top-1) and the verdict for 'a beats b'."""
+    ma, sa, na = seed_stats(a)
+    mb, sb, nb = seed_stats(b)
+    d = ma - mb
+    if na < 2 or nb < 2:
+        se, verdict = math.nan, "no spread"
+    else:
+        se = math.sqrt(sa ** 2 / na + sb ** 2 / nb)
+        verdict = "better" if d > K_SE * se else "worse" if d < -K_SE * se else "within noise"
+    if na == 0 or nb == 0:
+        verdict = "missing"
+    return {"a_mean": ma, "a_std": sa, "a_n": na, "b_mean": mb, "b_std": sb, "b_n": nb, "diff": d, "se": se,
+            "verdict": verdict}
+
+
+def compare_speed(ra, rb, key: str = "infer_samples_per_s") -> dict:
+    """Speed of summary rows a vs b (higher is faster for samples/s)."""
+    ma, mb = ra[key], rb[key]
+    noise_a = _nanmax(ra[f"{key}_iqr"], ra[f"{key}_seed_range"])
+    noise_b = _nanmax(rb[f"{key}_iqr"], rb[f"{key}_seed_range"])
+    gap = (noise_a + noise_b) / 2 if not (math.isnan(noise_a) or math.isnan(noise_b)) else math.nan
+    d = ma - mb
+    if math.isnan(d):
+        verdict = "missing"
+    elif math.isnan(gap):
+        verdict = "no spread"
+    else:
+        verdict = "faster" if d > gap else "slower" if d < -gap else "within noise"
+    return {"a_median": ma, "a_noise": noise_a, "b_median": mb, "b_noise": noise_b, "diff": d,
+            "ratio": ma / mb if mb else math.nan, "noise_gap": gap, "verdict": verdict,
+            "same_machine": ra["speed_on"] == rb["speed_on"]}
+
+
+def _nanmax(*xs) -> float:
+    v = [x for x in xs if isinstance(x, (int, float)) and not math.isnan(x)]
+    return max(v) if v else math.nan
+
+
+def _decide(verdicts: list[str], good: str, bad: tuple[str, ...]) -> str:
+    if not verdicts:
+        return NED
+    if any(v in bad for v in verdicts):
+        return NOT_HELD
+    if all(v == good for v in verdicts):
+        return HELD
+    return NED
+
+
+def _acc_values(frame, config) -> list[float]:
+    g = frame[(frame["config"] == config) & (frame["status"] == "ok")]
+    return g["top1"].dropna().tolist()
+
+
+def _fmt(x, nd=2) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+# ---------------------------------------------------------------------------- claim 1
+
+def claim_acmix_beats_single_path(frame: pd.DataFrame) -> Claim:
+    statement = "ACmix beats both single-path variants (convolution, self-attention) at matched FLOPs."
+    method = ("Per dataset and matched-FLOPs group: each ACmix configuration against the best convolution and the "
+              "best self-attention configuration of the same group (top-1, mean over seeds). Members must be within "
+              "the group's MACs tolerance. Rule: better if diff > 2 SE of the seed means.")
+    s = summary_table(frame)
+    rows, verdicts, notes = [], [], []
+    grouped = s[s["group"].notna() & (s["group"].astype(str) != "")] if len(s) else s
+    if not len(grouped):
+        return Claim("acmix_vs_single_path", statement, NED, "no matched-FLOPs group in the records", method)
+    mt = match_table(frame)
+    for (ds, grp), g in grouped.groupby(["dataset", "group"], sort=True):
+        need = {op: g[(g["op"] == op) & (g["top1_n"] > 0)] for op in ("acmix", "conv", "sa")}
+        miss = [op for op, d in need.items() if not len(d)]
+        if miss:
+            notes.append(f"{ds}/{grp}: no finished {', '.join(miss)} cell")
+            verdicts.append("missing")
+            continue
+        off = mt[(mt["dataset"] == ds) & (mt["group"] == grp) & (mt["within"] == False)]  # noqa: E712
+        for op in ("conv", "sa"):
+            best = need[op].sort_values("top1_mean", ascending=False).iloc[0]
+            for _, a in need["acmix"].iterrows():
+                c = compare_acc(_acc_values(frame, a["config"]), _acc_values(frame, best["config"]))
+                matched = not (set(off["label"]) & {a["label"], best["label"]})
+                v = c["verdict"] if matched else "not matched"
+                verdicts.append(v)
+                rows.append({"dataset": ds, "group": grp, "acmix": a["label"], "baseline": best["label"],
+                             "acmix_macs": a["macs"], "baseline_macs": best["macs"],
+                             "acmix_top1": c["a_mean"], "acmix_std": c["a_std"], "acmix_n": c["a_n"],
+                             "baseline_top1": c["b_mean"], "baseline_std": c["b_std"], "baseline_n": c["b_n"],
+                             "diff": c["diff"], "se": c["se"], "verdict": v})
+    status = _decide(verdicts, "better", ("worse",))
+    summary = _summarise(rows, "diff", "top-1 points", notes)
+    return Claim("acmix_vs_single_path", statement, status, summary, method, rows)
+
+
+def _summarise(rows, key, unit, notes) -> str:
+    parts = [f"{r.get('acmix', r.get('a', ''))} vs {r.get('baseline', r.get('b', ''))}: "
+             f"{'+' if r[key] >= 0 else ''}{_fmt(r[key])} {unit} ({r['verdict']}"
+             + (f", 2 SE = {_fmt(2 * r['se'])}" if isinstance(r.get('se'), float) and not math.isnan(r['se']) else "")
+             + ")" for r in rows if isinstance(r.get(key), float) and not math.isnan(r[key])]
+    return "; ".join(parts + notes) or "no comparison possible"
+
+
+# ---------------------------------------------------------------------------- claim 2
+
+def claim_gconv_faster(frame: pd.DataFrame) -> Claim:
+    statement = "Group-convolution shifts are faster at inference than tensor shifts."
+    method = ("Configurations equal except for the shift. Deciding pair: 'fixed' (group conv, one-hot kernels: the "
+              "paper's like-for-like swap) vs 'tensor'; where 'fixed' is absent, every group-conv shift present. "
+              "Inference samples/s, median over timing repeats; noise = max(timing IQR, range over seeds); faster if "
+              "the medians differ by more than half the summed noise. Other group-conv shifts are shown, not deciding.")
+    st = shift_table(frame)
+    s = summary_table(frame)
+    rows, verdicts, notes = [], [], []
+    if not len(st):
+        return Claim("gconv_faster", statement, NED, "no configuration measured with more than one shift", method)
+    for fam, g in st.groupby("family", sort=False):
+        shifts = set(g["shift"])
+        if "tensor" not in shifts:
+            notes.append(f"{g['model'].iloc[0]}: no 'tensor' shift cell")
+            continue
+        deciding = ["fixed"] if "fixed" in shifts else [x for x in GCONV_SHIFTS if x in shifts]
+        t = _row_for(s, g, "tensor")
+        for sh in GCONV_SHIFTS:
+            if sh not in shifts:
+                continue
+            c = compare_speed(_row_for(s, g, sh), t)
+            decides = sh in deciding
+            if decides:
+                verdicts.append(c["verdict"])
+            rows.append({"dataset": g["dataset"].iloc[0], "model": g["model"].iloc[0], "a": sh, "b": "tensor",
+                         "a_samples_per_s": c["a_median"], "a_noise": c["a_noise"],
+                         "b_samples_per_s": c["b_median"], "b_noise": c["b_noise"], "diff": c["diff"],
+                         "speedup": c["ratio"], "verdict": c["verdict"], "deciding": decides,
+                         "same_machine": c["same_machine"]})
+    status = _decide(verdicts, "faster", ("slower", "within noise"))
+    parts = [f"{r['model']} {r['a']} vs tensor: x{_fmt(r['speedup'])} ({_fmt(r['a_samples_per_s'], 1)} vs "
+             f"{_fmt(r['b_samples_per_s'], 1)} samples/s, noise {_fmt(r['a_noise'], 1)}/{_fmt(r['b_noise'], 1)}; "
+             f"{r['verdict']}{'' if r['deciding'] else ', not deciding'})" for r in rows]
+    return Claim("gconv_faster", statement, status, "; ".join(parts + notes) or "no comparison possible", method, rows)
+
+
+def _row_for(summary, fam_rows, shift):
+    """The summary row (all seeds) of the family's configuration with this shift."""
+    cfg = fam_rows[fam_rows["shift"] == shift]["config"].iloc[0]
+    return summary[summary["config"] == cfg].iloc[0]
+
+
+# ---------------------------------------------------------------------------- claim 3
+
+def claim_learnable_multigroup(frame: pd.DataFrame) -> Claim:
+    statement = "Learnable shift kernels add accuracy over fixed ones, and multiple groups add accuracy over one."
+    method = ("Configurations equal except for the shift: 'learnable' vs 'fixed' (learnable kernels), 'multigroup' vs "
+              "'learnable' (multiple groups). Top-1, mean over seeds; better if diff > 2 SE. Held when both steps are "
+              "better.")
+    st = shift_table(frame)
+    s = summary_table(frame)
+    rows, notes = [], []
+    verdicts = {"learnable kernels": [], "multiple groups": []}
+    for fam, g in (st.groupby("family", sort=False) if len(st) else []):
+        shifts = set(g["shift"])
+        for name, a, b in (("learnable kernels", "learnable", "fixed"), ("multiple groups", "multigroup", "learnable")):
+            if not {a, b} <= shifts:
+                notes.append(f"{g['model'].iloc[0]}: {name} needs '{a}' and '{b}' cells")
+                continue
+            ra, rb = _row_for(s, g, a), _row_for(s, g, b)
+            c = compare_acc(_acc_values(frame, ra["config"]), _acc_values(frame, rb["config"]))
+            verdicts[name].append(c["verdict"])
+            rows.append({"step": name, "dataset": ra["dataset"], "a": ra["label"], "b": rb["label"],
+                         "a_top1": c["a_mean"], "a_std": c["a_std"], "a_n": c["a_n"],
+                         "b_top1": c["b_mean"], "b_std": c["b_std"], "b_n": c["b_n"], "diff": c["diff"],
+                         "se": c["se"], "verdict": c["verdict"]})
+    per = {k: _decide(v, "better", ("worse",)) for k, v in verdicts.items()}
+    status = NOT_HELD if NOT_HELD in per.values() else HELD if all(v == HELD for v in per.values()) else NED
+    summary = "; ".join(f"{k}: {v}" for k, v in per.items()) + ". " + _summarise(
+        [dict(r, acmix=f"{r['a']}", baseline=r["b"]) for r in rows], "diff", "top-1 points", notes)
+    return Claim("learnable_multigroup", statement, status, summary, method, rows)
+
+
+# ---------------------------------------------------------------------------- claim 4
+
+def claim_mixing_by_depth(records: list[dict]) -> Claim:
+    statement = "Learned mixing leans to convolution early (|beta| > |alpha|) and to attention late (|alpha| > |beta|)."
+    method = ("ACmix configurations with learnable mixing: log|alpha/beta| per layer. Early = the first third of the "
+              "layer depths, late = the last third; mean and SE over all (seed, layer) values of each part. Held when "
+              "early mean + 2 SE < 0 and late mean - 2 SE > 0; not held when either part is beyond 2 SE on the other "
+              "side; else not enough data.")
+    raw = mixing_raw(records)
+    rows, verdicts = [], []
+    if not len(raw):
+        return Claim("mixing_by_depth", statement, NED,
+                     "no record carries mixing_by_depth (needs ACmix cells with learnable mixing)", method)
+    for cfg, g in raw.groupby("config", sort=True):
+        depths = sorted(g["depth"].unique())
+        if len(depths) < 2:
+            verdicts.append("missing")
+            rows.append({"label": g["label"].iloc[0], "dataset": g["dataset"].iloc[0], "verdict": "one depth only"})
+            continue
+        third = max(1, math.ceil(len(depths) / 3))
+        early = g[g["depth"].isin(depths[:third])]["log_ratio"].tolist()
+        late = g[g["depth"].isin(depths[-third:])]["log_ratio"].tolist()
+        me, se_, ne = seed_stats(early)
+        ml, sl, nl = seed_stats(late)
+        see = se_ / math.sqrt(ne) if ne > 1 else math.nan
+        sel = sl / math.sqrt(nl) if nl > 1 else math.nan
+        if math.isnan(see) or math.isnan(sel):
+            v = "no spread"
+        elif me - K_SE * see > 0 or ml + K_SE * sel < 0:
+            v = "against"
+        elif me + K_SE * see < 0 and ml - K_SE * sel > 0:
+            v = "conv early, attention late"
+        else:
+            v = "within noise"
+        verdicts.append(v)
+        rows.append({"label": g["label"].iloc[0], "dataset": g["dataset"].iloc[0],
+                     "seeds": int(g["seed"].nunique()), "early_depths": f"{depths[0]}-{depths[third - 1]}",
+                     "late_depths": f"{depths[-third]}-{depths[-1]}", "early_log_ratio": me, "early_se": see,
+                     "late_log_ratio": ml, "late_se": sel, "verdict": v})
+    status = _decide(verdicts, "conv early, attention late", ("against",))
+    parts = [f"{r['label']}: early log|a/b| {_fmt(r.get('early_log_ratio'), 3)} +- {_fmt(r.get('early_se'), 3)} (SE), "
+             f"late {_fmt(r.get('late_log_ratio'), 3)} +- {_fmt(r.get('late_se'), 3)} ({r['verdict']})" for r in rows]
+    return Claim("mixing_by_depth", statement, status, "; ".join(parts), method, rows)
+
+
+def check_claims(frame: pd.DataFrame, records: list[dict]) -> list[Claim]:
+    return [claim_acmix_beats_single_path(frame), claim_gconv_faster(frame), claim_learnable_multigroup(frame),
+            claim_mixing_by_depth(records)]
+
+
+def claims_frame(claims: list[Claim]) -> pd.DataFrame:
+    return pd.DataFrame([{"claim": c.key, "statement": c.statement, "status": c.status, "evidence": c.summary}
+                         for c in claims])
+
+
+def claims_json(claims: list[Claim]) -> str:
+    return json.dumps([{"claim": c.key, "statement": c.statement, "status": c.status, "summary": c.summary,
+                        "method": c.method, "rows": c.rows} for c in claims], indent=1, default=_json_default)
+
+
+def _json_default(x):
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    try:
+        return x.item()
+    except AttributeError:
+        return str(x)

@@ -1,0 +1,231 @@
+"""Reading a result directory: OUT/cells/*.json records into a flat pandas table.
+
+Reports read records only, never live models. A record that cannot be read or
+fails validation is not fatal: it is listed as a problem (file and one-line
+reason) and the report is built from the rest. A directory with no usable
+record at all is an error with a message that says what to do.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+SCHEMA = "acmix-bench/cell/v1"
+STATUSES = ("ok", "failed", "nan", "oom", "interrupted", "running")
+STAGES = ("stage1", "stage2", "stage2.attention", "stage2.conv", "other", "total")
+SPEEDS = ("infer_samples_per_s", "train_samples_per_s", "latency_b1_ms")
+# Cell fields that identify a configuration; a configuration is a cell without its seed.
+CONFIG_KEYS = ("dataset", "backbone", "model", "op", "shift", "mixing", "group", "overrides")
+# Names of files the runner may leave next to cells/ listing the planned cells (any one is used).
+PLAN_FILES = ("plan.json", "matrix.json", "cells.json")
+
+
+@dataclass
+class ResultSet:
+    """Everything a report needs from one result directory."""
+
+    root: Path
+    records: list[dict]
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    planned: list[str] | None = None  # cell ids the matrix planned, when the directory says
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        return records_frame(self.records)
+
+    def missing(self) -> list[str]:
+        """Planned cell ids that have no record at all."""
+        if self.planned is None:
+            return []
+        have = {r["cell_id"] for r in self.records}
+        return [c for c in self.planned if c not in have]
+
+
+def _runner_validator():
+    """The runner's validate_record when it is importable, else None (we then check the essentials)."""
+    try:
+        from bench.runner.records import validate_record  # type: ignore
+    except Exception:  # runner not installed / not landed: our own minimal check below
+        return None
+    return validate_record
+
+
+def check_record(rec) -> None:
+    """Raise ValueError naming the first thing a report cannot use in this record."""
+    if not isinstance(rec, dict):
+        raise ValueError(f"record is a {type(rec).__name__}, expected a JSON object")
+    if rec.get("schema") != SCHEMA:
+        raise ValueError(f"schema is {rec.get('schema')!r}, expected {SCHEMA!r} (written by another version?)")
+    for key in ("cell_id", "status", "cell"):
+        if key not in rec:
+            raise ValueError(f"missing key {key!r}")
+    if rec["status"] not in STATUSES:
+        raise ValueError(f"status {rec['status']!r} is not one of {', '.join(STATUSES)}")
+    cell = rec["cell"]
+    if not isinstance(cell, dict):
+        raise ValueError("'cell' is not an object")
+    for key in ("model", "op", "dataset", "seed"):
+        if key not in cell:
+            raise ValueError(f"missing key 'cell.{key}'")
+    if rec["status"] == "ok":
+        m = rec.get("metrics")
+        if not isinstance(m, dict) or not isinstance(m.get("top1"), (int, float)):
+            raise ValueError("status is 'ok' but metrics.top1 is missing")
+    validate = _runner_validator()
+    if validate is not None:
+        try:
+            out = validate(rec)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"runner's validate_record: {e}") from None
+        if out is False:
+            raise ValueError("runner's validate_record rejected it")
+
+
+def _read_plan(root: Path) -> list[str] | None:
+    for name in PLAN_FILES:
+        p = root / name
+        if p.is_file():
+            try:
+                data = json.loads(p.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise ValueError(f"{p}: not valid JSON ({e}); delete it or re-run `acmix-bench run --dry-run`") from None
+            items = data.get("cells", data) if isinstance(data, dict) else data
+            ids = []
+            for it in items if isinstance(items, list) else []:
+                if isinstance(it, str):
+                    ids.append(it)
+                elif isinstance(it, dict) and isinstance(it.get("cell_id"), str):
+                    ids.append(it["cell_id"])
+            return ids
+    return None
+
+
+def load_results(path) -> ResultSet:
+    """Read RESULTS_DIR/cells/*.json. Accepts the cells/ folder itself too."""
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"results directory {root} does not exist; pass the OUT directory of `acmix-bench run`")
+    if not root.is_dir():
+        raise ValueError(f"{root} is a file; pass the OUT directory of `acmix-bench run` (it holds cells/*.json)")
+    cells = root / "cells"
+    if not cells.is_dir():
+        if root.name == "cells":
+            cells, root = root, root.parent
+        else:
+            raise FileNotFoundError(
+                f"{root} has no cells/ folder; pass the OUT directory of `acmix-bench run` (records are OUT/cells/*.json)")
+    records, problems, seen = [], [], {}
+    for f in sorted(cells.glob("*.json")):
+        try:
+            rec = json.loads(f.read_text())
+            check_record(rec)
+        except json.JSONDecodeError as e:
+            problems.append((f.name, f"not valid JSON ({e.msg} at line {e.lineno}); the write was cut short? re-run the cell"))
+            continue
+        except (OSError, UnicodeDecodeError) as e:
+            problems.append((f.name, f"cannot read: {e}"))
+            continue
+        except ValueError as e:
+            problems.append((f.name, str(e)))
+            continue
+        if rec["cell_id"] in seen:
+            problems.append((f.name, f"duplicate cell_id {rec['cell_id']!r} (also in {seen[rec['cell_id']]}); ignored"))
+            continue
+        seen[rec["cell_id"]] = f.name
+        records.append(rec)
+    if not records:
+        detail = f" ({len(problems)} unreadable: {problems[0][0]}: {problems[0][1]})" if problems else ""
+        raise ValueError(f"no usable records in {cells}{detail}; run `acmix-bench run` first or check the path")
+    return ResultSet(root=root, records=records, problems=problems, planned=_read_plan(root))
+
+
+# ---------------------------------------------------------------------------- flattening
+
+def _num(x):
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else math.nan
+
+
+def count_voice(rec: dict) -> str | None:
+    """The counter voice a report shows for this record: the formula, falling back to fvcore, then any."""
+    voices = ((rec.get("counts") or {}).get("voices")) or {}
+    for v in ("formula", "fvcore"):
+        if isinstance(voices.get(v), dict) and voices[v].get("total"):
+            return v
+    for v, d in voices.items():
+        if isinstance(d, dict) and d.get("total"):
+            return v
+    return None
+
+
+def stage_counts(rec: dict, voice: str | None = None) -> dict[str, dict[str, float]]:
+    voice = voice or count_voice(rec)
+    if voice is None:
+        return {}
+    d = rec["counts"]["voices"][voice]
+    return {s: {"params": _num((d.get(s) or {}).get("params")), "macs": _num((d.get(s) or {}).get("macs"))}
+            for s in STAGES if s in d}
+
+
+def config_key(cell: dict) -> str:
+    """A stable text key for a cell's configuration (everything but the seed)."""
+    parts = {k: cell.get(k) for k in CONFIG_KEYS}
+    return json.dumps(parts, sort_keys=True, default=str)
+
+
+def config_label(cell: dict) -> str:
+    """Short human name: model, then shift/mixing/overrides where set."""
+    extra = [str(cell[k]) for k in ("shift", "mixing") if cell.get(k)]
+    ov = cell.get("overrides") or {}
+    extra += [f"{k}={v}" for k, v in sorted(ov.items()) if k not in ("shift", "mixing", "widths")]
+    return cell["model"] + (f" [{', '.join(extra)}]" if extra else "")
+
+
+def records_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per record with every number a report uses (NaN where absent)."""
+    rows = []
+    for rec in records:
+        cell = rec["cell"]
+        m = rec.get("metrics") or {}
+        sp = rec.get("speed") or {}
+        env = rec.get("env") or {}
+        voice = count_voice(rec)
+        st = stage_counts(rec, voice)
+        row = {
+            "cell_id": rec["cell_id"], "status": rec["status"], "reason": rec.get("reason"),
+            "config": config_key(cell), "label": config_label(cell),
+            "dataset": cell.get("dataset"), "backbone": cell.get("backbone") or str(cell["model"]).split("-")[0],
+            "model": cell["model"], "op": cell.get("op"), "shift": cell.get("shift"), "mixing": cell.get("mixing"),
+            "group": cell.get("group"), "seed": cell.get("seed"),
+            "count_voice": voice,
+            "params": st.get("total", {}).get("params", math.nan), "macs": st.get("total", {}).get("macs", math.nan),
+            "top1": _num(m.get("top1")), "top5": _num(m.get("top5")), "loss": _num(m.get("loss")),
+            "val_top1": _num(m.get("val_top1")), "epochs": _num(m.get("epochs")), "steps": _num(m.get("steps")),
+            "peak_mem_mb": _num(sp.get("peak_mem_mb")), "wall_s": _num(rec.get("wall_s")),
+            "speed_device": sp.get("device") or env.get("device"), "speed_threads": sp.get("threads", env.get("threads")),
+            "torch": env.get("torch"), "hostname": env.get("hostname"), "git_commit": env.get("git_commit"),
+            "platform": env.get("platform"),
+        }
+        for s in STAGES:
+            if s != "total":
+                row[f"params_{s}"] = st.get(s, {}).get("params", math.nan)
+                row[f"macs_{s}"] = st.get(s, {}).get("macs", math.nan)
+        for k in SPEEDS:
+            d = sp.get(k) or {}
+            row[k] = _num(d.get("median"))
+            row[f"{k}_iqr"] = _num(d.get("iqr"))
+            row[f"{k}_n"] = _num(d.get("n"))
+        match = rec.get("match") or {}
+        for k in ("target_macs", "rel_error", "tolerance", "reference_cell"):
+            row[f"match_{k}"] = match.get(k) if k == "reference_cell" else _num(match.get(k))
+        row["match_macs"] = _num(match.get("macs"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def is_synthetic(records: list[dict]) -> bool:
+    """Test fixtures say so in env.platform; the report then says it is not a measurement."""
+    return any("synthetic" in str((r.get("env") or {}).get("platform", "")).lower() for r in records)
