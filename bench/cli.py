@@ -12,6 +12,7 @@ import sys
 
 SUBCOMMANDS = [
     "bench.demo",
+    "bench.run_cli",
     "bench.report_cli",
 ]
 
