@@ -8,7 +8,7 @@ from pathlib import Path
 def run(args) -> int:
     from reports.build import STATUS_MARK, build_report
 
-    written, rep = build_report(args.results_dir, args.out, args.compare)
+    written, rep = build_report(args.results_dir, args.out, args.compare, args.matrix)
     out = Path(written["report.md"]).parent
     rs = rep.rs
     n_bad = int((rep.frame["status"] != "ok").sum())
@@ -33,4 +33,6 @@ def register(sub) -> None:
     p.add_argument("--compare", metavar="OTHER_DIR", default=None,
                    help="another result directory: deltas per matching cell, flagged beyond the measured noise")
     p.add_argument("--out", metavar="DIR", default=None, help="where to write the report (default RESULTS_DIR/report)")
+    p.add_argument("--matrix", metavar="CONFIG", default=None,
+                   help="the matrix config the results came from: the report then lists planned cells with no record")
     p.set_defaults(func=run)

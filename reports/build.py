@@ -141,7 +141,8 @@ def _missing_blocks(rs: ResultSet, frame: pd.DataFrame, claims) -> list[Block]:
         items.append(f"{len(miss)} planned cell(s) have no record yet: {', '.join(miss[:20])}"
                      + (" ..." if len(miss) > 20 else ""))
     elif rs.planned is None:
-        items.append("no plan file next to cells/ (plan.json / matrix.json): cells never started cannot be listed")
+        items.append("cells never started cannot be listed: pass the matrix config (--matrix CONFIG) "
+                     "or leave a plan.json next to cells/")
     # configurations whose seed count is below the most seeds any configuration has
     s = tables.summary_table(frame)
     if len(s):
@@ -157,7 +158,8 @@ def _missing_blocks(rs: ResultSet, frame: pd.DataFrame, claims) -> list[Block]:
 
 def _claim_blocks(claims) -> list[Block]:
     blocks = [Block("h2", "The paper's claims in this result set"),
-              Block("p", "Rules: " + " ".join(line.strip() for line in claims_mod.__doc__.split("\n\n", 1)[1].splitlines()))]
+              Block("p", "Each claim is marked held, not held or not enough data. Rules:"),
+              Block("list", claims_mod.RULES)]
     blocks.append(Block("table", claims_mod.claims_frame(claims).assign(
         status=lambda d: d["status"].map(STATUS_MARK))[["statement", "status", "evidence"]]))
     for c in claims:
@@ -266,8 +268,8 @@ class Report:
         bf = self.base.frame
         pairs, only_this, only_base = compare_mod.pair_cells(self.frame, bf)
         b = [Block("h2", f"Comparison with {self.base.root}"),
-             Block("p", "Delta = this result set minus the --compare set. " + " ".join(
-                 line.strip() for line in compare_mod.__doc__.split("\n\n", 2)[2].splitlines()))]
+             Block("p", "Delta = this result set minus the --compare set. Cells pair by cell_id, else by "
+                        "configuration and seed. Flags:"), Block("list", compare_mod.RULES)]
         env = compare_mod.env_differences(self.frame, bf)
         b.append(Block("list", [f"{len(pairs)} matching cells; {len(only_this)} only here; {len(only_base)} only in "
                                 f"the --compare set"] + [f"environment differs: {e}" for e in env]
@@ -319,9 +321,9 @@ class Report:
         return written
 
 
-def build_report(results_dir, out_dir=None, compare=None) -> dict[str, Path]:
+def build_report(results_dir, out_dir=None, compare=None, matrix=None) -> dict[str, Path]:
     """Read records, write the report; returns ({relative name: path} of what was written, the Report)."""
-    rs = load_results(results_dir)
+    rs = load_results(results_dir, matrix)
     base = load_results(compare) if compare is not None else None
     out = Path(out_dir) if out_dir is not None else rs.root / "report"
     rep = Report(rs, base)

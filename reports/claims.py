@@ -1,21 +1,7 @@
 """The paper's claims checked against one result set.
 
 Each claim ends as "held", "not held" or "not enough data", with the rows
-(numbers and spread) that decided it. The rules, stated once:
-
-- Accuracy differences use seeds: d = mean_a - mean_b, SE = sqrt(s_a^2/n_a + s_b^2/n_b)
-  (sample std). "better" when d > 2 SE, "worse" when d < -2 SE, else "within noise".
-  With fewer than two seeds on either side the spread is unknown: "no spread".
-  Accuracy within noise or without spread cannot decide: not enough data.
-- Speed differences use the timing spread: noise of a side = max(its timing IQR,
-  range of its per-seed medians). "faster" when the gap between medians exceeds half
-  the two noises summed (the bands median +- noise/2 do not overlap), "slower" when
-  the same holds the other way, else "within noise". A speed-up claim whose speeds
-  are equal within the measured noise is not held (the timing spread is of the
-  quantity itself, and the samples are many).
-- A claim is held when every deciding comparison goes its way, not held when any
-  deciding comparison goes against it (beyond noise; for speed also within noise),
-  and not enough data otherwise, including when the cells it needs are missing.
+(numbers and spread) that decided it. The rules are in RULES (the report prints them).
 """
 from __future__ import annotations
 
@@ -27,6 +13,18 @@ import pandas as pd
 
 from .tables import match_table, mixing_raw, seed_stats, shift_table, summary_table
 
+RULES = [
+    "Accuracy differences use seeds: d = mean_a - mean_b, SE = sqrt(s_a^2/n_a + s_b^2/n_b) (sample std). "
+    "'better' when d > 2 SE, 'worse' when d < -2 SE, else 'within noise'. With fewer than two seeds on either "
+    "side the spread is unknown: 'no spread'. Accuracy within noise or without spread cannot decide: not enough data.",
+    "Speed differences use the timing spread: noise of a side = max(its timing IQR, range of its per-seed medians). "
+    "'faster' when the medians differ by more than half the two noises summed (the bands median +- noise/2 do not "
+    "overlap), 'slower' when the same holds the other way, else 'within noise'. A speed-up whose speeds are equal "
+    "within the measured noise is not held (the timing spread is of the quantity itself, from many repeats).",
+    "A claim is held when every deciding comparison goes its way, not held when any deciding comparison goes "
+    "against it (beyond noise; for speed also within noise), and not enough data otherwise, including when the "
+    "cells it needs are missing.",
+]
 HELD, NOT_HELD, NED = "held", "not held", "not enough data"
 K_SE = 2.0
 GCONV_SHIFTS = ("fixed", "learnable", "multigroup")
@@ -116,7 +114,7 @@ def claim_acmix_beats_single_path(frame: pd.DataFrame) -> Claim:
     if not len(grouped):
         return Claim("acmix_vs_single_path", statement, NED, "no matched-FLOPs group in the records", method)
     mt = match_table(frame)
-    for (ds, grp), g in grouped.groupby(["dataset", "group"], sort=True):
+    for (ds, grp), g in grouped.groupby(["dataset", "group"], sort=True, dropna=False):
         need = {op: g[(g["op"] == op) & (g["top1_n"] > 0)] for op in ("acmix", "conv", "sa")}
         miss = [op for op, d in need.items() if not len(d)]
         if miss:

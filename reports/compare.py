@@ -4,12 +4,7 @@ Cells match by cell_id, else by (configuration, seed) so that a re-run whose ids
 changed (another commit, another config hash) still pairs up. The report's own
 RESULTS_DIR is "this", the --compare directory is "base"; delta = this - base.
 
-Noise, per quantity (the spread each set measured itself):
-- top-1/top-5 of one cell: 2 x the pooled seed std of its configuration
-  (sqrt((s_this^2 + s_base^2)/2)); "no spread" when either side has one seed.
-- top-1 over seeds (per configuration): 2 x SE of the difference of means.
-- throughput and latency: (IQR_this + IQR_base)/2, i.e. the bands median +- IQR/2 do not overlap.
-- params and MACs are exact counts: any change is flagged.
+The noise rules are in RULES (the report prints them).
 """
 from __future__ import annotations
 
@@ -19,6 +14,15 @@ import pandas as pd
 
 from .tables import seed_stats, summary_table
 
+RULES = [
+    "top-1/top-5 of one cell: flagged when |delta| > 2 x the seed std of its configuration, pooled over the sides "
+    "that have two or more seeds (sqrt of the mean variance); 'no spread' when neither side has.",
+    "top-1 per configuration (seeds pooled): flagged when |delta of means| > 2 SE, SE = sqrt(s^2/n_this + "
+    "s^2/n_base) with each side's own std, or the other side's where a side has one seed.",
+    "throughput and latency: flagged when |delta of medians| > (noise_this + noise_base)/2, noise = timing IQR "
+    "(per configuration: max of IQR and the range of per-seed medians), i.e. the bands median +- noise/2 do not overlap.",
+    "params and MACs are exact counts: any change is flagged; so is any change of status.",
+]
 SPEED = ("infer_samples_per_s", "train_samples_per_s", "latency_b1_ms")
 ENV_KEYS = ("torch", "speed_device", "speed_threads", "hostname", "git_commit")
 
@@ -63,7 +67,8 @@ def cell_deltas(this: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
             d = a[m] - b[m]
             sa, na = _seed_std(this, a["config"], m)
             sb, nb = _seed_std(base, b["config"], m)
-            noise = 2 * math.sqrt((sa ** 2 + sb ** 2) / 2) if na > 1 and nb > 1 else math.nan
+            var = [x ** 2 for x, n in ((sa, na), (sb, nb)) if n > 1]
+            noise = 2 * math.sqrt(sum(var) / len(var)) if var else math.nan
             row[f"{m}_this"], row[f"{m}_base"], row[f"{m}_delta"], row[f"{m}_noise"] = a[m], b[m], d, noise
             if not math.isnan(d) and not math.isnan(noise) and abs(d) > noise:
                 flags.append(m)
@@ -92,8 +97,10 @@ def config_deltas(this: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
             continue
         b = m.iloc[0]
         d = a["top1_mean"] - b["top1_mean"]
-        if a["top1_n"] > 1 and b["top1_n"] > 1:
-            se = math.sqrt(a["top1_std"] ** 2 / a["top1_n"] + b["top1_std"] ** 2 / b["top1_n"])
+        s_this = a["top1_std"] if a["top1_n"] > 1 else b["top1_std"] if b["top1_n"] > 1 else math.nan
+        s_base = b["top1_std"] if b["top1_n"] > 1 else s_this
+        if a["top1_n"] > 0 and b["top1_n"] > 0 and not math.isnan(s_this):
+            se = math.sqrt(s_this ** 2 / a["top1_n"] + s_base ** 2 / b["top1_n"])
             flag = "changed" if abs(d) > 2 * se else "within noise"
         else:
             se, flag = math.nan, "no spread"

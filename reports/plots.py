@@ -47,7 +47,8 @@ def accuracy_vs_macs(summary: pd.DataFrame):
         d = s[s["dataset"].astype(str) == ds]
         seen = set()
         # one line per family variant (op, shift, mixing) across backbones, as in the paper's figure
-        for (op, shift, mixing), g in d.groupby(["op", d["shift"].astype(str), d["mixing"].astype(str)], sort=True):
+        fam = d["shift"].fillna("").astype(str) + "/" + d["mixing"].fillna("").astype(str)
+        for (op, _), g in d.groupby(["op", fam], sort=True, dropna=False):
             g = g.sort_values("macs")
             st = _style(op)
             lbl = st["name"] if op not in seen else None

@@ -31,18 +31,44 @@ class ResultSet:
     root: Path
     records: list[dict]
     problems: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
-    planned: list[str] | None = None  # cell ids the matrix planned, when the directory says
+    planned: list[dict] | None = None  # cells the matrix planned (cell_id and/or identity), when known
 
     @property
     def frame(self) -> pd.DataFrame:
         return records_frame(self.records)
 
     def missing(self) -> list[str]:
-        """Planned cell ids that have no record at all."""
+        """Planned cells with no record at all (matched by cell_id, else by identity: backbone, op, shift,
+        mixing, dataset, seed, since ids also hash run settings that a quick-run override changes)."""
         if self.planned is None:
             return []
-        have = {r["cell_id"] for r in self.records}
-        return [c for c in self.planned if c not in have]
+        ids = {r["cell_id"] for r in self.records}
+        idents = {identity(r["cell"]) for r in self.records}
+        out = []
+        for p in self.planned:
+            if p.get("cell_id") in ids:
+                continue
+            if all(k in p for k in IDENTITY) and identity(p) in idents:
+                continue
+            out.append(p.get("cell_id") or "-".join(str(p.get(k)) for k in IDENTITY))
+        return out
+
+
+IDENTITY = ("backbone", "op", "shift", "mixing", "dataset", "seed")
+
+
+def identity(cell: dict) -> tuple:
+    return tuple(str(cell.get(k)) for k in IDENTITY)
+
+
+def plan_from_config(path) -> list[dict]:
+    """The cells a matrix config plans, through the runner's own expansion (bench.runner)."""
+    try:
+        from bench.runner.cells import expand
+        from bench.runner.config import load_config
+    except ImportError as e:
+        raise ValueError(f"--matrix needs the runner (bench.runner): {e}") from None
+    return [dict(c) for c in expand(load_config(path, check_registry=False))]
 
 
 def _runner_validator():
@@ -85,27 +111,28 @@ def check_record(rec) -> None:
             raise ValueError("runner's validate_record rejected it")
 
 
-def _read_plan(root: Path) -> list[str] | None:
+def _read_plan(root: Path) -> list[dict] | None:
     for name in PLAN_FILES:
         p = root / name
         if p.is_file():
             try:
                 data = json.loads(p.read_text())
             except (OSError, json.JSONDecodeError) as e:
-                raise ValueError(f"{p}: not valid JSON ({e}); delete it or re-run `acmix-bench run --dry-run`") from None
+                raise ValueError(f"{p}: not valid JSON ({e}); delete it or re-run `acmix-bench run`") from None
             items = data.get("cells", data) if isinstance(data, dict) else data
-            ids = []
+            plan = []
             for it in items if isinstance(items, list) else []:
                 if isinstance(it, str):
-                    ids.append(it)
-                elif isinstance(it, dict) and isinstance(it.get("cell_id"), str):
-                    ids.append(it["cell_id"])
-            return ids
+                    plan.append({"cell_id": it})
+                elif isinstance(it, dict):
+                    plan.append(it)
+            return plan
     return None
 
 
-def load_results(path) -> ResultSet:
-    """Read RESULTS_DIR/cells/*.json. Accepts the cells/ folder itself too."""
+def load_results(path, matrix=None) -> ResultSet:
+    """Read RESULTS_DIR/cells/*.json (the cells/ folder itself is accepted too). The planned cells come from
+    `matrix` (a matrix config path) when given, else from a plan file next to cells/ when there is one."""
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"results directory {root} does not exist; pass the OUT directory of `acmix-bench run`")
@@ -140,7 +167,8 @@ def load_results(path) -> ResultSet:
     if not records:
         detail = f" ({len(problems)} unreadable: {problems[0][0]}: {problems[0][1]})" if problems else ""
         raise ValueError(f"no usable records in {cells}{detail}; run `acmix-bench run` first or check the path")
-    return ResultSet(root=root, records=records, problems=problems, planned=_read_plan(root))
+    planned = plan_from_config(matrix) if matrix is not None else _read_plan(root)
+    return ResultSet(root=root, records=records, problems=problems, planned=planned)
 
 
 # ---------------------------------------------------------------------------- flattening

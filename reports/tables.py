@@ -147,7 +147,7 @@ def mixing_table(records: list[dict]) -> pd.DataFrame:
         return pd.DataFrame(columns=out_cols + ["config"])
     df = pd.DataFrame(raw)
     rows = []
-    for (cfg, depth, layer), g in df.groupby(["config", "depth", "layer"], sort=True):
+    for (cfg, depth, layer), g in df.groupby(["config", "depth", "layer"], sort=True, dropna=False):
         row = {"config": cfg, "dataset": g["dataset"].iloc[0], "label": g["label"].iloc[0], "layer": layer, "depth": depth}
         for q in ("abs_alpha", "abs_beta", "log_ratio"):
             row[f"{q}_mean"], row[f"{q}_std"], row["n"] = seed_stats(g[q])

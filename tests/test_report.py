@@ -1,0 +1,289 @@
+"""`acmix-bench report`: tables, plots, claims, --compare, and bad result directories.
+
+All inputs are SYNTHETIC fixture records (tests/fixtures/records/make_records.py), built
+so that each claim lands in a known state; none of their numbers is a measurement.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.cli import main as cli_main
+from reports.build import build_report
+from reports.claims import HELD, NED, NOT_HELD, check_claims
+from reports.records import load_results
+
+FIX = Path(__file__).parent / "fixtures" / "records"
+_spec = importlib.util.spec_from_file_location("make_records", FIX / "make_records.py")
+mk = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(mk)
+
+PLOTS = ("accuracy_vs_macs", "throughput_vs_macs", "stage_macs", "shifts", "mixing_by_depth")
+
+
+def _claims(records):
+    rs_frame = __import__("reports.records", fromlist=["records_frame"]).records_frame(records)
+    return {c.key: c for c in check_claims(rs_frame, records)}
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full_report")
+    rc = cli_main(["report", str(FIX / "full"), "--compare", str(FIX / "slower"), "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+def test_fixtures_are_current_and_valid(tmp_path):
+    """The committed fixture sets equal what the generator writes, and pass the runner's validator."""
+    mk.build_all(tmp_path)
+    for name in ("full", "slower", "partial"):
+        committed = sorted(p.name for p in (FIX / name / "cells").glob("*.json"))
+        fresh = sorted(p.name for p in (tmp_path / name / "cells").glob("*.json"))
+        assert committed == fresh, name
+        for f in committed:
+            assert json.loads((FIX / name / "cells" / f).read_text()) == json.loads((tmp_path / name / "cells" / f).read_text())
+    from bench.runner.records import validate_record
+
+    for f in (FIX / "full" / "cells").glob("*.json"):
+        validate_record(json.loads(f.read_text()))
+
+
+def test_report_writes_every_output(full_report):
+    for f in ("report.md", "report.html"):
+        assert (full_report / f).stat().st_size > 1000
+    for t in ("cells", "summary", "stages", "match", "mixing", "shifts", "claims", "compare_cells", "compare_configs"):
+        df = pd.read_csv(full_report / "tables" / f"{t}.csv")
+        assert len(df) > 0, t
+    for p in PLOTS:
+        assert (full_report / "plots" / f"{p}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert b"<svg" in (full_report / "plots" / f"{p}.svg").read_bytes()[:2000]
+    md = (full_report / "report.md").read_text()
+    assert "SYNTHETIC TEST FIXTURE" in md  # fixtures are never presented as measurements
+    assert "MACs" in md and "FLOPs would be 2 x MACs" in md
+
+
+def test_html_is_self_contained(full_report):
+    html = (full_report / "report.html").read_text()
+    srcs = re.findall(r'(?:src|href)="([^"]*)"', html)
+    assert srcs and all(s.startswith("data:") for s in srcs), [s[:40] for s in srcs if not s.startswith("data:")]
+    assert "http://" not in html and "https://" not in html
+    assert html.count("<img ") == len(PLOTS)
+
+
+def test_summary_numbers_from_records(full_report):
+    """Mean, std and n in summary.csv recomputed straight from the JSON records."""
+    raw = [json.loads(f.read_text()) for f in (FIX / "full" / "cells").glob("*.json")]
+    summ = pd.read_csv(full_report / "tables" / "summary.csv")
+    conv = [r for r in raw if r["cell"]["op"] == "conv"]
+    top1 = [r["metrics"]["top1"] for r in conv]
+    row = summ[summ["op"] == "conv"].iloc[0]
+    assert row["top1_n"] == 3
+    assert row["top1_mean"] == pytest.approx(statistics.mean(top1), abs=1e-9)
+    assert row["top1_std"] == pytest.approx(statistics.stdev(top1), abs=1e-9)
+    assert row["macs"] == conv[0]["counts"]["voices"]["formula"]["total"]["macs"]
+    assert row["infer_samples_per_s"] == pytest.approx(
+        statistics.median(r["speed"]["infer_samples_per_s"]["median"] for r in conv))
+    stages = pd.read_csv(full_report / "tables" / "stages.csv")
+    acm = stages[(stages["label"].str.contains("multigroup")) & (stages["stage"] == "stage2.conv")]
+    mg = [r for r in raw if r["cell"]["shift"] == "multigroup"][0]
+    assert acm["macs"].iloc[0] == mg["counts"]["voices"]["formula"]["stage2.conv"]["macs"]
+    match = pd.read_csv(full_report / "tables" / "match.csv")
+    assert set(match["op"]) == {"conv", "sa", "acmix"} and match["within"].all()
+
+
+def test_claims_held_on_full_fixture():
+    rs = load_results(FIX / "full")
+    got = {c.key: c.status for c in check_claims(rs.frame, rs.records)}
+    assert got == {"acmix_vs_single_path": HELD, "gconv_faster": HELD, "learnable_multigroup": HELD,
+                   "mixing_by_depth": HELD}
+
+
+def test_claims_not_held_when_data_says_otherwise():
+    recs = mk.full_records()
+    for r in recs:
+        if r["cell"]["op"] == "conv":
+            r["metrics"]["top1"] += 5.0  # conv now clearly beats ACmix
+        if r["cell"]["shift"] == "tensor":
+            r["speed"]["infer_samples_per_s"]["median"] *= 2.0  # tensor shifts now faster than group convs
+        if r["cell"]["shift"] == "learnable":
+            r["metrics"]["top1"] -= 2.0  # learnable kernels hurt
+        for d in r["mixing_by_depth"]:  # attention early, convolution late
+            d["alpha"], d["beta"] = d["beta"] ** 2 / d["alpha"], d["beta"]
+    c = _claims(recs)
+    assert c["acmix_vs_single_path"].status == NOT_HELD
+    assert c["gconv_faster"].status == NOT_HELD
+    assert c["learnable_multigroup"].status == NOT_HELD
+    assert c["mixing_by_depth"].status == NOT_HELD
+    rows = c["acmix_vs_single_path"].rows
+    assert any(r["verdict"] == "worse" and r["diff"] < -2.5 for r in rows)
+
+
+def test_claims_need_spread_and_cells():
+    one_seed = mk.full_records(seeds=(0,))
+    c = _claims(one_seed)
+    assert c["acmix_vs_single_path"].status == NED  # one seed: spread unknown
+    assert c["learnable_multigroup"].status == NED
+    assert all(r["verdict"] == "no spread" for r in c["acmix_vs_single_path"].rows)
+    no_sa = [r for r in mk.full_records() if r["cell"]["op"] != "sa"]
+    c = _claims(no_sa)
+    assert c["acmix_vs_single_path"].status == NED and "no finished sa" in c["acmix_vs_single_path"].summary
+    no_tensor = [r for r in mk.full_records() if r["cell"]["shift"] != "tensor"]
+    assert _claims(no_tensor)["gconv_faster"].status == NED
+    no_mix = copy.deepcopy(mk.full_records())
+    for r in no_mix:
+        r["mixing_by_depth"] = []
+    assert _claims(no_mix)["mixing_by_depth"].status == NED
+
+
+def test_speed_within_noise_is_not_held_and_unmatched_flops_cannot_decide():
+    recs = mk.full_records()
+    for r in recs:
+        if r["cell"]["shift"] == "tensor":  # equal to 'fixed' within its 3% IQR
+            r["speed"]["infer_samples_per_s"]["median"] = mk.INFER[("acmix", "fixed")] * 1.005
+        if r["cell"]["op"] == "sa":  # off the group's budget by 5% (tolerance 1%)
+            r["match"]["rel_error"] = 0.05
+    c = _claims(recs)
+    assert c["gconv_faster"].status == NOT_HELD
+    deciding = [r for r in c["gconv_faster"].rows if r["deciding"]]
+    assert [r["verdict"] for r in deciding] == ["within noise"]
+    assert c["acmix_vs_single_path"].status == NED
+    assert "not matched" in {r["verdict"] for r in c["acmix_vs_single_path"].rows}
+
+
+def test_compare_flags_changes_beyond_noise(full_report):
+    cd = pd.read_csv(full_report / "tables" / "compare_cells.csv", keep_default_na=False)
+    assert len(cd) == 18
+    flagged = cd[cd["flags"] != ""]
+    # full vs slower: multigroup cells 25% faster here (slower has them at 0.8x), conv 1.5 points better
+    mg = flagged[flagged["cell_id"].str.contains("multigroup")]
+    assert len(mg) == 3 and all("infer_samples_per_s" in f for f in mg["flags"])
+    conv = flagged[flagged["cell_id"].str.contains("conv-")]
+    assert len(conv) == 3 and all("top1" in f for f in conv["flags"])
+    assert len(flagged) == 6
+    cc = pd.read_csv(full_report / "tables" / "compare_configs.csv")
+    assert (cc["top1_flag"] == "changed").sum() == 1
+    assert (cc["infer_flag"] == "changed").sum() == 1
+
+
+def test_compare_with_itself_flags_nothing(tmp_path):
+    build_report(FIX / "full", tmp_path, compare=FIX / "full")
+    cd = pd.read_csv(tmp_path / "tables" / "compare_cells.csv", keep_default_na=False)
+    assert len(cd) == 18 and (cd["flags"] == "").all()
+    assert (cd["top1_delta"] == 0).all()
+
+
+def test_partial_matrix_says_what_is_missing(tmp_path, capsys):
+    rc = cli_main(["report", str(FIX / "partial"), "--out", str(tmp_path)])
+    assert rc == 0
+    md = (tmp_path / "report.md").read_text()
+    section = md.split("## What is missing or broken", 1)[1].split("\n## ", 1)[0]
+    assert "resnet26-sa-fashion_mnist-s0-1b123b40" in section  # planned, never written
+    assert "is failed: RuntimeError: synthetic failure" in section
+    assert "is running" in section
+    assert "resnet26-acmix [tensor, learnable, stem=small] (fashion_mnist)" not in section  # every config has 1 seed
+    assert "cannot be decided" in section
+    assert "1 planned but missing" in capsys.readouterr().out
+
+
+def test_missing_cells_from_matrix_config(tmp_path):
+    """--matrix: planned cells come from the runner's own expansion of a config."""
+    from bench.runner.cells import expand
+    from bench.runner.config import load_config
+
+    cfg_text = """
+matrix:
+  datasets: [fashion_mnist]
+  seeds: [0, 1]
+  backbones: [resnet26]
+  operators: [conv, acmix]
+  shifts: [multigroup]
+  mixings: [learnable]
+"""
+    cfg_path = tmp_path / "m.yaml"
+    cfg_path.write_text(cfg_text)
+    try:
+        cells = expand(load_config(cfg_path, check_registry=False))
+    except (ValueError, FileNotFoundError) as e:
+        pytest.skip(f"runner config schema differs from this test's minimal matrix: {e}")
+    recs = [mk.make_record("resnet26-conv", "conv", None, None, None, 0),
+            mk.make_record("resnet26-acmix", "acmix", "multigroup", "learnable", None, 0)]
+    mk.write_set(tmp_path / "res", recs)
+    rs = load_results(tmp_path / "res", matrix=cfg_path)
+    assert len(rs.planned) == len(cells) == 4
+    assert len(rs.missing()) == 2 and all("-1" in m or "s1" in m for m in rs.missing())
+
+
+def test_bad_directories_give_one_line_errors(tmp_path, capsys):
+    cases = {
+        "missing": (tmp_path / "nope", "does not exist"),
+        "no_cells": (tmp_path / "empty", "has no cells/ folder"),
+        "file": (tmp_path / "afile.txt", "is a file"),
+        "only_bad": (tmp_path / "bad", "no usable records"),
+    }
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "afile.txt").write_text("x")
+    (tmp_path / "bad" / "cells").mkdir(parents=True)
+    (tmp_path / "bad" / "cells" / "x.json").write_text('{"schema": "acmix-bench/cell/v1", "cell_id": ')
+    for name, (path, msg) in cases.items():
+        rc = cli_main(["report", str(path), "--out", str(tmp_path / f"o_{name}")])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2, name
+        assert len(err.splitlines()) == 1 and msg in err and "Traceback" not in err, (name, err)
+    rc = cli_main(["report", str(FIX / "full"), "--compare", str(tmp_path / "nope2")])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_unreadable_records_are_listed_not_fatal(tmp_path, capsys):
+    recs = mk.full_records(seeds=(0,))
+    mk.write_set(tmp_path / "res", recs)
+    cells = tmp_path / "res" / "cells"
+    (cells / "truncated.json").write_text('{"schema": "acmix-bench/cell/v1", "cell_id": "x", "sta')
+    bad = copy.deepcopy(recs[0])
+    bad["schema"] = "acmix-bench/cell/v0"
+    bad["cell_id"] = "old-schema"
+    (cells / "old.json").write_text(json.dumps(bad))
+    nokey = copy.deepcopy(recs[1])
+    nokey["cell_id"] = "no-metrics"
+    nokey["metrics"] = None
+    (cells / "nometrics.json").write_text(json.dumps(nokey))
+    rc = cli_main(["report", str(tmp_path / "res"), "--out", str(tmp_path / "out")])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "truncated.json" in err and "old.json" in err and "nometrics.json" in err
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "unreadable record truncated.json: not valid JSON" in md
+    assert "unreadable record old.json: schema is 'acmix-bench/cell/v0'" in md
+    assert "unreadable record nometrics.json" in md
+
+
+def test_report_of_only_unfinished_cells(tmp_path):
+    """A matrix whose cells are all running or failed still reports (nothing to plot, says so)."""
+    recs = [mk.make_record("resnet26-conv", "conv", None, None, "budget", 0, status="running"),
+            mk.make_record("resnet26-acmix", "acmix", "multigroup", "learnable", "budget", 0, status="failed")]
+    mk.write_set(tmp_path / "res", recs)
+    written, rep = build_report(tmp_path / "res", tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "No plot 'accuracy_vs_macs'" in md
+    assert all(c.status == NED for c in rep.claims)
+    assert "plots/accuracy_vs_macs.png" not in written
+
+
+def test_nan_metrics_do_not_crash(tmp_path):
+    recs = mk.full_records(seeds=(0, 1))
+    recs[0]["metrics"]["top5"] = None
+    recs[1]["speed"]["latency_b1_ms"] = None
+    recs[2]["counts"] = None
+    mk.write_set(tmp_path / "res", recs)
+    build_report(tmp_path / "res", tmp_path / "out")
+    summ = pd.read_csv(tmp_path / "out" / "tables" / "summary.csv")
+    assert len(summ) == 6
+    assert not math.isnan(summ["top1_mean"].iloc[0])
