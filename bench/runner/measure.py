@@ -1,0 +1,87 @@
+"""Speed and memory of one model: torch.utils.benchmark for inference and batch-1
+latency, Lightning's ThroughputMonitor for the training step inside the real run.
+
+Every statistic is {"median", "iqr", "n"}: the median and inter-quartile range
+over n timed blocks (torch.utils.benchmark's blocked_autorange), converted to
+the unit named by the key (samples/s or ms).
+"""
+from __future__ import annotations
+
+import statistics
+
+import torch
+from lightning.pytorch.callbacks import ThroughputMonitor
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], 0.0
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return statistics.median(values), q[2] - q[0]
+
+
+def summarize(values: list[float]) -> dict | None:
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return None
+    med, iqr = _quartiles(values)
+    return {"median": med, "iqr": iqr, "n": len(values)}
+
+
+def _timer(model, x, min_run_time: float):
+    from torch.utils.benchmark import Timer
+
+    def fwd():
+        with torch.inference_mode():
+            model(x)
+
+    fwd()  # warm-up (allocator, lazy init, cudnn autotune)
+    return Timer(stmt="fwd()", globals={"fwd": fwd}, num_threads=torch.get_num_threads()).blocked_autorange(
+        min_run_time=min_run_time)
+
+
+def inference_speed(model: torch.nn.Module, input_size, batch_size: int, device: torch.device,
+                    min_run_time: float = 0.5, latency: bool = True) -> dict:
+    """{"infer_samples_per_s", "latency_b1_ms"} measured in eval mode with random inputs."""
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.randn(batch_size, *input_size, device=device)
+        m = _timer(model, x, min_run_time)
+        out = {"infer_samples_per_s": summarize([batch_size / t for t in m.times]), "latency_b1_ms": None}
+        if latency:
+            m1 = _timer(model, x[:1], min_run_time)
+            out["latency_b1_ms"] = summarize([t * 1e3 for t in m1.times])
+    finally:
+        model.train(was_training)
+    return out
+
+
+class RecordingThroughputMonitor(ThroughputMonitor):
+    """Lightning's ThroughputMonitor that also keeps the per-step training rates it computes.
+
+    window_size=2 makes every computed rate the rate of one optimiser step
+    (samples of that step / its wall time, data loading included); the first
+    `skip` steps (warm-up) are left out of the summary.
+    """
+
+    def __init__(self, skip: int = 2):
+        super().__init__(batch_size_fn=lambda batch: int(batch[0].shape[0]), window_size=2)
+        self.skip = skip
+        self.train_rates: list[float] = []
+
+    def _compute(self, trainer, iter_num=None) -> None:
+        from lightning.pytorch.trainer.states import RunningStage
+
+        stage = trainer.state.stage
+        if stage == RunningStage.TRAINING:
+            tp = self._throughputs[stage]
+            if len(tp._samples) >= 2:
+                # global rate: samples over all ranks per second
+                rate = tp.compute().get("samples_per_sec")
+                if rate is not None and self._batches[stage] > self.skip:
+                    self.train_rates.append(float(rate))
+        super()._compute(trainer, iter_num)
+
+    def train_summary(self) -> dict | None:
+        return summarize(self.train_rates)

@@ -1,0 +1,274 @@
+"""Result records: one self-describing JSON file per cell, written atomically.
+
+OUT/cells/<cell_id>.json holds everything a report needs (schema
+"acmix-bench/cell/v1", see `validate_record`). A record is written to a
+temporary file in the same directory, flushed to disk and renamed over the
+target (os.replace is atomic on POSIX), so a reader or a killed run never sees
+half a record. OUT/results.csv (and .parquet) are rebuilt from the records.
+OUT/events.jsonl is an append-only log of cell starts and finishes (one line
+per event, flushed), useful for auditing that each cell finished once.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+
+SCHEMA = "acmix-bench/cell/v1"
+STATUSES = ("ok", "failed", "nan", "oom", "interrupted", "running")
+FINISHED = ("ok", "failed", "nan", "oom")
+RESULT_COLUMNS = [
+    "cell_id", "status", "model", "op", "shift", "mixing", "dataset", "seed", "params", "macs",
+    "top1", "top5", "train_samples_per_s", "infer_samples_per_s", "peak_mem_mb", "wall_s",
+    # extra columns
+    "backbone", "group", "reference_cell", "match_rel_error", "val_top1", "loss", "epochs", "steps",
+    "latency_b1_ms", "infer_samples_per_s_iqr", "train_samples_per_s_iqr", "latency_b1_ms_iqr",
+    "counts_voice", "threads", "device", "reason", "finished_at",
+]
+
+_TOP = {
+    "schema": str, "cell_id": str, "status": str, "reason": (str, type(None)), "cell": dict, "config": dict,
+    "widths": (list, type(None)), "counts": (dict, type(None)), "match": (dict, type(None)),
+    "metrics": (dict, type(None)), "speed": (dict, type(None)), "mixing_by_depth": (list, type(None)),
+    "wall_s": (int, float), "env": dict, "started_at": str, "finished_at": (str, type(None)),
+}
+_CELL = ("model", "backbone", "op", "shift", "mixing", "dataset", "seed", "group", "overrides")
+_ENV = ("python", "torch", "lightning", "torchvision", "device", "threads", "cuda", "git_commit", "hostname", "platform")
+_METRICS = ("top1", "top5", "loss", "val_top1", "epochs", "steps")
+_SPEED_STATS = ("infer_samples_per_s", "latency_b1_ms", "train_samples_per_s")
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def validate_record(rec: dict) -> dict:
+    """Raise ValueError naming the first problem; return the record unchanged when it conforms to v1."""
+    if not isinstance(rec, dict):
+        raise ValueError(f"record must be a JSON object, got {type(rec).__name__}")
+    for k, t in _TOP.items():
+        if k not in rec:
+            raise ValueError(f"record is missing key {k!r}")
+        if not isinstance(rec[k], t):
+            raise ValueError(f"record key {k!r} has type {type(rec[k]).__name__}")
+    if rec["schema"] != SCHEMA:
+        raise ValueError(f"record schema {rec['schema']!r} is not {SCHEMA!r}")
+    if rec["status"] not in STATUSES:
+        raise ValueError(f"record status {rec['status']!r}; allowed: {', '.join(STATUSES)}")
+    if rec["status"] not in ("ok", "running") and not rec["reason"]:
+        raise ValueError(f"record with status {rec['status']!r} needs a reason")
+    for k in _CELL:
+        if k not in rec["cell"]:
+            raise ValueError(f"record cell is missing {k!r}")
+    for k in _ENV:
+        if k not in rec["env"]:
+            raise ValueError(f"record env is missing {k!r}")
+    c = rec["counts"]
+    if c is not None:
+        if c.get("unit") != "MACs" or not isinstance(c.get("voices"), dict) or "input_size" not in c:
+            raise ValueError("record counts need unit 'MACs', input_size and a voices mapping")
+        for voice, stages in c["voices"].items():
+            for stage, pm in stages.items():
+                if not (isinstance(pm, dict) and isinstance(pm.get("params"), int) and isinstance(pm.get("macs"), int)):
+                    raise ValueError(f"record counts.voices.{voice}.{stage} needs integer params and macs")
+    m = rec["metrics"]
+    if m is not None:
+        for k in _METRICS:
+            if k not in m:
+                raise ValueError(f"record metrics is missing {k!r}")
+    if rec["status"] == "ok" and m is None:
+        raise ValueError("an 'ok' record needs metrics")
+    s = rec["speed"]
+    if s is not None:
+        for k in ("threads", "device", "peak_mem_mb") + _SPEED_STATS:
+            if k not in s:
+                raise ValueError(f"record speed is missing {k!r}")
+        for k in _SPEED_STATS:
+            st = s[k]
+            if st is not None and not all(x in st for x in ("median", "iqr", "n")):
+                raise ValueError(f"record speed.{k} needs median, iqr, n")
+    mt = rec["match"]
+    if mt is not None:
+        for k in ("group", "reference_cell", "target_macs", "macs", "rel_error", "tolerance"):
+            if k not in mt:
+                raise ValueError(f"record match is missing {k!r}")
+    for row in rec["mixing_by_depth"] or []:
+        if not all(k in row for k in ("layer", "depth", "alpha", "beta")):
+            raise ValueError("record mixing_by_depth rows need layer, depth, alpha, beta")
+    return rec
+
+
+def _clean(obj):
+    """JSON-safe: NaN/inf become null (JSON has no NaN), tuples become lists."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def atomic_write_json(path: str, obj) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_clean(obj), f, indent=1, sort_keys=False, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def record_path(out: str, cell_id: str) -> str:
+    return os.path.join(out, "cells", cell_id + ".json")
+
+
+def write_record(out: str, rec: dict) -> str:
+    validate_record(rec)
+    p = record_path(out, rec["cell_id"])
+    atomic_write_json(p, rec)
+    return p
+
+
+def read_record(out: str, cell_id: str) -> dict | None:
+    p = record_path(out, cell_id)
+    try:
+        with open(p) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError:  # cannot happen with atomic writes; treat as not finished
+        return None
+
+
+def read_records(out: str) -> list[dict]:
+    d = os.path.join(out, "cells")
+    if not os.path.isdir(d):
+        return []
+    recs = []
+    for name in sorted(os.listdir(d)):
+        if name.endswith(".json") and not name.startswith("."):
+            try:
+                with open(os.path.join(d, name)) as f:
+                    recs.append(json.load(f))
+            except (OSError, json.JSONDecodeError):
+                continue
+    return recs
+
+
+def log_event(out: str, event: str, cell_id: str, **extra) -> None:
+    """Append one line to OUT/events.jsonl (O_APPEND: lines from several shards never interleave)."""
+    os.makedirs(out, exist_ok=True)
+    line = json.dumps({"time": now(), "event": event, "cell_id": cell_id, "pid": os.getpid(),
+                       "host": socket.gethostname(), **extra}) + "\n"
+    fd = os.open(os.path.join(out, "events.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def _total(rec: dict, what: str):
+    voices = (rec.get("counts") or {}).get("voices") or {}
+    for v in ("formula", "fvcore") + tuple(voices):
+        t = (voices.get(v) or {}).get("total")
+        if t is not None:
+            return t.get(what), v
+    return None, None
+
+
+def record_row(rec: dict) -> dict:
+    cell, m, s = rec.get("cell") or {}, rec.get("metrics") or {}, rec.get("speed") or {}
+
+    def stat(k, f="median"):
+        v = s.get(k)
+        return v.get(f) if isinstance(v, dict) else None
+
+    params, voice = _total(rec, "params")
+    macs, _ = _total(rec, "macs")
+    return {
+        "cell_id": rec.get("cell_id"), "status": rec.get("status"), "model": cell.get("model"),
+        "op": cell.get("op"), "shift": cell.get("shift"), "mixing": cell.get("mixing"),
+        "dataset": cell.get("dataset"), "seed": cell.get("seed"), "params": params, "macs": macs,
+        "top1": m.get("top1"), "top5": m.get("top5"),
+        "train_samples_per_s": stat("train_samples_per_s"), "infer_samples_per_s": stat("infer_samples_per_s"),
+        "peak_mem_mb": s.get("peak_mem_mb"), "wall_s": rec.get("wall_s"),
+        "backbone": cell.get("backbone"), "group": cell.get("group"),
+        "reference_cell": (rec.get("match") or {}).get("reference_cell"),
+        "match_rel_error": (rec.get("match") or {}).get("rel_error"),
+        "val_top1": m.get("val_top1"), "loss": m.get("loss"), "epochs": m.get("epochs"), "steps": m.get("steps"),
+        "latency_b1_ms": stat("latency_b1_ms"), "infer_samples_per_s_iqr": stat("infer_samples_per_s", "iqr"),
+        "train_samples_per_s_iqr": stat("train_samples_per_s", "iqr"),
+        "latency_b1_ms_iqr": stat("latency_b1_ms", "iqr"), "counts_voice": voice,
+        "threads": s.get("threads"), "device": s.get("device") or (rec.get("env") or {}).get("device"),
+        "reason": rec.get("reason"), "finished_at": rec.get("finished_at"),
+    }
+
+
+def rebuild_results(out: str):
+    """Rebuild OUT/results.csv (and results.parquet when pyarrow is installed) from the records; return the frame."""
+    import pandas as pd
+
+    recs = [r for r in read_records(out) if r.get("schema") == SCHEMA]
+    df = pd.DataFrame([record_row(r) for r in recs], columns=RESULT_COLUMNS)
+    df = df.sort_values(["dataset", "model", "shift", "mixing", "seed", "cell_id"], na_position="first",
+                        kind="stable").reset_index(drop=True) if len(df) else df
+    os.makedirs(out, exist_ok=True)
+    for ext, write in (("csv", lambda p: df.to_csv(p, index=False)),
+                       ("parquet", lambda p: df.to_parquet(p, index=False))):
+        target = os.path.join(out, f"results.{ext}")
+        fd, tmp = tempfile.mkstemp(prefix=".results.", suffix="." + ext, dir=out)
+        os.close(fd)
+        try:
+            write(tmp)
+            os.replace(tmp, target)
+        except ImportError:  # no parquet engine: CSV only
+            os.unlink(tmp)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    return df
+
+
+def _git_commit() -> str | None:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
+
+_ENV_CACHE: dict = {}
+
+
+def environment(device: str | None = None) -> dict:
+    import lightning
+    import torch
+    import torchvision
+
+    if "git" not in _ENV_CACHE:
+        _ENV_CACHE["git"] = _git_commit()
+    if device is None:
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__,
+        "torchvision": torchvision.__version__, "device": device, "threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None, "git_commit": _ENV_CACHE["git"],
+        "hostname": socket.gethostname(), "platform": platform.platform(),
+    }

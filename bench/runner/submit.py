@@ -1,0 +1,70 @@
+"""Cluster execution through submitit: one job per cell.
+
+Each job re-expands the (already validated) config, picks its cell by id and
+runs it with `run_matrix`, so a job that is requeued or resubmitted skips a
+finished cell and resumes an interrupted one exactly like a local rerun. Jobs
+of one matrix write into one OUT directory; records are per cell and atomic,
+so they never clobber each other. `cluster="local"` (submitit's LocalExecutor)
+runs the same path on this machine and is what the tests use.
+"""
+from __future__ import annotations
+
+import os
+
+from . import records as R
+from .cells import expand
+
+
+def run_cells_job(cfg: dict, out: str, cell_ids: list[str]) -> dict:
+    """Entry point of a submitit job: run the named cells (skipping finished ones)."""
+    from .execute import run_matrix
+
+    cells = [c for c in expand(cfg) if c["cell_id"] in set(cell_ids)]
+    missing = set(cell_ids) - {c["cell_id"] for c in cells}
+    if missing:
+        raise ValueError(f"cells {sorted(missing)} are not in this config's expansion")
+    return run_matrix(cfg, cells, out, progress=False)
+
+
+def submit(cfg: dict, cells: list[dict], out: str, *, cluster: str | None = None, wait: bool = False,
+           slurm: dict | None = None, echo=print) -> list:
+    """Submit one job per cell; cluster None = auto (Slurm when available), "local" = LocalExecutor."""
+    import submitit
+
+    folder = os.path.join(out, "submitit", "%j")
+    ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    t = cfg["trainer"]
+    params = {"nodes": t["num_nodes"], "tasks_per_node": t["devices"],
+              "timeout_min": int((slurm or {}).get("time_min") or 24 * 60), "name": f"acmix-{cfg['name']}"}
+    if t["accelerator"] in ("gpu", "cuda"):
+        params["gpus_per_node"] = t["devices"]
+    s = slurm or {}
+    if ex.cluster == "slurm":
+        for key, arg in (("partition", "slurm_partition"), ("account", "slurm_account"),
+                         ("array_parallelism", "slurm_array_parallelism")):
+            if s.get(key):
+                params[arg] = s[key]
+    if s.get("cpus_per_task"):
+        params["cpus_per_task"] = s["cpus_per_task"]
+    if s.get("mem_gb"):
+        params["mem_gb"] = s["mem_gb"]
+    ex.update_parameters(**params)
+    jobs = []
+    with ex.batch():
+        for c in cells:
+            jobs.append(ex.submit(run_cells_job, cfg, out, [c["cell_id"]]))
+    for c, j in zip(cells, jobs):
+        R.log_event(out, "submitted", c["cell_id"], job_id=str(j.job_id), cluster=ex.cluster)
+    echo(f"submitted {len(jobs)} job(s) to {ex.cluster} (logs in {os.path.join(out, 'submitit')}): "
+         + ", ".join(str(j.job_id) for j in jobs[:8]) + (" ..." if len(jobs) > 8 else ""))
+    if wait:
+        failures = 0
+        for c, j in zip(cells, jobs):
+            try:
+                j.result()
+            except Exception as e:  # noqa: BLE001 - a crashed job: its cell's record (if any) says what happened
+                failures += 1
+                echo(f"job {j.job_id} ({c['cell_id']}) ended with an error: {' '.join(str(e).split())[:300]}")
+        R.rebuild_results(out)
+        echo(f"all {len(jobs)} job(s) finished ({failures} with a job-level error)")
+    return jobs
