@@ -14,3 +14,11 @@ __all__ = [
     "set_stage2_impl", "shift_aggregate_reference", "tensor_shift_sum", "window_attention_fast",
     "window_attention_reference",
 ]
+from .registry import create_model, list_models, model_spec  # noqa: E402  (helper "models")
+
+
+def __getattr__(name):  # (helper "models") lazy: importing lightning costs seconds; only the classifier needs it
+    if name == "ImageClassifier":
+        from .lightning import ImageClassifier
+        return ImageClassifier
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

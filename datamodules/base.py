@@ -1,0 +1,241 @@
+"""Shared pieces of the DataModules: in-memory image datasets, transforms, seeded
+splits and exact distributed evaluation.
+
+Exact evaluation: Lightning's default distributed sampler pads an evaluation
+set to a multiple of the world size by repeating samples, so some samples are
+counted twice. `UnpaddedDistributedSampler` gives rank r the indices r, r + W,
+r + 2W, ... with no padding: every sample is evaluated by exactly one rank.
+Ranks may then run different numbers of batches, which evaluation allows (no
+gradient sync); torchmetrics sums the metric states across ranks at compute().
+Lightning leaves a custom sampler in place (it only replaces Sequential and
+Random samplers).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import lightning as L
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class UnpaddedDistributedSampler(Sampler[int]):
+    """Sequential shard of an evaluation set: rank r gets r, r + W, ...; no sample repeated or dropped."""
+
+    def __init__(self, dataset_len: int, num_replicas: int | None = None, rank: int | None = None):
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if rank is None:
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        self.n, self.num_replicas, self.rank = dataset_len, num_replicas, rank
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.num_replicas))
+
+
+class TensorImageDataset(Dataset):
+    """Images held as a uint8 tensor (N, C, H, W) with int64 labels; `transform` maps a
+    uint8 (C, H, W) image to the float tensor the model sees."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None,
+                 classes: Sequence[str] | None = None):
+        if images.dim() != 4 or images.dtype != torch.uint8:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels, self.transform = images, labels.long(), transform
+        self.classes = list(classes) if classes is not None else None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def get_raw(self, i):
+        return self.images[i], self.labels[i]
+
+    def __getitem__(self, i):
+        x = self.images[i]
+        x = self.transform(x) if self.transform is not None else x.float().div_(255)
+        return x, self.labels[i]
+
+
+class Subset(Dataset):
+    """A view of `base` at `indices` with its own transform (train and val of one set differ)."""
+
+    def __init__(self, base, indices, transform=None):
+        self.base, self.indices, self.transform = base, list(indices), transform
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        x, y = self.base.get_raw(self.indices[i]) if hasattr(self.base, "get_raw") else self.base[self.indices[i]]
+        return (self.transform(x) if self.transform is not None else x), y
+
+
+class ImageTransform:
+    """Default transform on a uint8 (C, H, W) tensor: resize to `image_size`, optional
+    augmentation (random crop with `pad` pixels of padding, horizontal flip), scale to
+    [0, 1], normalise with `mean`, `std` (per channel). Picklable for worker processes."""
+
+    def __init__(self, image_size: int | None, mean: Sequence[float], std: Sequence[float], augment: bool = False,
+                 pad: int = 2, flip: bool = True):
+        self.image_size, self.augment, self.pad, self.flip = image_size, augment, pad, flip
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, img) -> torch.Tensor:
+        if not isinstance(img, torch.Tensor):  # PIL image (ImageFolder)
+            from torchvision.transforms.functional import pil_to_tensor
+            img = pil_to_tensor(img.convert("RGB") if img.mode not in ("RGB", "L") else img)
+        x = img.float().div_(255)
+        if self.image_size is not None and tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            x = F.interpolate(x.unsqueeze(0), size=(self.image_size, self.image_size), mode="bilinear",
+                              align_corners=False, antialias=True).squeeze(0)
+        if self.augment:
+            if self.pad:
+                H, W = x.shape[-2:]
+                x = F.pad(x, (self.pad,) * 4)
+                i, j = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
+                x = x[:, i:i + H, j:j + W]
+            if self.flip and torch.rand(()) < 0.5:
+                x = x.flip(-1)
+        return (x - self.mean) / self.std
+
+    def __repr__(self):
+        return (f"ImageTransform(image_size={self.image_size}, augment={self.augment}, pad={self.pad}, "
+                f"flip={self.flip})")
+
+
+def seeded_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic (train, val) index split of range(n)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = int(round(n * val_fraction))
+    return sorted(perm[n_val:]), sorted(perm[:n_val])
+
+
+def take_subset(indices: list[int], size: int | None, seed: int, what: str) -> list[int]:
+    """A seeded random `size` of `indices` (all when size is None)."""
+    if size is None:
+        return indices
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ValueError(f"{what} must be a positive integer or None, got {size!r}")
+    if size >= len(indices):
+        return indices
+    perm = torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed + 7919)).tolist()
+    return sorted(indices[p] for p in perm[:size])
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Train/val/test splits with seeded determinism and exact distributed evaluation.
+
+    Subclasses implement `_load()` -> (train_set, test_set, num_classes) where each
+    set supports `get_raw(i)` -> (uint8 image, label) and `__len__`; val is split from
+    train by `val_fraction` (seeded). Transforms: `train_transform`/`eval_transform`
+    callables replace the defaults (ImageTransform with `augment` for train).
+    """
+
+    mean: Sequence[float] = (0.5,)
+    std: Sequence[float] = (0.5,)
+    native_size: int | None = None
+    in_chans: int = 3
+
+    def __init__(self, root: str | None = None, batch_size: int = 128, num_workers: int = 0, seed: int = 0,
+                 val_fraction: float = 0.1, image_size: int | None = None, train_subset: int | None = None,
+                 val_subset: int | None = None, test_subset: int | None = None, augment: bool = True,
+                 train_transform: Callable | None = None, eval_transform: Callable | None = None,
+                 eval_batch_size: int | None = None):
+        super().__init__()
+        for name, v in (("batch_size", batch_size),):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+        if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
+                                       or image_size <= 0):
+            raise ValueError(f"image_size must be a positive integer or None, got {image_size!r}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.root, self.batch_size, self.num_workers, self.seed = root, batch_size, num_workers, seed
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.val_fraction, self.image_size = val_fraction, image_size
+        self.train_subset, self.val_subset, self.test_subset = train_subset, val_subset, test_subset
+        self.augment = augment
+        self._train_tf, self._eval_tf = train_transform, eval_transform
+        self.num_classes: int | None = None
+        self.train_set = self.val_set = self.test_set = None
+
+    # -- subclass API
+    def _load(self):
+        raise NotImplementedError
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """(C, H, W) of the tensors the model receives."""
+        size = self.image_size or self.native_size
+        return (self.in_chans, size, size)
+
+    def default_transform(self, train: bool) -> Callable:
+        return ImageTransform(self.image_size, self.mean, self.std, augment=train and self.augment)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        train_full, test_full, self.num_classes = self._load()
+        train_tf = self._train_tf or self.default_transform(True)
+        eval_tf = self._eval_tf or self.default_transform(False)
+        tr, va = seeded_split(len(train_full), self.val_fraction, self.seed)
+        tr = take_subset(tr, self.train_subset, self.seed, "train_subset")
+        va = take_subset(va, self.val_subset, self.seed + 1, "val_subset")
+        te = take_subset(list(range(len(test_full))), self.test_subset, self.seed + 2, "test_subset")
+        self.train_set = Subset(train_full, tr, train_tf)
+        self.val_set = Subset(train_full, va, eval_tf) if va else None
+        self.test_set = Subset(test_full, te, eval_tf)
+
+    # -- loaders
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=False,
+                          num_workers=self.num_workers, generator=self._generator(),
+                          persistent_workers=self.num_workers > 0, worker_init_fn=_seed_worker)
+
+    def _eval_loader(self, ds) -> DataLoader:
+        return DataLoader(ds, batch_size=self.eval_batch_size, sampler=UnpaddedDistributedSampler(len(ds)),
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self):
+        if self.val_set is None:
+            return []
+        return self._eval_loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_set)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # each worker's torch seed is base_seed + id (set by DataLoader from the generator); derive the rest from it
+    import random
+
+    import numpy as np
+    s = torch.initial_seed() % 2 ** 32
+    random.seed(s)
+    np.random.seed(s)
+
+
+def check_nonempty(n: int, what: str, where: str) -> None:
+    if n == 0:
+        raise FileNotFoundError(f"{what}: no samples found in {where}")
+
+
+__all__ = ["ClassificationDataModule", "ImageTransform", "TensorImageDataset", "UnpaddedDistributedSampler",
+           "seeded_split", "take_subset"]

@@ -1,0 +1,200 @@
+"""`ImageClassifier`: the classification LightningModule for any backbone of the suite.
+
+The module knows the model and the optimisation; data and hardware belong to the
+DataModule and the Trainer. Metrics are torchmetrics objects (top-1, top-5,
+mean loss), so their states are summed across ranks at compute(): with the
+DataModules' unpadded evaluation sampler every test sample counts exactly once.
+
+Optimisers: "sgd" (momentum, optional Nesterov) or "adamw"; schedule "cosine"
+(per step, optional linear warm-up) or "none". Weight decay applies only to
+weight matrices and kernels: norms, biases, ACmix mixing scalars (alpha, beta)
+and Swin's relative position bias tables get none.
+"""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchmetrics
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "none")
+_NO_DECAY_NAMES = ("relative_position_bias_table", "alpha", "beta")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """[decayed, not decayed] parameter groups (no decay: ndim <= 1, mixing scalars, bias tables)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        (no_decay if p.ndim <= 1 or leaf in _NO_DECAY_NAMES else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def mixing_weights(model: nn.Module) -> list[dict]:
+    """{layer, depth, alpha, beta} for every two-path ACmix Stage II in forward order (depth 0 = first)."""
+    from .operators import Stage2
+
+    rows = []
+    for name, m in model.named_modules():
+        if isinstance(m, Stage2) and m.mixing is not None and hasattr(m, "alpha"):
+            rows.append({"layer": name.removesuffix(".stage2"), "depth": len(rows),
+                         "alpha": float(m.alpha.detach().reshape(-1)[0]),
+                         "beta": float(m.beta.detach().reshape(-1)[0])})
+    return rows
+
+
+class ImageClassifier(L.LightningModule):
+    """Cross-entropy classification of any backbone.
+
+    model_name_or_module: a registry name (built with `create_model(name, num_classes=...,
+    **model_kwargs)`) or an nn.Module returning logits.
+    input_size: (C, H, W); when given, `flops_per_batch` (training FLOPs = 2 x MACs,
+    forward + backward, per batch of `batch_size`) is measured at setup for
+    Lightning's ThroughputMonitor.
+    """
+
+    def __init__(self, model_name_or_module, num_classes: int, optimizer: str = "sgd", lr: float = 0.1,
+                 weight_decay: float = 5e-4, momentum: float = 0.9, nesterov: bool = True,
+                 betas: tuple[float, float] = (0.9, 0.999), schedule: str = "cosine", warmup_epochs: float = 0.0,
+                 min_lr: float = 0.0, label_smoothing: float = 0.0, model_kwargs: dict | None = None,
+                 input_size: tuple[int, int, int] | None = None, batch_size: int | None = None,
+                 log_mixing: bool = True):
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if not lr > 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        if warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+        if isinstance(model_name_or_module, str):
+            from .registry import create_model
+            self.model_name = model_name_or_module
+            self.model = create_model(model_name_or_module, num_classes=num_classes, **(model_kwargs or {}))
+            self.save_hyperparameters()
+        elif isinstance(model_name_or_module, nn.Module):
+            self.model_name = getattr(model_name_or_module, "model_name", type(model_name_or_module).__name__)
+            self.model = model_name_or_module
+            self.save_hyperparameters(ignore=["model_name_or_module"])
+        else:
+            raise ValueError(f"model_name_or_module must be a registry name or an nn.Module, "
+                             f"got {type(model_name_or_module).__name__}")
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.log_mixing = log_mixing
+        self.input_size, self.batch_size = input_size, batch_size
+        self.flops_per_batch: int | None = None
+        top_k = min(5, num_classes)
+        for stage in ("train", "val", "test"):
+            setattr(self, f"{stage}_top1", torchmetrics.classification.MulticlassAccuracy(num_classes, top_k=1,
+                                                                                        average="micro"))
+            setattr(self, f"{stage}_loss", torchmetrics.MeanMetric())
+            if stage != "train":
+                setattr(self, f"{stage}_top5", torchmetrics.classification.MulticlassAccuracy(
+                    num_classes, top_k=top_k, average="micro"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # -- FLOPs for ThroughputMonitor
+    def measure_flops_per_batch(self, input_size=None, batch_size=None) -> int:
+        """Training FLOPs per batch (forward + backward; FLOPs = 2 MACs) by torch's flop counter.
+
+        Measured at batch 1 and scaled (every op here is linear in the batch). torch's
+        counter sees convolutions, matmuls and SDPA; it does not count elementwise ops,
+        so the sliding-window attention's Stage II is undercounted (see bench/flops for
+        the suite's per-stage MACs)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        input_size = tuple(input_size or self.input_size)
+        batch_size = batch_size or self.batch_size
+        if batch_size is None:
+            raise ValueError("measure_flops_per_batch needs batch_size (or ImageClassifier(batch_size=...))")
+        p = next(self.model.parameters())
+        x = torch.randn(1, *input_size, dtype=p.dtype, device=p.device)
+        was_training = self.model.training
+        self.model.train()
+        with FlopCounterMode(display=False) as counter:
+            self.model(x).sum().backward()
+        self.model.zero_grad(set_to_none=True)
+        self.model.train(was_training)
+        self.flops_per_batch = int(counter.get_total_flops()) * int(batch_size)
+        return self.flops_per_batch
+
+    def setup(self, stage: str) -> None:
+        if self.flops_per_batch is None and self.input_size is not None and self.batch_size is not None:
+            self.measure_flops_per_batch()
+
+    # -- steps
+    def _step(self, batch, stage: str):
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if stage == "train" else 0.0)
+        n = y.shape[0]
+        getattr(self, f"{stage}_loss").update(loss.detach(), weight=n)
+        getattr(self, f"{stage}_top1").update(logits.detach(), y)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), on_step=False, on_epoch=True, batch_size=n)
+        self.log(f"{stage}/top1", getattr(self, f"{stage}_top1"), on_step=False, on_epoch=True,
+                 prog_bar=stage != "test", batch_size=n)
+        if stage != "train":
+            getattr(self, f"{stage}_top5").update(logits.detach(), y)
+            self.log(f"{stage}/top5", getattr(self, f"{stage}_top5"), on_step=False, on_epoch=True, batch_size=n)
+        if on_step:
+            self.log("train/step_loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def mixing_weights(self) -> list[dict]:
+        """{layer, depth, alpha, beta} for every ACmix layer with two paths (learnable or fixed mixing)."""
+        return mixing_weights(self.model)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.log_mixing:
+            return
+        for row in self.mixing_weights():
+            self.log(f"mixing/{row['depth']:02d}/alpha", row["alpha"], rank_zero_only=True)
+            self.log(f"mixing/{row['depth']:02d}/beta", row["beta"], rank_zero_only=True)
+
+    # -- optimisation
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = param_groups(self.model, hp.weight_decay)
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov and hp.momentum > 0)
+        else:
+            opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        if hp.schedule == "none":
+            return opt
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, self.trainer.max_epochs or 1)
+        warmup = int(round(hp.warmup_epochs * total / epochs))
+        floor = hp.min_lr / hp.lr
+
+        def factor(step: int) -> float:  # linear warm-up, then cosine to min_lr
+            if step < warmup:
+                return (step + 1) / warmup
+            t = (step - warmup) / max(1, total - warmup)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,110 @@
+"""Model registry: `create_model("resnet26-acmix", **overrides)`, `list_models()`, `model_spec(name)`.
+
+A name is BACKBONE-OP: ResNet-26/38/50 with op conv | dconv (decomposed conv,
+1x1 projections + shift-and-sum) | sa (sliding-window self-attention) | acmix;
+Swin-T/S (and small-input configs swin_mini, swin_micro) with op sa | acmix.
+
+Overrides (any subset; unknown keys are a ValueError listing the allowed ones):
+  shift       shift implementation of the conv path (tensor|fixed|learnable|multigroup)
+  mixing      learnable | half | att | conv (or a pair such as (1, 0))
+  stem        "imagenet" (224 px; Swin: patch 4) | "small" (28-64 px; Swin: patch 2)
+  widths      ResNet: 4 per-stage base widths (bottleneck inner width); Swin: embed dim (int)
+  width_mult  scales the default widths (rounded to a multiple of the head count)
+  num_classes, in_chans, img_size
+  kernel_att  ResNet attention window (clamped per stage to fit small maps, see resnet.py)
+  heads       ResNet: heads of every attention op; Swin: first-stage heads (doubled per stage) or a list
+  Swin only:  window_size, patch_size, depths, mlp_ratio, drop_path_rate
+  ResNet only: kernel_size (the conv kernel / ACmix kernel_conv)
+"""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from .backbones.resnet import RESNET_DEPTHS, RESNET_OPS, ResNet
+from .backbones.swin import SWIN_CONFIGS, SWIN_OPS, SwinTransformer
+
+_COMMON = ("shift", "mixing", "stem", "widths", "width_mult", "num_classes", "in_chans", "img_size", "heads")
+RESNET_OVERRIDES = _COMMON + ("kernel_att", "kernel_size")
+SWIN_OVERRIDES = _COMMON + ("window_size", "patch_size", "depths", "mlp_ratio", "drop_path_rate")
+_STEM_IMG = {"imagenet": 224, "small": 32}
+_SWIN_STEM_PATCH = {"imagenet": 4, "small": 2}
+
+
+def _catalogue() -> dict[str, dict]:
+    names = {}
+    for bb, depths in RESNET_DEPTHS.items():
+        for op in RESNET_OPS:
+            names[f"{bb}-{op}"] = {"family": "resnet", "backbone": bb, "op": op, "depths": depths}
+    for bb, cfg in SWIN_CONFIGS.items():
+        for op in SWIN_OPS:
+            names[f"{bb}-{op}"] = {"family": "swin", "backbone": bb, "op": op, "depths": cfg["depths"]}
+    return names
+
+
+_MODELS = _catalogue()
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """All registered names (sorted); `pattern` is an fnmatch filter such as "resnet26-*"."""
+    import fnmatch
+    names = sorted(_MODELS)
+    return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
+
+
+def _lookup(name: str) -> dict:
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+    return _MODELS[name]
+
+
+def model_spec(name: str) -> dict:
+    """{"name", "family" (resnet|swin), "backbone" (e.g. resnet26), "op" (conv|dconv|sa|acmix), "depths"}."""
+    spec = dict(_lookup(name))
+    spec["name"] = name
+    return spec
+
+
+def _check_keys(name, overrides, allowed):
+    bad = sorted(set(overrides) - set(allowed))
+    if bad:
+        raise ValueError(f"{name}: unknown override(s) {', '.join(bad)}; allowed: {', '.join(allowed)}")
+
+
+def create_model(name: str, **overrides) -> nn.Module:
+    """Build a registered model; see the module docstring for names and overrides."""
+    spec = _lookup(name)
+    ov = {k: v for k, v in overrides.items() if v is not None}
+    if spec["family"] == "resnet":
+        _check_keys(name, ov, RESNET_OVERRIDES)
+        stem = ov.pop("stem", "imagenet")
+        if stem not in _STEM_IMG:
+            raise ValueError(f"unknown stem {stem!r}; allowed: {', '.join(_STEM_IMG)}")
+        ov.setdefault("img_size", _STEM_IMG[stem])
+        model = ResNet(spec["depths"], spec["op"], stem=stem, **ov)
+    else:
+        _check_keys(name, ov, SWIN_OVERRIDES)
+        cfg = dict(SWIN_CONFIGS[spec["backbone"]])
+        stem = ov.pop("stem", None)
+        if stem is not None:
+            if stem not in _SWIN_STEM_PATCH:
+                raise ValueError(f"unknown stem {stem!r}; allowed: {', '.join(_SWIN_STEM_PATCH)}")
+            cfg["patch_size"] = _SWIN_STEM_PATCH[stem]
+            if "img_size" not in ov and stem == "small":
+                cfg["img_size"] = 32
+        if "widths" in ov:
+            w = ov.pop("widths")
+            if isinstance(w, (list, tuple)):
+                if len(w) != 1:
+                    raise ValueError(f"{name}: widths for Swin is the embed dim (one int), got {w}")
+                w = w[0]
+            cfg["embed_dim"] = w
+        cfg.update(ov)
+        mult = cfg.pop("width_mult", 1.0)
+        if mult != 1.0:
+            if not (isinstance(mult, (int, float)) and mult > 0):
+                raise ValueError(f"width_mult must be a positive number, got {mult!r}")
+            h0 = cfg["heads"] if isinstance(cfg["heads"], int) else cfg["heads"][0]
+            cfg["embed_dim"] = max(h0, int(round(cfg["embed_dim"] * mult / h0)) * h0)
+        model = SwinTransformer(spec["op"], **cfg)
+    model.model_name = name
+    return model
