@@ -184,6 +184,7 @@ class Report:
             "cells": tables.cells_table(self.frame),
             "summary": self.summary.drop(columns=["config"]),
             "stages": tables.stages_table(self.frame),
+            "voices": tables.voices_table(rs.records),
             "match": tables.match_table(self.frame),
             "mixing": tables.mixing_table(rs.records).drop(columns=["config"]),
             "shifts": tables.shift_table(self.frame).drop(columns=["family", "config"], errors="ignore"),
@@ -238,6 +239,14 @@ class Report:
                             "and stage2.conv; total = stage1 + stage2 + other."))
         b.append(Block("table", _stages_wide(self.summary)))
         b.append(self._fig("stage_macs", "MACs per stage per configuration.", "no counts in the records"))
+        vt = self.csv["voices"]
+        if len(vt):
+            b.append(Block("h3", "Counters cross-checked: total MACs per voice"))
+            b.append(Block("p", "Each counter voice's totals; macs_vs_formula = voice MACs / formula MACs. fvcore and "
+                                "similar counters miss ops they have no handle for (ACMIX.md: the sliding-window "
+                                "attention path), so a ratio below 1 is the part they do not see."))
+            b.append(Block("table", display(vt, {"params": fmt_count, "macs": fmt_count, "stage2_macs": fmt_count,
+                                                 "macs_vs_formula": lambda x: f"{x:.3f}"})))
         b.append(Block("h2", "Matched-FLOPs groups: achieved MACs vs target"))
         mt = self.csv["match"]
         if len(mt):

@@ -115,7 +115,8 @@ def claim_acmix_beats_single_path(frame: pd.DataFrame) -> Claim:
         return Claim("acmix_vs_single_path", statement, NED, "no matched-FLOPs group in the records", method)
     mt = match_table(frame)
     for (ds, grp), g in grouped.groupby(["dataset", "group"], sort=True, dropna=False):
-        need = {op: g[(g["op"] == op) & (g["top1_n"] > 0)] for op in ("acmix", "conv", "sa")}
+        families = {"acmix": ("acmix",), "conv": ("conv", "dconv"), "sa": ("sa",)}
+        need = {fam: g[g["op"].isin(ops) & (g["top1_n"] > 0)] for fam, ops in families.items()}
         miss = [op for op, d in need.items() if not len(d)]
         if miss:
             notes.append(f"{ds}/{grp}: no finished {', '.join(miss)} cell")
@@ -180,9 +181,10 @@ def claim_gconv_faster(frame: pd.DataFrame) -> Claim:
                          "speedup": c["ratio"], "verdict": c["verdict"], "deciding": decides,
                          "same_machine": c["same_machine"]})
     status = _decide(verdicts, "faster", ("slower", "within noise"))
-    parts = [f"{r['model']} {r['a']} vs tensor: x{_fmt(r['speedup'])} ({_fmt(r['a_samples_per_s'], 1)} vs "
-             f"{_fmt(r['b_samples_per_s'], 1)} samples/s, noise {_fmt(r['a_noise'], 1)}/{_fmt(r['b_noise'], 1)}; "
-             f"{r['verdict']}{'' if r['deciding'] else ', not deciding'})" for r in rows]
+    parts = [(f"{r['model']} {r['a']} vs tensor: x{_fmt(r['speedup'])} ({_fmt(r['a_samples_per_s'], 1)} vs "
+              f"{_fmt(r['b_samples_per_s'], 1)} samples/s, noise {_fmt(r['a_noise'], 1)}/{_fmt(r['b_noise'], 1)}; "
+              f"{r['verdict']}{'' if r['deciding'] else ', not deciding'})") if r["verdict"] != "missing" else
+             f"{r['model']} {r['a']} vs tensor: no finished cell with a speed measurement" for r in rows]
     return Claim("gconv_faster", statement, status, "; ".join(parts + notes) or "no comparison possible", method, rows)
 
 

@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 
 OP_STYLE = {  # the paper's figures: one marker (and colour) per operator family
     "conv": {"marker": "s", "color": "#1f77b4", "name": "convolution"},
+    "dconv": {"marker": "D", "color": "#17becf", "name": "convolution (decomposed)"},
     "sa": {"marker": "^", "color": "#2ca02c", "name": "self-attention"},
     "acmix": {"marker": "*", "color": "#d62728", "name": "ACmix"},
 }

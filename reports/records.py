@@ -7,6 +7,7 @@ record at all is an error with a message that says what to do.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -204,17 +205,52 @@ def config_key(cell: dict) -> str:
     return json.dumps(parts, sort_keys=True, default=str)
 
 
-def config_label(cell: dict) -> str:
-    """Short human name: model, then shift/mixing/overrides where set."""
+def config_label(cell: dict, show: set | frozenset = frozenset()) -> str:
+    """Short human name: model, shift and mixing where set, then the overrides named in `show`."""
     extra = [str(cell[k]) for k in ("shift", "mixing") if cell.get(k)]
     ov = cell.get("overrides") or {}
-    extra += [f"{k}={v}" for k, v in sorted(ov.items()) if k not in ("shift", "mixing", "widths")]
+    extra += [f"{k}={ov[k]}" for k in sorted(show) if k in ov]
     return cell["model"] + (f" [{', '.join(extra)}]" if extra else "")
+
+
+def varying_overrides(records: list[dict]) -> set:
+    """Override keys whose values differ between records of the same model (those name a configuration;
+    the rest, such as num_classes of a one-dataset run, only clutter labels)."""
+    seen: dict = {}
+    for r in records:
+        ov = r["cell"].get("overrides") or {}
+        for k, v in ov.items():
+            if k in ("shift", "mixing", "widths"):
+                continue
+            seen.setdefault((r["cell"]["model"], k), set()).add(json.dumps(v, sort_keys=True, default=str))
+    keys = {k for (_, k), vals in seen.items() if len(vals) > 1}
+    # a key present in some records of a model and absent in others varies too
+    for r in records:
+        ov = r["cell"].get("overrides") or {}
+        for (m, k) in seen:
+            if m == r["cell"]["model"] and k not in ov:
+                keys.add(k)
+    return keys
+
+
+def label_map(records: list[dict]) -> dict[str, str]:
+    show = varying_overrides(records)
+    out = {config_key(r["cell"]): config_label(r["cell"], show) for r in records}
+    count: dict = {}
+    for lbl in out.values():
+        count[lbl] = count.get(lbl, 0) + 1
+    for key, lbl in out.items():  # two configurations, one label: tell them apart
+        if count[lbl] > 1:
+            cell = json.loads(key)
+            tag = f"group={cell['group']}" if cell.get("group") else "#" + hashlib.sha1(key.encode()).hexdigest()[:6]
+            out[key] = f"{lbl} {tag}"
+    return out
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
     """One row per record with every number a report uses (NaN where absent)."""
     rows = []
+    labels = label_map(records)
     for rec in records:
         cell = rec["cell"]
         m = rec.get("metrics") or {}
@@ -224,7 +260,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
         st = stage_counts(rec, voice)
         row = {
             "cell_id": rec["cell_id"], "status": rec["status"], "reason": rec.get("reason"),
-            "config": config_key(cell), "label": config_label(cell),
+            "config": config_key(cell), "label": labels[config_key(cell)],
             "dataset": cell.get("dataset"), "backbone": cell.get("backbone") or str(cell["model"]).split("-")[0],
             "model": cell["model"], "op": cell.get("op"), "shift": cell.get("shift"), "mixing": cell.get("mixing"),
             "group": cell.get("group"), "seed": cell.get("seed"),

@@ -125,8 +125,9 @@ def match_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def mixing_table(records: list[dict]) -> pd.DataFrame:
     """Per configuration and layer: alpha, beta, |alpha|, |beta|, log|alpha/beta| (mean, std, n over seeds)."""
-    from .records import config_key, config_label
+    from .records import config_key, label_map
 
+    labels = label_map(records)
     raw = []
     for rec in records:
         if rec["status"] != "ok":
@@ -137,7 +138,7 @@ def mixing_table(records: list[dict]) -> pd.DataFrame:
                 depth = int(d["depth"])
             except (KeyError, TypeError, ValueError):
                 continue
-            raw.append({"config": config_key(rec["cell"]), "label": config_label(rec["cell"]),
+            raw.append({"config": config_key(rec["cell"]), "label": labels[config_key(rec["cell"])],
                         "dataset": rec["cell"].get("dataset"), "layer": d.get("layer"), "depth": depth,
                         "seed": rec["cell"].get("seed"), "abs_alpha": abs(a), "abs_beta": abs(b),
                         "log_ratio": math.log(abs(a) / abs(b)) if a != 0 and b != 0 else math.nan})
@@ -157,8 +158,9 @@ def mixing_table(records: list[dict]) -> pd.DataFrame:
 
 def mixing_raw(records: list[dict]) -> pd.DataFrame:
     """Every (config, seed, layer) log|alpha/beta| value, for the claims."""
-    from .records import config_key, config_label
+    from .records import config_key, label_map
 
+    labels = label_map(records)
     rows = []
     for rec in records:
         if rec["status"] != "ok":
@@ -169,7 +171,7 @@ def mixing_raw(records: list[dict]) -> pd.DataFrame:
             except (KeyError, TypeError, ValueError):
                 continue
             if a > 0 and b > 0:
-                rows.append({"config": config_key(rec["cell"]), "label": config_label(rec["cell"]),
+                rows.append({"config": config_key(rec["cell"]), "label": labels[config_key(rec["cell"])],
                              "dataset": rec["cell"].get("dataset"), "seed": rec["cell"].get("seed"),
                              "depth": depth, "log_ratio": math.log(a / b)})
     return pd.DataFrame(rows, columns=["config", "label", "dataset", "seed", "depth", "log_ratio"])
@@ -204,3 +206,27 @@ def _family_key(r) -> str:
     ov.pop("widths", None)
     cfg["overrides"] = ov
     return json.dumps(cfg, sort_keys=True, default=str)
+
+
+def voices_table(records: list[dict]) -> pd.DataFrame:
+    """Total params and MACs per counter voice for each configuration (the counters cross-checked), with each
+    voice's MACs relative to the formula voice. Only the first finished record of a configuration is read."""
+    from .records import config_key, label_map
+
+    labels = label_map(records)
+    rows, seen = [], set()
+    for rec in sorted(records, key=lambda r: r["status"] != "ok"):
+        key = config_key(rec["cell"])
+        voices = ((rec.get("counts") or {}).get("voices")) or {}
+        if key in seen or not voices:
+            continue
+        seen.add(key)
+        ref = ((voices.get("formula") or {}).get("total") or {}).get("macs")
+        for v, d in voices.items():
+            t = (d or {}).get("total") or {}
+            macs = t.get("macs")
+            rows.append({"dataset": rec["cell"].get("dataset"), "label": labels[key], "voice": v,
+                         "params": t.get("params"), "macs": macs,
+                         "macs_vs_formula": (macs / ref) if isinstance(macs, (int, float)) and ref else math.nan,
+                         "stage2_macs": ((d or {}).get("stage2") or {}).get("macs")})
+    return pd.DataFrame(rows, columns=["dataset", "label", "voice", "params", "macs", "macs_vs_formula", "stage2_macs"])
