@@ -102,6 +102,11 @@ def check_record(rec) -> None:
         m = rec.get("metrics")
         if not isinstance(m, dict) or not isinstance(m.get("top1"), (int, float)):
             raise ValueError("status is 'ok' but metrics.top1 is missing")
+    for k in ("top1", "top5", "val_top1"):
+        v = (rec.get("metrics") or {}).get(k)
+        if isinstance(v, (int, float)) and math.isfinite(v) and not 0.0 <= v <= 1.0:
+            raise ValueError(f"metrics.{k} = {v} is outside [0, 1]: records hold accuracy as a fraction "
+                             f"(torchmetrics), reports show percent")
     validate = _runner_validator()
     if validate is not None:
         try:
@@ -266,8 +271,9 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
             "group": cell.get("group"), "seed": cell.get("seed"),
             "count_voice": voice,
             "params": st.get("total", {}).get("params", math.nan), "macs": st.get("total", {}).get("macs", math.nan),
-            "top1": _num(m.get("top1")), "top5": _num(m.get("top5")), "loss": _num(m.get("loss")),
-            "val_top1": _num(m.get("val_top1")), "epochs": _num(m.get("epochs")), "steps": _num(m.get("steps")),
+            # accuracy: a fraction in the record, percent in every report table
+            "top1": 100 * _num(m.get("top1")), "top5": 100 * _num(m.get("top5")), "loss": _num(m.get("loss")),
+            "val_top1": 100 * _num(m.get("val_top1")), "epochs": _num(m.get("epochs")), "steps": _num(m.get("steps")),
             "peak_mem_mb": _num(sp.get("peak_mem_mb")), "wall_s": _num(rec.get("wall_s")),
             "speed_device": sp.get("device") or env.get("device"), "speed_threads": sp.get("threads", env.get("threads")),
             "torch": env.get("torch"), "hostname": env.get("hostname"), "git_commit": env.get("git_commit"),
