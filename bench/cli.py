@@ -12,6 +12,8 @@ import sys
 
 SUBCOMMANDS = [
     "bench.demo",
+    "bench.flops",
+    "bench.match",
     "bench.run_cli",
     "bench.report_cli",
 ]
