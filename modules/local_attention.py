@@ -94,8 +94,12 @@ def local_attention_fast(q, k, v, pe_weight, pe_bias, heads: int, kernel_att: in
     """Same result as the reference without any unfolded tensor.
 
     logits_j(p) = scale q[p].K[p+o_j] - (W_p^T scale q[p]).P~[p+o_j] + const(p); the
-    constant (and pe_bias) leave the softmax. Windows are strided views of the padded maps.
+    constant (and pe_bias) leave the softmax. The windowed softmax-aggregation runs in
+    modules/_fast (C++ kernel, or its pure-PyTorch twin) with a hand-written backward that
+    saves only the softmax weights (B*N, k_a^2, H', W') besides q, padded k and padded v.
     """
+    from ._fast import split_phases, window_attention
+
     B, C, H, W = q.shape
     N, ka, s, dil = heads, kernel_att, stride, dilation
     d = C // N
@@ -104,26 +108,21 @@ def local_attention_fast(q, k, v, pe_weight, pe_bias, heads: int, kernel_att: in
     Ho, Wo = out_size(H, s), out_size(W, s)
     Hp, Wp = H + 2 * pad, W + 2 * pad
     scale = d ** -0.5
+    dtype = orig_dtype = q.dtype
+    if dtype not in (torch.float32, torch.float64) and q.device.type == "cpu":
+        dtype = torch.float32  # CPU half/bfloat16 (autocast): compute in float32, return the input dtype
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
 
     qs = (q[..., ::s, ::s] * scale).reshape(B, N, d, Ho, Wo)
-    rq = -torch.einsum("bndhw,dc->bnchw", qs, pe_weight.reshape(d, 2).to(q.dtype))
-    q_ext = torch.cat([qs, rq], dim=2)  # (B, N, d + 2, H', W')
-    grid = _reflect(position_grid(H, W, q.dtype, q.device), pad)
-    k_ext = torch.cat([_reflect(k, pad).reshape(B, N, d, Hp, Wp),
-                       grid.reshape(1, 1, 2, Hp, Wp).expand(B, N, 2, Hp, Wp)], dim=2)
-    v_pad = _reflect(v, pad).reshape(B, N, d, Hp, Wp)
-
-    def window(t, j):
-        a, b = divmod(j, ka)
-        return t[..., a * dil:a * dil + s * (Ho - 1) + 1:s, b * dil:b * dil + s * (Wo - 1) + 1:s]
-
-    logits = torch.stack([(q_ext * window(k_ext, j)).sum(2) for j in range(ka * ka)], dim=2)
-    weights = logits.softmax(dim=2)  # (B, N, k_a^2, H', W')
-    out = None
-    for j in range(ka * ka):
-        term = weights[:, :, j:j + 1] * window(v_pad, j)
-        out = term if out is None else out + term
-    return out.reshape(B, C, Ho, Wo)
+    rq = -torch.einsum("bndhw,dc->bnchw", qs, pe_weight.reshape(d, 2).to(dtype))
+    if pe_bias is not None:  # exact zero gradient, as in the reference (keeps the parameter in the graph)
+        rq = rq + 0 * pe_bias.to(dtype).sum()
+    q_ext = torch.cat([qs, rq], dim=2).reshape(B * N, d + 2, Ho, Wo)
+    grid = split_phases(_reflect(position_grid(H, W, dtype, q.device), pad).reshape(2, Hp, Wp), s)
+    kd = split_phases(_reflect(k, pad).reshape(B * N, d, Hp, Wp), s)
+    vd = split_phases(_reflect(v, pad).reshape(B * N, d, Hp, Wp), s)
+    out = window_attention(q_ext, kd, grid, vd, ka, dil)
+    return out.reshape(B, C, Ho, Wo).to(orig_dtype)
 
 
 LOCAL_ATTENTION_IMPLS = {"reference": local_attention_reference, "fast": local_attention_fast}

@@ -98,6 +98,15 @@ class ConvPath(nn.Module):
             w = self.shift.full_weight()
             return shift_aggregate_reference(y, self.kernel_conv, self.heads, self.shift.stride,
                                              None if w is None else w.to(y.dtype))
+        if self.fc.bias is None and self.shift.shift == "multigroup" and self.shift.impl == "fast":
+            # Light FC and grouped conv fused (exact: both are linear and the FC has no bias):
+            # W'[i*N+n, t] = sum_j W[i*N+n, j] fc[j, t], one grouped conv (groups = d, 3N -> N per
+            # group) on (B, d*3N, H, W). Same MACs, no (B, d*k^2, H, W) intermediate.
+            k, N = self.kernel_conv, self.heads
+            wg = self.shift.weight.to(f_all.dtype).reshape(d * N, k2, k * k)
+            fused = torch.einsum("ojs,jt->ots", wg, self.fc.weight.to(f_all.dtype).reshape(k2, T))
+            x = f_all.transpose(1, 2).reshape(B, d * T, H, W)
+            return F.conv2d(x, fused.reshape(d * N, T, k, k), stride=self.shift.stride, padding=k // 2, groups=d)
         y = F.conv2d(f_all.reshape(B, T, d, H * W), self.fc.weight.to(f_all.dtype),
                      None if self.fc.bias is None else self.fc.bias.to(f_all.dtype))
         y = y.reshape(B, k2, d, H, W).transpose(1, 2).reshape(B, d * k2, H, W)

@@ -1,0 +1,165 @@
+"""Fast Stage II kernels: sliding-window attention with a hand-written backward.
+
+Two backends compute the same function with the same inputs:
+
+  cpp    a C++ CPU kernel (window_attention.cpp) built with torch's extension
+         tooling at first use into a cache directory (ACMIX_BENCH_CACHE, default
+         ~/.cache/acmix-bench); OpenMP over output rows, loops vectorised over x.
+  torch  the same loops written with PyTorch tensor ops: any device (CUDA too),
+         any dtype; chosen automatically when the extension cannot be built.
+
+ACMIX_FAST_BACKEND = auto (default: cpp for CPU float32/float64 when it builds,
+torch otherwise) | cpp | torch. Both backends save only the softmax weights
+(BN, k_a^2, H', W') besides their inputs; neither builds unfolded windows.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+from . import torch_impl
+
+BACKENDS = ("auto", "cpp", "torch")
+_SOURCE = Path(__file__).with_name("window_attention.cpp")
+_lock = threading.Lock()
+_ext = None
+_ext_error: str | None = None
+_tried = False
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("ACMIX_BENCH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "acmix-bench")
+    return Path(root)
+
+
+def _cpu_signature() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [l for l in f if l.startswith(("flags", "model name"))][:2]
+        return "".join(lines)
+    except OSError:
+        return platform.processor()
+
+
+def _cflags() -> list[str]:
+    flags = ["-O3", "-fopenmp", "-fno-math-errno"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        flags.append("-march=native")
+    elif platform.machine() in ("aarch64", "arm64"):
+        flags.append("-mcpu=native")
+    return flags
+
+
+def _build():
+    from torch.utils import cpp_extension
+
+    try:  # the pip ninja package puts its binary beside the module, not on PATH
+        import ninja
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+    except ImportError:
+        pass
+    flags = _cflags()
+    key = hashlib.sha1("\n".join([_SOURCE.read_text(), torch.__version__, sys.version, " ".join(flags),
+                                  _cpu_signature()]).encode()).hexdigest()[:12]
+    build_dir = cache_dir() / f"window_attention_{key}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    return cpp_extension.load(name=f"acmix_window_attention_{key}", sources=[str(_SOURCE)],
+                              extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                              build_directory=str(build_dir), verbose=False)
+
+
+def load_extension():
+    """The compiled module, or None (reason in extension_error()). Built once per process."""
+    global _ext, _ext_error, _tried
+    with _lock:
+        if not _tried:
+            _tried = True
+            try:
+                _ext = _build()
+            except Exception as e:  # no compiler, no ninja, build error: fall back, say why once
+                msg = str(e).strip().splitlines()
+                _ext_error = f"{type(e).__name__}: {msg[0] if msg else ''}"[:300]
+                warnings.warn(f"acmix-bench: C++ window-attention extension unavailable ({_ext_error}); "
+                              f"using the pure-PyTorch fast path", RuntimeWarning, stacklevel=3)
+    return _ext
+
+
+def extension_error() -> str | None:
+    load_extension()
+    return _ext_error
+
+
+def requested_backend() -> str:
+    b = os.environ.get("ACMIX_FAST_BACKEND", "auto").strip().lower() or "auto"
+    if b not in BACKENDS:
+        raise ValueError(f"ACMIX_FAST_BACKEND={b!r} is not one of {', '.join(BACKENDS)}; unset it or pick one")
+    return b
+
+
+def backend_for(t: torch.Tensor, backend: str | None = None) -> str:
+    """Which backend runs for tensor t: "cpp" or "torch"."""
+    b = backend or requested_backend()
+    if b not in BACKENDS:
+        raise ValueError(f"unknown fast backend {b!r}; allowed: {', '.join(BACKENDS)}")
+    if b == "torch":
+        return "torch"
+    cpu_ok = t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+    if b == "cpp":
+        if not cpu_ok:
+            raise ValueError(f"the cpp backend runs CPU float32/float64 only, got {t.device.type} {t.dtype}; "
+                             f"use ACMIX_FAST_BACKEND=torch or auto")
+        if load_extension() is None:
+            raise ValueError(f"the C++ extension could not be built ({_ext_error}); "
+                             f"use ACMIX_FAST_BACKEND=torch or auto")
+        return "cpp"
+    return "cpp" if cpu_ok and load_extension() is not None else "torch"
+
+
+class _WindowAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, kd, grid, vd, ka, dil, backend):
+        impl = _ext if backend == "cpp" else torch_impl
+        out, weights = impl.forward(q, kd, grid, vd, ka, dil)
+        ctx.save_for_backward(q, kd, grid, vd, weights)
+        ctx.ka, ctx.dil, ctx.backend = ka, dil, backend
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        q, kd, grid, vd, weights = ctx.saved_tensors
+        impl = _ext if ctx.backend == "cpp" else torch_impl
+        dq, dkd, dvd = impl.backward(dout.contiguous(), q, kd, grid, vd, weights, ctx.ka, ctx.dil)
+        return dq, dkd, None, dvd, None, None, None
+
+
+def split_phases(t: torch.Tensor, stride: int) -> torch.Tensor:
+    """(..., Hp, Wp) -> (..., Hp, S, Wq), [.., r, p, m] = t[.., r, m*S + p] (zero beyond Wp).
+    A view for stride 1; makes every window read unit-stride for any stride."""
+    if stride == 1:
+        return t.unsqueeze(-2)
+    Wp = t.shape[-1]
+    Wq = -(-Wp // stride)
+    if Wq * stride != Wp:
+        t = torch.nn.functional.pad(t, (0, Wq * stride - Wp))
+    return t.unflatten(-1, (Wq, stride)).transpose(-1, -2)
+
+
+def window_attention(q: torch.Tensor, kd: torch.Tensor, grid: torch.Tensor, vd: torch.Tensor,
+                     kernel_att: int, dilation: int = 1, backend: str | None = None) -> torch.Tensor:
+    """Softmax attention of each query row over its k_a x k_a window (see window_attention.cpp).
+
+    q (BN, Ck+G, H', W'), kd (BN, Ck, Hp, S, Wq), grid (G, Hp, S, Wq), vd (BN, Cv, Hp, S, Wq)
+    -> (BN, Cv, H', W'). Differentiable in q, kd, vd.
+    """
+    which = backend_for(q, backend)
+    q, kd, grid, vd = (t.contiguous() for t in (q, kd, grid, vd))
+    return _WindowAttention.apply(q, kd, grid, vd, int(kernel_att), int(dilation), which)
