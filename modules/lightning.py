@@ -36,6 +36,15 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def lr_factor(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
+    """Multiplier of the base lr at optimiser step `step`: linear warm-up over `warmup`
+    steps (1/warmup .. 1), then cosine from 1 down to `floor` at step `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
 def mixing_weights(model: nn.Module) -> list[dict]:
     """{layer, depth, alpha, beta} for every two-path ACmix Stage II in forward order (depth 0 = first)."""
     from .operators import Stage2
@@ -189,12 +198,5 @@ class ImageClassifier(L.LightningModule):
         epochs = max(1, self.trainer.max_epochs or 1)
         warmup = int(round(hp.warmup_epochs * total / epochs))
         floor = hp.min_lr / hp.lr
-
-        def factor(step: int) -> float:  # linear warm-up, then cosine to min_lr
-            if step < warmup:
-                return (step + 1) / warmup
-            t = (step - warmup) / max(1, total - warmup)
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, warmup, floor))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -99,6 +99,10 @@ def create_model(name: str, **overrides) -> nn.Module:
                 w = w[0]
             cfg["embed_dim"] = w
         cfg.update(ov)
+        if "depths" in ov and "heads" not in ov:  # a different stage count: the config's heads, cut or doubled
+            h = list(cfg["heads"])
+            n = len(tuple(cfg["depths"]))
+            cfg["heads"] = (h + [h[-1] * 2 ** (i + 1) for i in range(max(0, n - len(h)))])[:n]
         mult = cfg.pop("width_mult", 1.0)
         if mult != 1.0:
             if not (isinstance(mult, (int, float)) and mult > 0):
