@@ -27,6 +27,7 @@ RULES = [
 ]
 HELD, NOT_HELD, NED = "held", "not held", "not enough data"
 K_SE = 2.0
+MIN_LOG_RATIO = 0.05  # |alpha/beta| at least 5% from 1 before a layer "leans" (tiny drifts from init do not count)
 GCONV_SHIFTS = ("fixed", "learnable", "multigroup")
 
 
@@ -115,6 +116,10 @@ def claim_acmix_beats_single_path(frame: pd.DataFrame) -> Claim:
         return Claim("acmix_vs_single_path", statement, NED, "no matched-FLOPs group in the records", method)
     mt = match_table(frame)
     for (ds, grp), g in grouped.groupby(["dataset", "group"], sort=True, dropna=False):
+        # the group's reference cells belong to it even when the runner left their own group empty
+        ref_ids = set(frame[(frame["group"] == grp) & frame["match_reference_cell"].notna()]["match_reference_cell"])
+        ref_cfgs = set(frame[frame["cell_id"].isin(ref_ids)]["config"])
+        g = pd.concat([g, s[s["config"].isin(ref_cfgs) & ~s["config"].isin(g["config"])]])
         families = {"acmix": ("acmix",), "conv": ("conv", "dconv"), "sa": ("sa",)}
         need = {fam: g[g["op"].isin(ops) & (g["top1_n"] > 0)] for fam, ops in families.items()}
         miss = [op for op, d in need.items() if not len(d)]
@@ -231,8 +236,9 @@ def claim_mixing_by_depth(records: list[dict]) -> Claim:
     statement = "Learned mixing leans to convolution early (|beta| > |alpha|) and to attention late (|alpha| > |beta|)."
     method = ("ACmix configurations with learnable mixing: log|alpha/beta| per layer. Early = the first third of the "
               "layer depths, late = the last third; mean and SE over all (seed, layer) values of each part. Held when "
-              "early mean + 2 SE < 0 and late mean - 2 SE > 0; not held when either part is beyond 2 SE on the other "
-              "side; else not enough data.")
+              "early mean + 2 SE < 0 and late mean - 2 SE > 0, both beyond |log ratio| 0.05 (a 5% lean); not held "
+              "when either part is beyond 2 SE on the other side; else not enough data (e.g. weights still at "
+              "their initial 1:1).")
     raw = mixing_raw(records)
     rows, verdicts = [], []
     if not len(raw):
@@ -255,8 +261,10 @@ def claim_mixing_by_depth(records: list[dict]) -> Claim:
             v = "no spread"
         elif me - K_SE * see > 0 or ml + K_SE * sel < 0:
             v = "against"
-        elif me + K_SE * see < 0 and ml - K_SE * sel > 0:
+        elif me + K_SE * see < 0 and ml - K_SE * sel > 0 and me < -MIN_LOG_RATIO and ml > MIN_LOG_RATIO:
             v = "conv early, attention late"
+        elif max(abs(me), abs(ml)) < MIN_LOG_RATIO:
+            v = "no lean (|log ratio| < %.2f)" % MIN_LOG_RATIO
         else:
             v = "within noise"
         verdicts.append(v)

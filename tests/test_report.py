@@ -287,3 +287,37 @@ def test_nan_metrics_do_not_crash(tmp_path):
     summ = pd.read_csv(tmp_path / "out" / "tables" / "summary.csv")
     assert len(summ) == 6
     assert not math.isnan(summ["top1_mean"].iloc[0])
+
+
+def test_labels_name_what_varies():
+    """Labels show shift/mixing and only the overrides that differ; two configurations never share a label."""
+    from reports.records import label_map
+
+    a = mk.make_record("resnet26-acmix", "acmix", "multigroup", "learnable", None, 0)
+    b = copy.deepcopy(a)
+    b["cell"]["overrides"]["kernel_att"] = 5
+    c = copy.deepcopy(a)
+    c["cell"]["group"] = "budget"
+    labels = label_map([a, b, c])
+    assert len(set(labels.values())) == 3
+    assert any("kernel_att=5" in v for v in labels.values())
+    assert not any("stem=" in v for v in labels.values())  # same for all: not shown
+    assert any(v.endswith("group=budget") for v in labels.values())
+
+
+def test_group_reference_outside_the_group_counts():
+    """A group's reference cell (named by the members' match.reference_cell) is compared even when its own
+    cell.group is empty, as when the members selector does not cover the reference."""
+    recs = mk.full_records()
+    conv_ids = {}
+    for r in recs:
+        if r["cell"]["op"] == "conv":
+            r["cell"]["group"] = None
+            r["match"] = None
+            conv_ids[r["cell"]["seed"]] = r["cell_id"]
+    for r in recs:
+        if r["match"]:
+            r["match"]["reference_cell"] = conv_ids[r["cell"]["seed"]]
+    c = _claims(recs)["acmix_vs_single_path"]
+    assert c.status == HELD
+    assert {r["baseline"] for r in c.rows} == {"resnet26-conv", "resnet26-sa"}
