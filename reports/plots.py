@@ -56,7 +56,7 @@ def accuracy_vs_macs(summary: pd.DataFrame):
             seen.add(op)
             ax.errorbar(g["macs"] / scale, g["top1_mean"], yerr=[_zero(x) for x in g["top1_std"]],
                         marker=st["marker"], color=st["color"], ms=11 if op == "acmix" else 8, capsize=3,
-                        lw=1.2 if len(g) > 1 else 0, label=lbl, alpha=0.9)
+                        linestyle="-" if len(g) > 1 else "none", lw=1.2, elinewidth=1.2, label=lbl, alpha=0.9)
             for _, r in g.iterrows():
                 tag = r["backbone"] + (f" {r['shift']}" if isinstance(r["shift"], str) else "")
                 ax.annotate(f"{tag} (n={r['top1_n']})", (r["macs"] / scale, r["top1_mean"]), fontsize=7,
@@ -114,7 +114,7 @@ def stage_macs(summary: pd.DataFrame):
     scale, unit = _macs_unit(s["macs"])
     cols = ["stage1", "stage2.attention", "stage2.conv", "stage2 (rest)", "other"]
     colors = ["#4c72b0", "#c44e52", "#dd8452", "#8172b3", "#bbbbbb"]
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(p) + 1.6))
+    fig, ax = plt.subplots(figsize=(10.5, 0.45 * len(p) + 1.6))
     left = np.zeros(len(p))
     for c, col in zip(cols, colors):
         v = p[c].to_numpy() / scale
@@ -123,7 +123,7 @@ def stage_macs(summary: pd.DataFrame):
     ax.set_xlabel(f"MACs per image ({unit}); voice: {', '.join(sorted(set(map(str, p['voice']))))}")
     ax.set_title("MACs per stage (Stage I: 1x1 projections; Stage II: aggregation)")
     ax.invert_yaxis()
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     return fig
