@@ -64,7 +64,8 @@ def load_cifar(root: str, which: str, download: bool = False):
     try:
         with open(base / lay["meta"], "rb") as f:
             meta = pickle.load(f, encoding="latin1")
-        names = list(meta[lay["names_key"]])
+        meta = {k.decode() if isinstance(k, bytes) else k: v for k, v in meta.items()}
+        names = [n.decode() if isinstance(n, bytes) else n for n in meta[lay["names_key"]]]
     except Exception:  # noqa: BLE001
         raise ValueError(f"corrupt CIFAR meta file {base / lay['meta']}: expected a pickled dict with "
                          f"{lay['names_key']!r}") from None

@@ -125,13 +125,17 @@ class FashionMNISTDataModule(ClassificationDataModule):
     native_size = 28
     in_chans = 1
 
-    def __init__(self, root: str | None = None, cache_dir: str | None = None, download: bool = True, **kwargs):
+    def __init__(self, root: str | None = None, cache_dir: str | None = None, download: bool = True,
+                 debian_dir: str = DEBIAN_DIR, **kwargs):
         super().__init__(root=root, **kwargs)
-        self.cache_dir, self.download = cache_dir, download
+        self.cache_dir, self.download, self.debian_dir = cache_dir, download, debian_dir
+
+    def _locate(self):
+        return locate_fashion_mnist(self.root, self.cache_dir, self.download, self.debian_dir)
 
     def prepare_data(self) -> None:
-        locate_fashion_mnist(self.root, self.cache_dir, self.download)
+        self._locate()
 
     def _load(self):
-        train, test = load_fashion_mnist(locate_fashion_mnist(self.root, self.cache_dir, self.download))
+        train, test = load_fashion_mnist(self._locate())
         return train, test, 10
