@@ -21,6 +21,7 @@ RULES = [
     "'faster' when the medians differ by more than half the two noises summed (the bands median +- noise/2 do not "
     "overlap), 'slower' when the same holds the other way, else 'within noise'. A speed-up whose speeds are equal "
     "within the measured noise is not held (the timing spread is of the quantity itself, from many repeats).",
+    "Speeds measured on different devices or thread counts are not compared (not enough data).",
     "A claim is held when every deciding comparison goes its way, not held when any deciding comparison goes "
     "against it (beyond noise; for speed also within noise), and not enough data otherwise, including when the "
     "cells it needs are missing.",
@@ -73,6 +74,8 @@ def compare_speed(ra, rb, key: str = "infer_samples_per_s") -> dict:
         verdict = "no spread"
     else:
         verdict = "faster" if d > gap else "slower" if d < -gap else "within noise"
+    if verdict != "missing" and ra["speed_on"] != rb["speed_on"]:
+        verdict = "not comparable (measured on different devices or thread counts)"
     return {"a_median": ma, "a_noise": noise_a, "b_median": mb, "b_noise": noise_b, "diff": d,
             "ratio": ma / mb if mb else math.nan, "noise_gap": gap, "verdict": verdict,
             "same_machine": ra["speed_on"] == rb["speed_on"]}

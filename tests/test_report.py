@@ -321,3 +321,13 @@ def test_group_reference_outside_the_group_counts():
     c = _claims(recs)["acmix_vs_single_path"]
     assert c.status == HELD
     assert {r["baseline"] for r in c.rows} == {"resnet26-conv", "resnet26-sa"}
+
+
+def test_speed_on_different_machines_is_not_compared():
+    recs = mk.full_records()
+    for r in recs:
+        if r["cell"]["shift"] == "tensor":
+            r["speed"]["threads"] = 8
+    c = _claims(recs)["gconv_faster"]
+    assert c.status == NED
+    assert all(r["verdict"].startswith("not comparable") for r in c.rows)
