@@ -228,7 +228,9 @@ def test_bad_directories_give_one_line_errors(tmp_path, capsys):
         "no_cells": (tmp_path / "empty", "has no cells/ folder"),
         "file": (tmp_path / "afile.txt", "is a file"),
         "only_bad": (tmp_path / "bad", "no usable records"),
+        "empty_cells": (tmp_path / "empty_cells", "no usable records"),
     }
+    (tmp_path / "empty_cells" / "cells").mkdir(parents=True)
     (tmp_path / "empty").mkdir()
     (tmp_path / "afile.txt").write_text("x")
     (tmp_path / "bad" / "cells").mkdir(parents=True)
@@ -331,3 +333,18 @@ def test_speed_on_different_machines_is_not_compared():
     c = _claims(recs)["gconv_faster"]
     assert c.status == NED
     assert all(r["verdict"].startswith("not comparable") for r in c.rows)
+
+
+def test_cells_folder_accepted_and_env_differences_listed(tmp_path):
+    recs = mk.full_records(seeds=(0,))
+    mk.write_set(tmp_path / "a", recs)
+    other = copy.deepcopy(recs)
+    for r in other:
+        r["env"]["torch"] = "9.9.9"
+        r["speed"]["threads"] = 4
+    mk.write_set(tmp_path / "b", other)
+    written, rep = build_report(tmp_path / "a" / "cells", tmp_path / "out", compare=tmp_path / "b")
+    assert rep.rs.root == tmp_path / "a"
+    md = written["report.md"].read_text()
+    assert "environment differs: torch: this 2.14.1 vs base 9.9.9" in md
+    assert "environment differs: speed_threads" in md and "not like for like" in md
