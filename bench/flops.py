@@ -613,7 +613,7 @@ def _ptflops_module_types():
     return tuple(MODULES_MAPPING)
 
 
-def _audit(model, inventory: dict, unsupported: list, voices) -> list[dict]:
+def _audit(model, inventory: dict, unsupported: list, voices, conv: Conventions) -> list[dict]:
     """Every Stage II op with a cost (in the fvcore voice) that a voice counts as zero, and every op
     the fvcore voice itself has no handle for (anywhere)."""
     rows = []
@@ -626,7 +626,7 @@ def _audit(model, inventory: dict, unsupported: list, voices) -> list[dict]:
         if not stage.startswith("stage2"):
             continue
         mod = mods.get(scope)
-        cost = sum(v for c, v in cats.items() if c != "elem" or _elem_category(mod) != "elem")
+        cost = sum(v for c, v in cats.items() if conv.counts(_elem_category(mod) if c == "elem" else c))
         if cost <= 0:
             continue
         short = kind.split("::", 1)[1] if "::" in kind else kind
@@ -664,15 +664,48 @@ def _as_inputs(model, input_size=None, inputs=None) -> tuple:
     return inputs
 
 
+STAGE2_IMPLS = (None, "fast", "reference")
+
+
+@contextlib.contextmanager
+def _stage2_impl(model: nn.Module, impl: str | None):
+    """None: as built. "fast": every Stage II path fast. "reference": ACMIX.md as written: the
+    sliding-window attention paths and the release's conv paths (shift "multigroup": light FC, then the
+    grouped conv, unfused) run their references (e.g. 79,980,544 MACs for the 64-channel block at 56x56);
+    other shift forms and the window attention keep the fast path (the window reference is a dense test
+    oracle that costs all token pairs)."""
+    if impl not in STAGE2_IMPLS:
+        raise ValueError(f"stage2_impl must be one of fast, reference (or None: as built), got {impl!r}")
+    from modules.local_attention import LocalAttentionPath
+    from modules.operators import ConvPath
+    saved = []
+
+    def spec_path(m):
+        return isinstance(m, LocalAttentionPath) or (isinstance(m, ConvPath) and m.shift.shift == "multigroup")
+
+    if impl is not None:
+        for m in model.modules():
+            if hasattr(m, "impl") and type(m).__module__.startswith("modules"):
+                if impl == "fast" or spec_path(m):
+                    saved.append((m, m.impl))
+                    m.impl = impl
+    try:
+        yield
+    finally:
+        for m, v in saved:
+            m.impl = v
+
+
 def count_model(model: nn.Module, input_size=None, inputs=None, voices=VOICES, conventions=None,
-                backward: str = "none") -> CountResult:
+                backward: str = "none", stage2_impl: str | None = None) -> CountResult:
     """Params and MACs per stage for each voice, per image (batch 1), and the audit.
 
     input_size: (C, H, W) or (1, C, H, W) (maps) / (1, H, W, C) (tokens); or pass `inputs`.
     conventions: Conventions, dict or "bias=on,softmax=on" (the formula and fvcore voices follow them;
     the other voices have fixed conventions of their own). backward: "none" (forward only), "x2"
     (training step = forward + 2 x forward, every voice), "counted" (the torch voice counts the real
-    backward ops; the others use the x2 rule).
+    backward ops; the others use the x2 rule). stage2_impl: None (as built), "fast", or "reference"
+    (sliding-window attention as ACMIX.md writes it; see _stage2_impl).
     """
     conv = Conventions.parse(conventions)
     if backward not in BACKWARD_MODES:
@@ -684,6 +717,8 @@ def count_model(model: nn.Module, input_size=None, inputs=None, voices=VOICES, c
     inputs = _as_inputs(model, input_size, inputs)
     was_training = model.training
     model.eval()
+    impl_ctx = _stage2_impl(model, stage2_impl)
+    impl_ctx.__enter__()
     rows, notes, seconds, parts, audit = [], [], {}, [], []
     inventory = defaultdict(Counter)
     unsupported = []
@@ -710,6 +745,7 @@ def count_model(model: nn.Module, input_size=None, inputs=None, voices=VOICES, c
             results[v] = (macs, params)
     finally:
         model.train(was_training)
+        impl_ctx.__exit__(None, None, None)
     stages = set()
     for macs, params in results.values():
         stages.update(macs)
@@ -729,7 +765,7 @@ def count_model(model: nn.Module, input_size=None, inputs=None, voices=VOICES, c
                 m, p = macs.get(s, 0), params.get(s, 0)
             rows.append({"stage": s, "voice": v, "params": int(p), "macs": int(m) * mult})
     if "fvcore" in voices:
-        audit = _audit(model, inventory, unsupported, voices)
+        audit = _audit(model, inventory, unsupported, voices, conv)
     if backward == "counted":
         notes.append("backward=counted: the torch voice counts forward + backward ops; other voices use the x2 rule "
                      "(training step = 3 x forward)")
@@ -782,11 +818,13 @@ def build_op(op: str, channels: int = 64, heads: int = 4, kernel_att: int = 7, k
     raise ValueError(f"unknown operator {op!r}; allowed: {', '.join(OPS)}")
 
 
-def count_op(op: str, size: int, voices=VOICES, conventions=None, backward="none", **kwargs) -> CountResult:
+def count_op(op: str, size: int, voices=VOICES, conventions=None, backward="none", stage2_impl=None,
+             **kwargs) -> CountResult:
     module, layout = build_op(op, **kwargs)
     c = kwargs.get("in_channels") or kwargs.get("channels", 64)
     shape = (1, c, size, size) if layout == "map" else (1, size, size, kwargs.get("channels", 64))
-    return count_model(module, input_size=shape, voices=voices, conventions=conventions, backward=backward)
+    return count_model(module, input_size=shape, voices=voices, conventions=conventions, backward=backward,
+                       stage2_impl=stage2_impl)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -838,7 +876,7 @@ def run(args) -> int:
         res = count_op(args.op, args.size, voices, args.conventions, args.backward, channels=args.channels,
                        heads=args.heads, kernel_att=args.kernel_att, kernel_conv=args.kernel_conv, stride=args.stride,
                        shift=args.shift, mixing=args.mixing, window=args.window, shift_size=args.shift_size,
-                       in_channels=args.in_channels, bias=args.bias)
+                       in_channels=args.in_channels, bias=args.bias, stage2_impl=args.stage2_impl)
         what = f"--op {args.op}"
     else:
         overrides = {}
@@ -848,7 +886,7 @@ def run(args) -> int:
             overrides["stem"] = args.stem
         model = build_model(args.model, None if args.model.startswith("torchvision:") else args.size, **overrides)
         res = count_model(model, input_size=(3, args.size, args.size), voices=voices, conventions=args.conventions,
-                          backward=args.backward)
+                          backward=args.backward, stage2_impl=args.stage2_impl)
         what = f"--model {args.model}"
     elapsed = time.perf_counter() - t0
     if args.format == "csv":
@@ -891,6 +929,9 @@ def register(sub) -> None:
                    help="e.g. bias=on,softmax=on,activations=on,norms=off,shift_adds=off (formula and fvcore voices)")
     p.add_argument("--backward", default="none", choices=BACKWARD_MODES,
                    help="none: forward; x2: training step = 3 x forward; counted: torch voice counts the backward")
+    p.add_argument("--stage2-impl", default=None, choices=("fast", "reference"),
+                   help="count as built (default), all-fast, or with the sliding-window attention as ACMIX.md "
+                        "writes it (reference)")
     p.add_argument("--flops", action="store_true", help="show FLOPs (= 2 MACs) instead of MACs, labelled")
     p.add_argument("--format", default="table", choices=("table", "csv", "json"))
     p.add_argument("--time", action="store_true", help="print the counting time (stderr)")

@@ -166,16 +166,29 @@ def shift_cost(d: int, k: int, copies: int, H: int, W: int, stride: int, shift: 
 
 
 def conv_path_cost(heads: int, d: int, k: int, H: int, W: int, stride: int, shift: str, fc_bias: bool,
-                   impl: str = "fast") -> OpCost:
+                   impl: str = "fast", fused: bool = False) -> OpCost:
     """ACmix convolution path: light FC 3N -> k^2 over (3N, d, H W) at full resolution, then the shift.
-    Light FC as released (authors' correction of the paper's 3N x k^2 N): k^2 3N d H W MACs, k^2 3N params."""
+    Light FC as released (authors' correction of the paper's 3N x k^2 N): k^2 3N d H W MACs, k^2 3N params.
+
+    fused (the fast path for shift="multigroup" without FC bias, modules/operators.py ConvPath): the FC
+    is folded into the grouped conv's kernels once per forward (d N k^2 k^2 3N MACs, independent of the
+    batch) and one grouped conv (groups d, 3N -> N per group, k x k) runs: C 3N k^2 H'W' MACs. That
+    equals FC + grouped conv (k^2 3N d H W + C k^4 H'W') only when 3N = 3 + k^2 at stride 1 (N = 4, k = 3).
+    """
     k2 = k * k
+    N = heads
     c = OpCost()
-    c.add("", "light FC 3N -> k^2", "mac", k2 * 3 * heads * d * H * W)
-    c.param("", k2 * 3 * heads + (k2 if fc_bias else 0))
+    c.param("", k2 * 3 * N + (k2 if fc_bias else 0))
+    if fused:
+        Ho, Wo = out_size(H, stride), out_size(W, stride)
+        c.add("", "light FC folded into the grouped conv kernels (per forward)", "mac", d * N * k2 * k2 * 3 * N)
+        c.add("", "fused light FC + grouped conv (groups d, 3N -> N each)", "mac", d * N * 3 * N * k2 * Ho * Wo)
+        c.param("", d * N * k2 * k2)  # the multigroup kernels
+        return c
+    c.add("", "light FC 3N -> k^2", "mac", k2 * 3 * N * d * H * W)
     if fc_bias:
         c.add("", "light FC bias", "bias", k2 * d * H * W)
-    return c.extend(shift_cost(d, k, heads, H, W, stride, shift, impl))
+    return c.extend(shift_cost(d, k, N, H, W, stride, shift, impl))
 
 
 def local_attention_cost(C: int, heads: int, kernel_att: int, H: int, W: int, stride: int = 1,
@@ -262,14 +275,16 @@ def local_self_attention_cost(C_in: int, C: int, heads: int, kernel_att: int, H:
 
 
 def acmix_cost(C_in: int, C: int, heads: int, kernel_att: int, kernel_conv: int, H: int, W: int, stride: int = 1,
-               shift: str = "multigroup", mixing: str = "learnable", impl: str = "fast") -> OpCost:
+               shift: str = "multigroup", mixing: str = "learnable", impl: str = "fast",
+               fused: bool = False, conv_impl: str | None = None) -> OpCost:
     """ResNet-ACmix (ACMIX.md section 3). Fixed mixings build (and count) only the paths they use."""
     N, d = heads, C // heads
     c = OpCost().extend(qkv_conv_cost(C_in, C, H, W), "stage1")
     if mixing != "conv":
         c.extend(local_attention_cost(C, N, kernel_att, H, W, stride, impl), "stage2.attention")
     if mixing != "att":
-        c.extend(conv_path_cost(N, d, kernel_conv, H, W, stride, shift, False, impl), "stage2.conv")
+        c.extend(conv_path_cost(N, d, kernel_conv, H, W, stride, shift, False, conv_impl or impl, fused),
+                 "stage2.conv")
     if _mixing_params(mixing):
         c.param("stage2", _mixing_params(mixing))
     return c
@@ -413,8 +428,10 @@ def operator_cost(module, in_shape) -> OpCost | None:
         if conv is not None and conv.impl == "reference" and shift != "multigroup":
             raise ValueError("formulas for the reference conv path cover shift='multigroup' only; "
                              "count the fast path (set_stage2_impl(model, 'fast'))")
+        fused = (conv is not None and conv.fc.bias is None and shift == "multigroup" and conv.impl == "fast"
+                 and conv.shift.impl == "fast")
         c = acmix_cost(C_in, m.out_planes, m.head, m.kernel_att, m.kernel_conv, H, W, m.stride, shift,
-                       s2.mixing, impl)
+                       s2.mixing, impl, fused, conv.impl if conv is not None else None)
         if m.dilation != 1:
             raise ValueError("formulas assume dilation=1 for ACmix; the count would not be exact")
         return c
