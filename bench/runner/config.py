@@ -138,8 +138,7 @@ SECTIONS: dict[str, dict[str, _Spec]] = {
         "batch_size": _Spec(int, 32, lo=1),
         "latency": _Spec(bool, True),
         "min_run_time": _Spec(float, 0.5, lo=0.0),
-        "train_steps": _Spec(int, 5, lo=1),
-        "train_speed": _Spec(bool, True),
+        "repeats": _Spec(int, 5, lo=1),
     },
     "model": {
         "stem": _Spec(str, None, choices=("imagenet", "small"), nullable=True),

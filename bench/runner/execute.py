@@ -137,13 +137,27 @@ def _device_for(cfg) -> torch.device:
     return torch.device("cpu")
 
 
-def make_datamodule(cell: dict, cfg: dict):
-    from datamodules import create_datamodule
+_DM_CLASSES = {"fashion_mnist": "FashionMNISTDataModule", "cifar10": "CIFAR10DataModule",
+               "cifar100": "CIFAR100DataModule", "imagenet": "ImageFolderDataModule", "synthetic": "SyntheticDataModule"}
 
+
+def create_dm(name: str, **kw):
+    """datamodules.create_datamodule, or the class by name where that factory is not there."""
+    import datamodules
+
+    if hasattr(datamodules, "create_datamodule"):
+        return datamodules.create_datamodule(name, **kw)
+    cls = getattr(datamodules, _DM_CLASSES[name], None)
+    if cls is None:
+        raise ValueError(f"dataset {name!r}: datamodules has no {_DM_CLASSES[name]} yet")
+    return cls(**kw)
+
+
+def make_datamodule(cell: dict, cfg: dict):
     d = cfg["data"]
     kw = {k: d[k] for k in ("root", "batch_size", "num_workers", "val_fraction", "image_size", "train_subset",
                             "val_subset", "test_subset", "augment", "eval_batch_size")}
-    return create_datamodule(cell["dataset"], seed=cell["seed"], **kw)
+    return create_dm(cell["dataset"], seed=cell["seed"], **kw)
 
 
 def _callbacks(ckpt_dir: str, cfg: dict):
@@ -278,7 +292,7 @@ def run_cell(cell: dict, cfg: dict, out: str, *, progress: bool = False) -> dict
         if meas["speed"]:
             probe = copy.deepcopy(model).to(dev)
             speed.update(__import__("bench.runner.measure", fromlist=["x"]).inference_speed(
-                probe, size, meas["batch_size"], dev, meas["min_run_time"], meas["latency"]))
+                probe, size, meas["batch_size"], dev, meas["min_run_time"], meas["latency"], meas["repeats"]))
             del probe
         train_and_test(cell, cfg, model, out, progress, state)
         speed["train_samples_per_s"] = state.get("train_samples_per_s")

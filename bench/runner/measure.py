@@ -2,7 +2,7 @@
 latency, Lightning's ThroughputMonitor for the training step inside the real run.
 
 Every statistic is {"median", "iqr", "n"}: the median and inter-quartile range
-over n timed blocks (torch.utils.benchmark's blocked_autorange), converted to
+over n timed blocks (torch.utils.benchmark.Timer), converted to
 the unit named by the key (samples/s or ms).
 """
 from __future__ import annotations
@@ -28,30 +28,34 @@ def summarize(values: list[float]) -> dict | None:
     return {"median": med, "iqr": iqr, "n": len(values)}
 
 
-def _timer(model, x, min_run_time: float):
+def _times(model, x, min_run_time: float, repeats: int) -> list[float]:
+    """Seconds per forward, one value per block: `repeats` blocks of k calls (torch.utils.benchmark.Timer.timeit),
+    k chosen so that all blocks together take about min_run_time."""
     from torch.utils.benchmark import Timer
 
     def fwd():
         with torch.inference_mode():
             model(x)
 
-    fwd()  # warm-up (allocator, lazy init, cudnn autotune)
-    return Timer(stmt="fwd()", globals={"fwd": fwd}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=min_run_time)
+    timer = Timer(stmt="fwd()", globals={"fwd": fwd}, num_threads=torch.get_num_threads())
+    timer.timeit(number=2)  # warm-up (allocator, lazy init, cudnn autotune)
+    one = timer.timeit(number=1).median
+    k = max(1, int(min_run_time / repeats / max(one, 1e-6)))
+    return [timer.timeit(number=k).median for _ in range(repeats)]
 
 
 def inference_speed(model: torch.nn.Module, input_size, batch_size: int, device: torch.device,
-                    min_run_time: float = 0.5, latency: bool = True) -> dict:
+                    min_run_time: float = 0.5, latency: bool = True, repeats: int = 5) -> dict:
     """{"infer_samples_per_s", "latency_b1_ms"} measured in eval mode with random inputs."""
     was_training = model.training
     model.eval()
     try:
         x = torch.randn(batch_size, *input_size, device=device)
-        m = _timer(model, x, min_run_time)
-        out = {"infer_samples_per_s": summarize([batch_size / t for t in m.times]), "latency_b1_ms": None}
+        t = _times(model, x, min_run_time, repeats)
+        out = {"infer_samples_per_s": summarize([batch_size / v for v in t]), "latency_b1_ms": None}
         if latency:
-            m1 = _timer(model, x[:1], min_run_time)
-            out["latency_b1_ms"] = summarize([t * 1e3 for t in m1.times])
+            t1 = _times(model, x[:1], min_run_time, repeats)
+            out["latency_b1_ms"] = summarize([v * 1e3 for v in t1])
     finally:
         model.train(was_training)
     return out
@@ -78,7 +82,10 @@ class RecordingThroughputMonitor(ThroughputMonitor):
             tp = self._throughputs[stage]
             if len(tp._samples) >= 2:
                 # global rate: samples over all ranks per second
-                rate = tp.compute().get("samples_per_sec")
+                m = tp.compute()
+                rate = m.get("samples_per_sec")
+                if rate is None and m.get("device/samples_per_sec") is not None:
+                    rate = m["device/samples_per_sec"] * trainer.world_size
                 if rate is not None and self._batches[stage] > self.skip:
                     self.train_rates.append(float(rate))
         super()._compute(trainer, iter_num)

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 
 def _batches(dataset: str, batch_size: int, n: int, seed: int = 0):
     """n real training batches from the dataset's datamodule, held in memory."""
-    from datamodules import create_datamodule
+    from .execute import create_dm
 
-    dm = create_datamodule(dataset, batch_size=batch_size, seed=seed, train_subset=batch_size * n, augment=False)
+    dm = create_dm(dataset, batch_size=batch_size, seed=seed, train_subset=batch_size * n, augment=False)
     dm.prepare_data()
     dm.setup("fit")
     out = []

@@ -41,8 +41,8 @@ def prepare(name: str, root: str | None = None, *, allow_apt: bool = True) -> st
         paths = locate_fashion_mnist(root)  # torchvision download into the cache, or a FileNotFoundError saying what to do
         where = os.path.dirname(str(next(iter(paths.values()))))
         return f"data: {note}Fashion-MNIST from {where} (torchvision download / cache)"
-    from datamodules import create_datamodule
+    from .execute import create_dm
 
-    dm = create_datamodule(name, root=root)
+    dm = create_dm(name, root=root)
     dm.prepare_data()
     return f"data: {name} prepared by its datamodule" + (f" (root {root})" if root else "")

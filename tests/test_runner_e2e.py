@@ -1,0 +1,277 @@
+"""The runner end to end on real Fashion-MNIST batches with tiny ResNet-26 models.
+
+Covers: records and results table, skip on rerun, failure isolation (exception,
+NaN loss, out of memory), Ctrl-C, SIGKILL in the middle of a cell and resume
+from its checkpoint, shards into one directory, submitit's local executor,
+--dry-run --format csv, and the CLI's one-line errors.
+"""
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import redirect_stdout
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from bench.cli import main as cli_main
+from bench.runner import records as R
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist")
+                                and not os.environ.get("ACMIX_TEST_DATA"),
+                                reason="needs Fashion-MNIST (apt-get install dataset-fashion-mnist)")
+
+
+def tiny_config(tmp_path, name="tiny", seeds=(0,), operators=("conv",), shifts=("fixed",), **sections):
+    raw = {
+        "name": name,
+        "matrix": {"backbones": ["resnet26"], "operators": list(operators), "shifts": list(shifts),
+                   "mixings": ["learnable"], "datasets": ["fashion_mnist"], "seeds": list(seeds)},
+        "model": {"stem": "small", "widths": [8, 8, 8, 8]},
+        "trainer": {"accelerator": "cpu", "max_epochs": 1, "log_every_n_steps": 1, "checkpoint_every_n_steps": 1},
+        "data": {"batch_size": 16, "train_subset": 64, "val_subset": 16, "test_subset": 24, "augment": False,
+                 "image_size": 16},
+        "optim": {"lr": 0.05},
+        "measure": {"voices": ["formula"], "speed": False},
+        "report": False,
+    }
+    for sec, upd in sections.items():
+        raw[sec].update(upd) if isinstance(raw.get(sec), dict) else raw.__setitem__(sec, upd)
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return str(p)
+
+
+def run_cli(*argv):
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        rc = cli_main(list(argv))
+    return rc, buf.getvalue()
+
+
+def finishes(out):
+    ev = [json.loads(x) for x in open(os.path.join(out, "events.jsonl"))]
+    n = {}
+    for e in ev:
+        if e["event"] == "finish":
+            n[e["cell_id"]] = n.get(e["cell_id"], 0) + 1
+    return n, ev
+
+
+def test_run_records_results_and_skip(tmp_path):
+    cfg = tiny_config(tmp_path, seeds=(0,), operators=("conv", "acmix"),
+                      measure={"voices": ["formula", "fvcore"], "speed": True, "batch_size": 4,
+                               "min_run_time": 0.05, "repeats": 3})
+    out = str(tmp_path / "out")
+    rc, text = run_cli("run", cfg, "--out", out, "--no-progress")
+    assert rc == 0, text
+    recs = {r["cell_id"]: r for r in R.read_records(out)}
+    assert len(recs) == 2
+    for r in recs.values():
+        R.validate_record(r)
+        assert r["status"] == "ok", r["reason"]
+        m = r["metrics"]
+        assert 0.0 <= m["top1"] <= m["top5"] <= 1.0 and m["steps"] == 4 and m["epochs"] == 1
+        assert r["counts"]["unit"] == "MACs" and r["counts"]["input_size"] == [1, 16, 16]
+        assert set(r["counts"]["voices"]) == {"formula", "fvcore"}
+        assert r["counts"]["voices"]["formula"]["total"]["macs"] > 0
+        s = r["speed"]
+        assert s["infer_samples_per_s"]["n"] == 3 and s["infer_samples_per_s"]["median"] > 0
+        assert s["latency_b1_ms"]["median"] > 0 and s["train_samples_per_s"]["median"] > 0
+        assert r["env"]["threads"] >= 1 and r["env"]["torch"] == torch.__version__
+        assert r["wall_s"] > 0 and r["finished_at"] >= r["started_at"]
+    acmix = next(r for r in recs.values() if r["cell"]["op"] == "acmix")
+    conv = next(r for r in recs.values() if r["cell"]["op"] == "conv")
+    assert acmix["cell"]["shift"] == "fixed" and acmix["mixing_by_depth"]
+    assert [d["depth"] for d in acmix["mixing_by_depth"]] == list(range(len(acmix["mixing_by_depth"])))
+    assert "stage2.attention" in acmix["counts"]["voices"]["formula"]
+    assert conv["mixing_by_depth"] == [] and conv["cell"]["shift"] is None
+    csv = pd.read_csv(os.path.join(out, "results.csv"))
+    assert sorted(csv.cell_id) == sorted(recs) and (csv.status == "ok").all()
+    assert json.load(open(os.path.join(out, "plan.json")))["cells"] == list(
+        json.load(open(os.path.join(out, "plan.json")))["cells"])
+    assert not os.listdir(os.path.join(out, "ckpt"))  # checkpoints of finished cells removed
+    assert "ok" in text and "top1=" in text
+    before = {k: os.path.getmtime(R.record_path(out, k)) for k in recs}
+    rc, text = run_cli("run", cfg, "--out", out, "--no-progress")
+    assert rc == 0 and "2 already finished, 0 to run" in text
+    assert before == {k: os.path.getmtime(R.record_path(out, k)) for k in recs}
+    n, _ = finishes(out)
+    assert n == {k: 1 for k in recs}
+
+
+class _Poison(torch.nn.Module):
+    def __init__(self, inner, kind):
+        super().__init__()
+        self.inner, self.kind = inner, kind
+
+    def forward(self, x):
+        y = self.inner(x)
+        if self.kind == "nan" and self.training:
+            return y * float("nan")
+        if self.kind == "oom" and self.training:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return y
+
+
+def test_failures_are_isolated(tmp_path, monkeypatch):
+    from bench.runner import cells as C
+    from bench.runner import execute as X
+    from bench.runner.config import load_config
+
+    cfg = load_config(tiny_config(tmp_path, seeds=(0, 1, 2, 3)))
+    cells = C.expand(cfg)
+    plan = {cells[0]["cell_id"]: "boom", cells[1]["cell_id"]: "nan", cells[2]["cell_id"]: "oom"}
+    real = X.build_model
+
+    def build(cell, widths=None):
+        kind = plan.get(cell.get("cell_id"))
+        if kind == "boom":
+            raise RuntimeError("synthetic failure while building\nsecond line")
+        m = real(cell, widths)
+        return _Poison(m, kind) if kind else m
+
+    monkeypatch.setattr(X, "build_model", build)
+    out = str(tmp_path / "out")
+    res = X.run_matrix(cfg, cells, out, progress=False, echo=lambda *a: None)
+    assert res["status"] == {"failed": 1, "nan": 1, "oom": 1, "ok": 1}
+    recs = {r["cell_id"]: r for r in R.read_records(out)}
+    st = {cid: (recs[cid]["status"], recs[cid]["reason"]) for cid in recs}
+    assert st[cells[0]["cell_id"]] == ("failed", "RuntimeError: synthetic failure while building second line")
+    assert st[cells[1]["cell_id"]][0] == "nan" and "loss is nan" in st[cells[1]["cell_id"]][1]
+    assert st[cells[2]["cell_id"]][0] == "oom" and "out of memory" in st[cells[2]["cell_id"]][1]
+    assert st[cells[3]["cell_id"]] == ("ok", None)
+    for r in recs.values():
+        R.validate_record(r)
+    # a failed cell is finished: skipped on rerun unless --retry-failed
+    todo, done = X.pending(cells, out)
+    assert todo == [] and len(done) == 4
+    todo, _ = X.pending(cells, out, retry_failed=True)
+    assert len(todo) == 3
+
+
+def _spawn(cfg, out, *extra):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "bench.cli", "run", cfg, "--out", out, "--no-progress", *extra],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _wait_for(pred, proc, timeout=240):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if pred():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def _mid_cell(out, k):
+    """True once the k-th cell (0-based) started and wrote a checkpoint."""
+    def pred():
+        p = os.path.join(out, "events.jsonl")
+        if not os.path.exists(p):
+            return False
+        starts = [json.loads(x)["cell_id"] for x in open(p) if '"start"' in x]
+        if len(starts) <= k:
+            return False
+        return os.path.exists(os.path.join(out, "ckpt", starts[k], "last.ckpt"))
+    return pred
+
+
+def test_sigkill_mid_cell_then_rerun_records_each_cell_once(tmp_path):
+    # 2 cells, 8 steps each, a checkpoint every step: kill during the second cell's training
+    cfg = tiny_config(tmp_path, seeds=(0, 1), data={"train_subset": 128})
+    out = str(tmp_path / "out")
+    p = _spawn(cfg, out)
+    ok = _wait_for(_mid_cell(out, 1), p)
+    os.killpg(p.pid, signal.SIGKILL)
+    log = p.communicate()[0]
+    assert ok, log[-3000:]
+    recs = {r["cell_id"]: r for r in R.read_records(out)}
+    assert sorted(r["status"] for r in recs.values()) == ["ok", "running"]
+    killed = next(cid for cid, r in recs.items() if r["status"] == "running")
+    p = _spawn(cfg, out)
+    log = p.communicate(timeout=400)[0]
+    assert p.returncode == 0, log[-3000:]
+    recs = {r["cell_id"]: r for r in R.read_records(out)}
+    assert len(recs) == 2 and all(r["status"] == "ok" for r in recs.values())
+    assert recs[killed]["resumed_from"] == f"ckpt/{killed}/last.ckpt"
+    assert recs[killed]["metrics"]["steps"] == 8
+    n, _ = finishes(out)
+    assert n == {cid: 1 for cid in recs}  # every cell recorded (finished) exactly once
+    assert sorted(os.listdir(os.path.join(out, "cells"))) == sorted(f"{c}.json" for c in recs)
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
+    cfg = tiny_config(tmp_path, seeds=(0, 1, 2))
+    out = str(tmp_path / "out")
+    p = _spawn(cfg, out)
+    ok = _wait_for(_mid_cell(out, 1), p)
+    os.killpg(p.pid, signal.SIGINT)
+    log = p.communicate(timeout=120)[0]
+    assert ok, log[-3000:]
+    assert p.returncode == 130, log[-3000:]
+    assert "interrupted" in log and "Traceback" not in log
+    st = sorted(r["status"] for r in R.read_records(out))
+    assert st == ["interrupted", "ok"], st
+    assert os.path.exists(os.path.join(out, "results.csv"))
+    p = _spawn(cfg, out)
+    log = p.communicate(timeout=400)[0]
+    assert p.returncode == 0, log[-3000:]
+    assert sorted(r["status"] for r in R.read_records(out)) == ["ok"] * 3
+
+
+def test_shards_and_submitit_local_share_one_directory(tmp_path):
+    cfg = tiny_config(tmp_path, seeds=(0, 1), data={"train_subset": 32})
+    out = str(tmp_path / "out")
+    rc, text = run_cli("run", cfg, "--out", out, "--shard", "0/2", "--no-progress")
+    assert rc == 0, text
+    assert len(R.read_records(out)) == 1
+    rc, text = run_cli("run", cfg, "--out", out, "--shard", "1/2", "--executor", "local")
+    assert rc == 0, text
+    assert "submitted 1 job(s) to local" in text
+    recs = R.read_records(out)
+    assert len(recs) == 2 and all(r["status"] == "ok" for r in recs)
+    assert len(pd.read_csv(os.path.join(out, "results.csv"))) == 2
+    # every cell already finished: nothing submitted
+    rc, text = run_cli("run", cfg, "--out", out, "--executor", "local")
+    assert rc == 0 and "0 to submit" in text
+
+
+def test_dry_run_csv_and_overrides(tmp_path):
+    cfg = tiny_config(tmp_path, seeds=(0, 1), operators=("conv", "sa", "acmix"), shifts=("tensor", "multigroup"))
+    rc, text = run_cli("run", cfg, "--dry-run", "--format", "csv")
+    assert rc == 0
+    df = pd.read_csv(io.StringIO(text))
+    assert len(df) == 8 and list(df.columns[:8]) == ["cell_id", "model", "backbone", "op", "shift", "mixing",
+                                                     "dataset", "seed"]
+    rc, text2 = run_cli("run", cfg, "--dry-run", "--format", "csv", "--max-epochs", "3",
+                        "--limit-train-batches", "0.5")
+    ids2 = set(pd.read_csv(io.StringIO(text2)).cell_id)
+    assert ids2.isdisjoint(df.cell_id)  # quick-run overrides change the ids
+    rc, text3 = run_cli("run", cfg, "--dry-run", "--format", "csv", "--shard", "1/3")
+    assert len(pd.read_csv(io.StringIO(text3))) == 3
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert cli_main(["run", str(tmp_path / "missing.yaml"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not found" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"matrix": {"backbones": ["resnet26"], "operators": ["conv"],
+                                              "datasets": ["mnist"]}}))
+    assert cli_main(["run", str(bad), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "matrix.datasets[0]" in err and "'fashion_mnist'" in err
+    cfg = tiny_config(tmp_path)
+    assert cli_main(["run", cfg, "--dry-run", "--shard", "3/2"]) == 2
+    assert "--shard" in capsys.readouterr().err
