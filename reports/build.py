@@ -284,6 +284,11 @@ class Report:
                                 f"the --compare set"] + [f"environment differs: {e}" for e in env]
                        + (["speed deltas across different machines or thread counts are not like for like"]
                           if any(e.startswith(("speed_device", "speed_threads", "hostname")) for e in env) else [])))
+        base_claims = {c.key: c for c in claims_mod.check_claims(bf, self.base.records)}
+        b.append(Block("h3", "Claims in both sets"))
+        b.append(Block("table", pd.DataFrame([{
+            "claim": c.statement, "this": STATUS_MARK[c.status], "base": STATUS_MARK[base_claims[c.key].status],
+            "changed": "yes" if c.status != base_claims[c.key].status else ""} for c in self.claims])))
         cc = self.csv["compare_configs"]
         if len(cc):
             b.append(Block("h3", "Per configuration (seeds pooled)"))

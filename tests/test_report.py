@@ -348,3 +348,10 @@ def test_cells_folder_accepted_and_env_differences_listed(tmp_path):
     md = written["report.md"].read_text()
     assert "environment differs: torch: this 2.14.1 vs base 9.9.9" in md
     assert "environment differs: speed_threads" in md and "not like for like" in md
+
+
+def test_compare_lists_claims_that_changed(tmp_path):
+    written, _ = build_report(FIX / "partial", tmp_path, compare=FIX / "full")
+    section = written["report.md"].read_text().split("### Claims in both sets", 1)[1].split("###", 1)[0]
+    changed = [line for line in section.splitlines() if line.endswith("| yes |")]
+    assert len(changed) == 2 and all("NOT ENOUGH DATA | HELD" in line for line in changed)
