@@ -358,38 +358,48 @@ class CountResult:
 def _init_stages(): return defaultdict(Counter)  # stage -> Counter(category -> MACs)
 
 
+def _operator_out_shape(mod, x: torch.Tensor) -> tuple:
+    """Output shape of a suite operator for input x, without running it."""
+    from modules import WindowSelfAttention
+    if isinstance(mod, WindowSelfAttention):
+        return tuple(x.shape)
+    B, _, H, W = x.shape
+    s = mod.stride
+    return (B, mod.out_planes, (H - 1) // s + 1, (W - 1) // s + 1)
+
+
 def _voice_formula(model, inputs, conv: Conventions, res_parts: list) -> tuple[dict, dict, list[str]]:
-    """Closed forms: hooks record each suite operator's input shape (its subtree is covered by the
-    operator's formula) and each standard layer's shapes outside operators."""
+    """Closed forms. Each suite operator is replaced, for this pass only, by a stub that records its
+    input shape and returns an empty tensor of its output shape (the formulas need shapes, not values);
+    standard layers outside operators run and are read by forward hooks."""
     costs: list[tuple[str, OpCost]] = []
     notes = []
     covered_params = set()
     handles = []
-    inside = [0]
     names = {m: n for n, m in model.named_modules()}
+    stubbed = []
 
-    def pre(mod, args, kwargs):
-        name = names[mod]
-        if inside[0] == 0:
-            x = args[0] if args else next(iter(kwargs.values()))
+    def make_stub(mod, name):
+        def forward(x, *args, **kwargs):
             shape = tuple(x.shape)
             if x.dim() == 3:  # tokens (B, L, C) with H, W
-                H = args[1] if len(args) > 1 else kwargs.get("H")
-                W = args[2] if len(args) > 2 else kwargs.get("W")
+                H = args[0] if args else kwargs.get("H")
+                W = args[1] if len(args) > 1 else kwargs.get("W")
                 shape = (shape[0], H, W, shape[2])
-            oc = operator_cost(mod, shape)
-            if oc is not None:
-                costs.append((name, oc))
-                covered_params.update(id(p) for p in mod.parameters())
-                mod._flops_op = True
-                inside[0] += 1
+            costs.append((name, operator_cost(mod, shape)))
+            return x.new_empty(_operator_out_shape(mod, x))
+        return forward
+
+    for name, mod in model.named_modules():
+        if any(mod is s or _is_inside(name, n) for s, n in stubbed):
+            continue
+        if _is_operator(mod):
+            covered_params.update(id(p) for p in mod.parameters())
+            mod.forward = make_stub(mod, name)
+            stubbed.append((mod, name))
 
     def post(mod, args, kwargs, out):
-        if getattr(mod, "_flops_op", False):
-            del mod._flops_op
-            inside[0] -= 1
-            return
-        if inside[0] or next(mod.children(), None) is not None:
+        if next(mod.children(), None) is not None or any(mod is s for s, _ in stubbed):
             return
         x = args[0] if args else next(iter(kwargs.values()))
         lc = layer_cost(mod, tuple(x.shape), tuple(out.shape) if torch.is_tensor(out) else None)
@@ -399,14 +409,16 @@ def _voice_formula(model, inputs, conv: Conventions, res_parts: list) -> tuple[d
         covered_params.update(id(p) for p in mod.parameters())
 
     for n, m in model.named_modules():
-        handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
-        handles.append(m.register_forward_hook(post, with_kwargs=True, always_call=True))
+        if not any(_is_inside(n, sn) for _, sn in stubbed):
+            handles.append(m.register_forward_hook(post, with_kwargs=True))
     try:
         with torch.no_grad():
             model(*inputs)
     finally:
         for h in handles:
             h.remove()
+        for mod, _ in stubbed:
+            del mod.forward
     stages, params = _init_stages(), Counter()
     for name, oc in costs:
         for t in oc.terms:
@@ -427,6 +439,15 @@ def _voice_formula(model, inputs, conv: Conventions, res_parts: list) -> tuple[d
         notes.append("formula: no closed form for " + ", ".join(f"{k} ({v:,} params, MACs not counted)"
                                                                   for k, v in missing.items()))
     return stages, dict(params), notes
+
+
+def _is_inside(name: str, parent: str) -> bool:
+    return name.startswith(parent + ".") if parent else bool(name)
+
+
+def _is_operator(mod) -> bool:
+    from modules import ACmix, Conv, DecomposedConv, LocalSelfAttention, WindowSelfAttention
+    return isinstance(mod, (ACmix, Conv, DecomposedConv, LocalSelfAttention, WindowSelfAttention))
 
 
 def _fvcore_analysis(model, inputs, handles: dict | None):
