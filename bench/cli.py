@@ -14,6 +14,7 @@ SUBCOMMANDS = [
     "bench.demo",
     "bench.flops",
     "bench.match",
+    "bench.speed",
     "bench.run_cli",
     "bench.report_cli",
 ]

@@ -1,0 +1,406 @@
+"""`acmix-bench speed`: time and memory of operators, against a 3x3 conv and the reference.
+
+For every case (operator variant x implementation x pass) it reports:
+  median_ms, iqr_ms  torch.utils.benchmark (blocked_autorange, at least --repeats runs), fixed threads
+  peak_mem_mb        peak memory of one pass above what the model and input already hold:
+                     CPU: a fresh subprocess per case (after a batch-1 warm-up, large blocks
+                     mmap-allocated), peak resident set (VmHWM, reset before the pass) minus
+                     the resident set before it (tracemalloc does not see torch's allocations);
+                     CUDA: torch.cuda.max_memory_allocated minus memory_allocated before the pass.
+Each run includes the baselines `nn.Conv2d` 3x3 of the same width (impl "nn.Conv2d") and the
+reference Stage II of the operator (impl "reference": the formulas as written, i.e. the
+release's unfold-based algorithm for the sliding-window attention), and ratios to both.
+
+Passes: "fwd" (inference, no autograd graph) and "fwd+bwd" (input and parameters require
+grad; backward of the output against a fixed random gradient; parameter grads reset to None).
+
+Functions for other code: `time_fn`, `make_case`, `measure_case`, `run_speed`.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+
+OPS = ("acmix", "sa", "conv", "dconv", "shift", "swin-acmix", "swin-sa")
+PASSES = ("fwd", "fwd+bwd")
+SHIFTS = ("tensor", "fixed", "learnable", "multigroup")
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CONV = "nn.Conv2d"
+CSV_COLUMNS = ["op", "impl", "pass", "median_ms", "iqr_ms", "peak_mem_mb", "runs", "shift", "backend", "shape",
+               "stride", "dtype", "device", "threads", "x_conv", "speedup_vs_ref", "mem_vs_ref", "ms_per_mpix", "torch"]
+
+
+@dataclass
+class Case:
+    """One thing to time: an operator variant, its Stage II implementation and a pass."""
+    op: str
+    impl: str  # "fast" | "reference" | "nn.Conv2d"
+    pass_: str
+    shape: tuple  # (B, C, H, W)
+    stride: int = 1
+    shift: str = "multigroup"
+    heads: int = 4
+    kernel_att: int = 7
+    kernel_conv: int = 3
+    window: int = 7
+    dtype: str = "float32"
+    device: str = "cpu"
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def parse_shape(text: str) -> tuple:
+    try:
+        shape = tuple(int(t) for t in str(text).split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) <= 0:
+        raise ValueError(f"--shape must be B,C,H,W with positive integers (e.g. 8,64,56,56), got {text!r}")
+    return shape
+
+
+def _build(case: Case):
+    """(module, input) for a case, on its device and dtype, Stage II impl set."""
+    from modules import (ACmix, DecomposedConv, LocalSelfAttention, ShiftAggregation, WindowACmix,
+                         WindowSelfAttention, set_stage2_impl)
+
+    B, C, H, W = case.shape
+    N, s = case.heads, case.stride
+    torch.manual_seed(case.seed)
+    layout = "map"
+    if case.impl == CONV:
+        mod = nn.Conv2d(C, C, 3, stride=s, padding=1)
+    elif case.op == "acmix":
+        mod = ACmix(C, C, case.kernel_att, N, case.kernel_conv, stride=s, shift=case.shift)
+    elif case.op == "sa":
+        mod = LocalSelfAttention(C, C, case.kernel_att, N, stride=s)
+    elif case.op == "dconv":
+        mod = DecomposedConv(C, C, case.kernel_conv, stride=s, shift=case.shift)
+    elif case.op == "conv":
+        mod = nn.Conv2d(C, C, case.kernel_conv, stride=s, padding=case.kernel_conv // 2)
+    elif case.op == "shift":
+        if C % N:
+            raise ValueError(f"--op shift: C={C} must be divisible by --heads={N} (input is (B, C/N * k^2, H, W))")
+        mod = ShiftAggregation(C // N, case.kernel_conv, copies=N, stride=s, shift=case.shift)
+        C = mod.in_channels
+    elif case.op in ("swin-acmix", "swin-sa"):
+        if s != 1:
+            raise ValueError(f"--op {case.op} has no stride; use --stride 1")
+        layout = "tokens"
+        mod = (WindowACmix(C, case.window, N, shift=case.shift) if case.op == "swin-acmix"
+               else WindowSelfAttention(C, case.window, N))
+    else:
+        raise ValueError(f"unknown --op {case.op!r}; allowed: {', '.join(OPS)}")
+    if case.impl in ("fast", "reference"):
+        set_stage2_impl(mod, case.impl)
+    dtype, device = DTYPES[case.dtype], torch.device(case.device)
+    mod = mod.to(device=device, dtype=dtype)
+    x = torch.randn(B, C, H, W, device=device, dtype=dtype)
+    if layout == "tokens":
+        x = x.permute(0, 2, 3, 1).contiguous()
+    return mod, x
+
+
+def make_case(case: Case):
+    """A zero-argument callable running one pass of the case, plus the module (kept alive)."""
+    mod, x = _build(case)
+    if case.pass_ == "fwd":
+        mod.eval()
+
+        def run():
+            with torch.no_grad():
+                return mod(x)
+        return run, mod
+    mod.train()
+    x.requires_grad_(True)
+    params = [p for p in mod.parameters() if p.requires_grad]
+    with torch.no_grad():
+        grad = torch.randn_like(mod(x))
+
+    def run():
+        for p in params:
+            p.grad = None
+        x.grad = None
+        mod(x).backward(grad)
+    return run, mod
+
+
+def time_fn(fn, threads: int, min_run_time: float = 1.0, repeats: int = 5, device: str = "cpu") -> dict:
+    """Median and IQR (ms) of fn() with torch.utils.benchmark, at least `repeats` measurements."""
+    import torch.utils.benchmark as tb
+
+    fn()  # warm-up: first-call allocations, extension load, autotuning
+    timer = tb.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    while len(m.times) < repeats:
+        m = tb.Measurement.merge([m, timer.timeit(1)])[0]
+    return {"median_ms": m.median * 1e3, "iqr_ms": m.iqr * 1e3, "runs": len(m.times)}
+
+
+def _proc_status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {key}: peak memory on CPU needs Linux")
+
+
+def _reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); harmless where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory_here(case: Case) -> float:
+    """Peak MB of one pass above the memory held before it, measured in this process.
+
+    CPU: only sound in a fresh process (ru_maxrss is a high-water mark for the whole
+    process), hence `peak_memory` runs this in a subprocess. CUDA: allocator statistics."""
+    if not case.device.startswith("cuda"):
+        # lazy one-time costs (thread pools, oneDNN kernels, extension load) happen in a batch-1
+        # warm-up whose high-water mark stays below the measured pass
+        warm, _m = make_case(Case(**{**asdict(case), "shape": (1,) + tuple(case.shape[1:])}))
+        warm()
+        del warm, _m
+    fn, _mod = make_case(case)
+    if case.device.startswith("cuda"):
+        fn()  # first call: workspaces and autotuning do not count as the operator's memory
+        torch.cuda.synchronize()
+        gc.collect()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    # VmHWM (peak RSS of this process's own address space, reset just before the pass), not
+    # ru_maxrss: Linux carries the parent's high-water mark into ru_maxrss across exec
+    gc.collect()
+    _reset_peak_rss()
+    base = _proc_status_kb("VmRSS")
+    fn()
+    return max(_proc_status_kb("VmHWM") - base, 0) / 1024
+
+
+def peak_memory(case: Case, threads: int) -> float | None:
+    """CPU: one fresh subprocess per case (see peak_memory_here); CUDA: in process."""
+    if case.device.startswith("cuda"):
+        return peak_memory_here(case)
+    # large blocks straight from mmap: freed memory leaves the resident set, so RSS tracks live memory
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MALLOC_MMAP_THRESHOLD_="65536")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "bench.speed", "--child", json.dumps(asdict(case))],
+                          capture_output=True, text=True, env=env, cwd=root)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"memory subprocess for {case.op}/{case.impl}/{case.pass_} failed: {tail}")
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+def environment(threads: int, device: str) -> dict:
+    from modules import _fast
+
+    env = {"torch": torch.__version__, "python": platform.python_version(), "threads": threads,
+           "machine": platform.processor() or platform.machine(), "device": device}
+    try:
+        with open("/proc/cpuinfo") as f:
+            env["cpu"] = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
+        env["cpus"] = os.cpu_count()
+    except OSError:
+        pass
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    err = _fast.extension_error() if device == "cpu" else "CPU only"
+    env["fast_backend"] = _fast.requested_backend() + (f" (C++ extension unavailable: {err})" if err else "")
+    return env
+
+
+def _backend(case: Case) -> str:
+    if case.impl != "fast" or case.op in ("conv", "shift", "dconv", "swin-sa") or case.impl == CONV:
+        return ""
+    from modules import _fast
+    probe = torch.empty(0, dtype=DTYPES[case.dtype], device=case.device)
+    if probe.dtype not in (torch.float32, torch.float64) and probe.device.type == "cpu":
+        probe = probe.float()
+    return _fast.backend_for(probe)
+
+
+def cases_for(op: str, shape, impls, passes, shifts, **kw) -> list[Case]:
+    """The cases of one run: the conv baseline, then op x shift x impl, for every pass."""
+    out = []
+    for p in passes:
+        out.append(Case("conv3x3", CONV, p, shape, **kw))
+        for sh in shifts:
+            for impl in impls:
+                if op == "conv":
+                    impl = "nn.Conv2d(k)"
+                out.append(Case(op, impl, p, shape, shift=sh, **kw))
+                if op == "conv":
+                    break
+            if op in ("conv", "sa", "swin-sa"):
+                break
+    return out
+
+
+def run_speed(cases: list[Case], threads: int = 2, min_run_time: float = 1.0, repeats: int = 5,
+              memory: bool = True, log=None) -> list[dict]:
+    """Measure every case; rows with ratios against the conv and reference rows of the same pass/shift."""
+    torch.set_num_threads(threads)
+    rows = []
+    for case in cases:
+        if log:
+            log(f"  {case.op} {case.impl} {case.pass_} shift={case.shift} ...")
+        fn, _mod = make_case(case)
+        t = time_fn(fn, threads, min_run_time, repeats, case.device)
+        del fn, _mod
+        gc.collect()
+        mem = peak_memory(case, threads) if memory else None
+        B, C, H, W = case.shape
+        Ho, Wo = (H - 1) // case.stride + 1, (W - 1) // case.stride + 1
+        rows.append({"op": case.op, "impl": case.impl, "pass": case.pass_, **t, "peak_mem_mb": mem,
+                     "shift": case.shift if case.op in ("acmix", "shift", "dconv", "swin-acmix") else "",
+                     "backend": _backend(case), "shape": "x".join(map(str, case.shape)), "stride": case.stride,
+                     "dtype": case.dtype, "device": case.device, "threads": threads,
+                     "ms_per_mpix": t["median_ms"] / (B * Ho * Wo / 1e6), "torch": torch.__version__})
+    for r in rows:
+        conv = next((c for c in rows if c["impl"] == CONV and c["pass"] == r["pass"]), None)
+        ref = next((c for c in rows if c["impl"] == "reference" and c["pass"] == r["pass"] and c["op"] == r["op"]
+                    and c["shift"] == r["shift"]), None)
+        r["x_conv"] = r["median_ms"] / conv["median_ms"] if conv else None
+        r["speedup_vs_ref"] = ref["median_ms"] / r["median_ms"] if ref else None
+        r["mem_vs_ref"] = (r["peak_mem_mb"] / ref["peak_mem_mb"]
+                           if ref and r["peak_mem_mb"] is not None and ref["peak_mem_mb"] else None)
+    return rows
+
+
+def _fmt(v, nd=1):
+    if v is None or v == "":
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}" if abs(v) < 1e6 else f"{v:.3g}"
+    return str(v)
+
+
+def format_table(rows: list[dict], env: dict) -> str:
+    lines = [f"acmix-bench speed: torch {env['torch']}, python {env['python']}, {env['threads']} threads, "
+             f"device {env.get('gpu', env['device'])}, cpu {env.get('cpu', env['machine'])} ({env.get('cpus')} cores), "
+             f"fast backend {env['fast_backend']}",
+             "times: torch.utils.benchmark median and IQR (ms); peak memory: "
+             + ("CUDA allocator peak above the pre-pass allocation" if env["device"].startswith("cuda")
+                else "peak RSS (VmHWM) of a fresh subprocess per case minus its RSS before the pass") + " (MB)",
+             "baselines: nn.Conv2d 3x3 of the same width (x_conv = time / its time); reference = the formulas as "
+             "written (sliding window: the release's unfold algorithm); speedup_vs_ref = reference time / time"]
+    head = ["op", "impl", "backend", "shift", "pass", "shape", "s", "median_ms", "iqr_ms", "peak_mem_mb", "x_conv",
+            "speedup_vs_ref", "mem_vs_ref", "ms/Mpix"]
+    body = [[r["op"], r["impl"], r["backend"] or "-", r["shift"] or "-", r["pass"], r["shape"], str(r["stride"]),
+             _fmt(r["median_ms"]), _fmt(r["iqr_ms"]), _fmt(r["peak_mem_mb"]), _fmt(r["x_conv"], 2),
+             _fmt(r["speedup_vs_ref"], 1), _fmt(r["mem_vs_ref"], 3), _fmt(r["ms_per_mpix"], 1)] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i < 7 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join(lines + ["", fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
+
+
+def format_csv(rows: list[dict]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else (round(r[k], 4) if isinstance(r[k], float) else r[k]))
+                    for k in CSV_COLUMNS})
+    return buf.getvalue()
+
+
+def _list(text: str, allowed, name: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if items == ["all"]:
+        return list(allowed)
+    bad = [t for t in items if t not in allowed]
+    if bad or not items:
+        raise ValueError(f"{name}: unknown {', '.join(bad) or 'empty value'}; allowed: {', '.join(allowed)} (or all)")
+    return items
+
+
+def run(args) -> int:
+    shape = parse_shape(args.shape)
+    if args.op not in OPS:
+        raise ValueError(f"unknown --op {args.op!r}; allowed: {', '.join(OPS)}")
+    if args.dtype not in DTYPES:
+        raise ValueError(f"unknown --dtype {args.dtype!r}; allowed: {', '.join(DTYPES)}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible to torch; use --device cpu")
+    if args.threads <= 0:
+        raise ValueError(f"--threads must be positive, got {args.threads}")
+    impls = _list(args.impl, ("fast", "reference"), "--impl")
+    if "reference" not in impls:
+        impls.append("reference")  # the reference is a baseline of every run
+    passes = _list(args.passes, PASSES, "--pass")
+    shifts = _list(args.shift, SHIFTS, "--shift")
+    kw = dict(stride=args.stride, heads=args.heads, kernel_att=args.kernel_att, kernel_conv=args.kernel_conv,
+              window=args.window, dtype=args.dtype, device=args.device)
+    cases = cases_for(args.op, shape, impls, passes, shifts, **kw)
+    for c in cases:  # fail fast on bad shapes/arguments, before any timing
+        _build(Case(**{**asdict(c), "shape": (1,) + tuple(c.shape[1:])}))
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else None
+    env = environment(args.threads, args.device)
+    rows = run_speed(cases, args.threads, args.min_run_time, args.repeats, memory=not args.no_memory, log=log)
+    text = format_csv(rows) if args.format == "csv" else (json.dumps({"env": env, "rows": rows}, indent=1)
+                                                           if args.format == "json" else format_table(rows, env))
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+    print(text.rstrip("\n"))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("speed", help="time and peak memory of an operator vs nn.Conv2d 3x3 and its reference",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--op", default="acmix", help=f"operator: {', '.join(OPS)} (default acmix)")
+    p.add_argument("--shape", default="8,64,56,56", help="B,C,H,W (default 8,64,56,56)")
+    p.add_argument("--impl", default="fast,reference", help="Stage II implementations: fast, reference (always included)")
+    p.add_argument("--pass", dest="passes", default="fwd,fwd+bwd", help="fwd, fwd+bwd or both (default both)")
+    p.add_argument("--shift", default="multigroup", help=f"shift implementation(s): {', '.join(SHIFTS)} or all")
+    p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kernel-att", type=int, default=7)
+    p.add_argument("--kernel-conv", type=int, default=3)
+    p.add_argument("--window", type=int, default=7, help="Swin window size (swin-* ops)")
+    p.add_argument("--dtype", default="float32", help=f"{', '.join(DTYPES)}")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (recorded)")
+    p.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per case (blocked_autorange)")
+    p.add_argument("--repeats", type=int, default=5, help="minimum timed runs per case")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--output", help="also write the output to this file")
+    p.add_argument("-v", "--verbose", action="store_true", help="log each case to stderr")
+    p.set_defaults(func=run)
+
+
+def _child(spec: str) -> None:
+    d = json.loads(spec)
+    d["shape"] = tuple(d["shape"])
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    print(f"{peak_memory_here(Case(**d)):.3f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        _child(sys.argv[2])
+    else:
+        from bench.cli import main
+        sys.exit(main(["speed"] + sys.argv[1:]))
