@@ -21,10 +21,11 @@ RULES = [
     "s^2/n_base) with each side's own std, or the other side's where a side has one seed.",
     "throughput and latency: flagged when |delta of medians| > (noise_this + noise_base)/2, noise = timing IQR "
     "(per configuration: max of IQR and the range of per-seed medians), i.e. the bands median +- noise/2 do not overlap.",
-    "params and MACs are exact counts: any change is flagged; so is any change of status.",
+    "params and MACs are exact counts: any change is flagged; so is any change of status, and of the run "
+    "settings (the record's trainer/data/optim/measure config, flag 'settings').",
 ]
 SPEED = ("infer_samples_per_s", "train_samples_per_s", "latency_b1_ms")
-ENV_KEYS = ("torch", "speed_device", "speed_threads", "hostname", "git_commit")
+ENV_KEYS = ("torch", "speed_device", "speed_threads", "hostname", "git_commit", "settings")
 
 
 def pair_cells(this: pd.DataFrame, base: pd.DataFrame) -> tuple[list[tuple[int, int]], list[str], list[str]]:
@@ -59,6 +60,8 @@ def cell_deltas(this: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
         flags = []
         if a["status"] != b["status"]:
             flags.append("status")
+        if a["settings"] != b["settings"]:
+            flags.append("settings")  # trainer/data/optim/measure differ: deltas are not a like-for-like rerun
         for k in ("params", "macs"):
             row[f"{k}_delta"] = a[k] - b[k]
             if not (math.isnan(a[k]) and math.isnan(b[k])) and a[k] != b[k]:

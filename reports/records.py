@@ -278,6 +278,8 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
             "speed_device": sp.get("device") or env.get("device"), "speed_threads": sp.get("threads", env.get("threads")),
             "torch": env.get("torch"), "hostname": env.get("hostname"), "git_commit": env.get("git_commit"),
             "platform": env.get("platform"),
+            # run settings (trainer, data, optim, measure): a short hash, so comparisons can tell reruns apart
+            "settings": hashlib.sha1(json.dumps(rec.get("config"), sort_keys=True, default=str).encode()).hexdigest()[:8],
         }
         for s in STAGES:
             if s != "total":

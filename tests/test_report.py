@@ -355,3 +355,14 @@ def test_compare_lists_claims_that_changed(tmp_path):
     section = written["report.md"].read_text().split("### Claims in both sets", 1)[1].split("###", 1)[0]
     changed = [line for line in section.splitlines() if line.endswith("| yes |")]
     assert len(changed) == 2 and all("NOT ENOUGH DATA | HELD" in line for line in changed)
+
+
+def test_compare_flags_changed_settings():
+    from reports.compare import cell_deltas
+    from reports.records import records_frame
+
+    a = mk.full_records(seeds=(0,))
+    b = copy.deepcopy(a)
+    b[0]["config"]["trainer"]["max_epochs"] = 5
+    cd = cell_deltas(records_frame(a), records_frame(b))
+    assert (cd["flags"].str.contains("settings")).sum() == 1
