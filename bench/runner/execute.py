@@ -157,7 +157,34 @@ def make_datamodule(cell: dict, cfg: dict):
     d = cfg["data"]
     kw = {k: d[k] for k in ("root", "batch_size", "num_workers", "val_fraction", "image_size", "train_subset",
                             "val_subset", "test_subset", "augment", "eval_batch_size")}
-    return create_dm(cell["dataset"], seed=cell["seed"], **kw)
+    dm = create_dm(cell["dataset"], seed=cell["seed"], **kw)
+    _shard_training_under_ddp(dm, cell["seed"])
+    return dm
+
+
+def _shard_training_under_ddp(dm, seed: int) -> None:
+    """The Trainer runs with use_distributed_sampler=False so that the datamodule's unpadded evaluation
+    sampler is used as is (Lightning would otherwise wrap it in a second, padding DistributedSampler).
+    Training data then needs its own shard per rank: a seeded DistributedSampler, unless the datamodule
+    already returns a distributed train loader."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    orig = dm.train_dataloader
+
+    def train_dataloader():
+        import torch.distributed as dist
+
+        dl = orig()
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return dl
+        if isinstance(dl.sampler, DistributedSampler) or type(dl.sampler).__name__.endswith("DistributedSampler"):
+            return dl
+        sampler = DistributedSampler(dl.dataset, shuffle=True, seed=seed, drop_last=False)
+        return DataLoader(dl.dataset, batch_size=dl.batch_size, sampler=sampler, num_workers=dl.num_workers,
+                          collate_fn=dl.collate_fn, pin_memory=dl.pin_memory, drop_last=dl.drop_last,
+                          worker_init_fn=dl.worker_init_fn, persistent_workers=dl.persistent_workers)
+
+    dm.train_dataloader = train_dataloader
 
 
 def _callbacks(ckpt_dir: str, cfg: dict):
@@ -174,10 +201,22 @@ def _callbacks(ckpt_dir: str, cfg: dict):
                                     f"{trainer.global_step} (epoch {trainer.current_epoch}); lower optim.lr "
                                     f"or set trainer.gradient_clip_val")
 
+    class _SameModelOnEveryRank(pl.Callback):
+        """Before testing under DDP, give every rank rank 0's parameters and buffers: BatchNorm running
+        statistics are per-rank in DDP, and the test must evaluate the one model the checkpoint holds."""
+
+        def on_test_start(self, trainer, pl_module):
+            import torch.distributed as dist
+
+            if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+                with torch.no_grad():
+                    for t in list(pl_module.parameters()) + list(pl_module.buffers()):
+                        dist.broadcast(t.data, src=0)
+
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", save_top_k=0, save_last=True,
                            every_n_train_steps=cfg["trainer"]["checkpoint_every_n_steps"], auto_insert_metric_name=False)
     tp = RecordingThroughputMonitor()
-    return [_Guard(), ckpt, tp], tp
+    return [_Guard(), _SameModelOnEveryRank(), ckpt, tp], tp
 
 
 def make_trainer(cfg: dict, callbacks, log_dir: str, progress: bool):
@@ -190,7 +229,8 @@ def make_trainer(cfg: dict, callbacks, log_dir: str, progress: bool):
               accumulate_grad_batches=t["accumulate_grad_batches"], gradient_clip_val=t["gradient_clip_val"],
               log_every_n_steps=t["log_every_n_steps"], deterministic=t["deterministic"] or None,
               callbacks=callbacks, logger=CSVLogger(log_dir, name="", version=""), default_root_dir=log_dir,
-              enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0)
+              enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+              use_distributed_sampler=False)
     for k in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
         if t[k] is not None:
             kw[k] = t[k]
@@ -331,7 +371,12 @@ def run_cell(cell: dict, cfg: dict, out: str, *, progress: bool = False) -> dict
 
 @contextlib.contextmanager
 def _cell_lock(out: str, cell_id: str):
-    """Exclusive per-cell lock (flock; released by the OS if the process dies). Yields False if held elsewhere."""
+    """Exclusive per-cell lock (flock; released by the OS if the process dies). Yields False if held elsewhere.
+
+    Only global rank 0 locks: the other DDP ranks run the same cell as rank 0 by construction."""
+    if not is_rank_zero():
+        yield True
+        return
     d = os.path.join(out, "locks")
     os.makedirs(d, exist_ok=True)
     fd = os.open(os.path.join(d, cell_id + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
