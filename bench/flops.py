@@ -32,6 +32,7 @@ dispatch-level voices do not see its C++ kernel at all.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import math
@@ -718,7 +719,7 @@ def _stage2_impl(model: nn.Module, impl: str | None):
 
 
 def count_model(model: nn.Module, input_size=None, inputs=None, voices=VOICES, conventions=None,
-                backward: str = "none", stage2_impl: str | None = None) -> CountResult:
+                backward: str = "none", stage2_impl: str | None = None, meta: bool = True) -> CountResult:
     """Params and MACs per stage for each voice, per image (batch 1), and the audit.
 
     input_size: (C, H, W) or (1, C, H, W) (maps) / (1, H, W, C) (tokens); or pass `inputs`.
@@ -726,7 +727,10 @@ def count_model(model: nn.Module, input_size=None, inputs=None, voices=VOICES, c
     the other voices have fixed conventions of their own). backward: "none" (forward only), "x2"
     (training step = forward + 2 x forward, every voice), "counted" (the torch voice counts the real
     backward ops; the others use the x2 rule). stage2_impl: None (as built), "fast", or "reference"
-    (sliding-window attention as ACMIX.md writes it; see _stage2_impl).
+    (sliding-window attention as ACMIX.md writes it; see _stage2_impl). meta: run the voices that only
+    read shapes (formula, ptflops-aten, torch) on a meta-device copy (fast; fvcore traces the real model).
+    On meta the fast sliding-window attention runs its pure-PyTorch twin instead of the C++ kernel; the
+    dispatch-level voices give it zero either way.
     """
     conv = Conventions.parse(conventions)
     if backward not in BACKWARD_MODES:
@@ -744,11 +748,37 @@ def count_model(model: nn.Module, input_size=None, inputs=None, voices=VOICES, c
     inventory = defaultdict(Counter)
     unsupported = []
     results = {}
+    twin = [None]
+
+    def shapes_only():
+        """A meta-device copy of the model and inputs: the voices that only read shapes run on it
+        (no arithmetic). None when the model cannot be copied (then they run on the real model)."""
+        if twin[0] is None and any(torch.is_tensor(x) and x.is_meta for x in inputs):
+            twin[0] = (model, inputs)  # already shapes only
+        if twin[0] is None:
+            try:
+                twin[0] = (copy.deepcopy(model).to("meta"),
+                           tuple(x.to("meta") if torch.is_tensor(x) else x for x in inputs))
+            except Exception as e:  # noqa: BLE001 - any copy failure: fall back to the real model
+                twin[0] = (model, inputs)
+                notes.append(f"meta copy failed ({type(e).__name__}); counted on the real model")
+        return twin[0]
+
+    def on_meta(fn, *args, **kwargs):
+        m, x = shapes_only() if meta else (model, inputs)
+        try:
+            return fn(m, x, *args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - an op without a meta kernel: run for real
+            if m is model:
+                raise
+            notes.append(f"{fn.__name__} failed on meta ({type(e).__name__}); counted on the real model")
+            return fn(model, inputs, *args, **kwargs)
+
     try:
         for v in voices:
             t0 = time.perf_counter()
             if v == "formula":
-                st, params, n = _voice_formula(model, inputs, conv, parts)
+                st, params, n = on_meta(_voice_formula, conv, parts)
                 notes += n
                 macs = {s: sum(x for c, x in cats.items() if conv.counts(c)) for s, cats in st.items()}
             elif v == "fvcore":
@@ -757,11 +787,12 @@ def count_model(model: nn.Module, input_size=None, inputs=None, voices=VOICES, c
             elif v == "fvcore-default":
                 macs, params = _voice_fvcore_default(model, inputs)
             elif v == "ptflops-pytorch":
+                # real model: on meta, decompositions call patched torch functions and count twice
                 macs, params = _voice_ptflops_pytorch(model, inputs)
             elif v == "ptflops-aten":
-                macs, params = _voice_ptflops_aten(model, inputs)
+                macs, params = on_meta(_voice_ptflops_aten)
             else:
-                macs, params = _voice_torch(model, inputs, backward=(backward == "counted"))
+                macs, params = on_meta(_voice_torch, backward=(backward == "counted"))
             seconds[v] = time.perf_counter() - t0
             results[v] = (macs, params)
     finally:
