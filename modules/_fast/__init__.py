@@ -126,9 +126,13 @@ def backend_for(t: torch.Tensor, backend: str | None = None) -> str:
 class _WindowAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, kd, grid, vd, ka, dil, backend):
-        impl = _ext if backend == "cpp" else torch_impl
-        out, weights = impl.forward(q, kd, grid, vd, ka, dil)
-        ctx.save_for_backward(q, kd, grid, vd, weights)
+        save = any(ctx.needs_input_grad[:4])
+        if backend == "cpp":
+            out, weights = _ext.forward(q, kd, grid, vd, ka, dil, save)
+        else:
+            out, weights = torch_impl.forward(q, kd, grid, vd, ka, dil)
+        if save:
+            ctx.save_for_backward(q, kd, grid, vd, weights)
         ctx.ka, ctx.dil, ctx.backend = ka, dil, backend
         return out
 

@@ -271,11 +271,12 @@ Geometry geometry(const at::Tensor& q, const at::Tensor& kd, const at::Tensor& g
 
 }  // namespace
 
+// save_weights = false (inference): the softmax weights live only in a per-thread row buffer.
 std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& kd, const at::Tensor& grid,
-                                const at::Tensor& vd, int64_t ka, int64_t dil) {
+                                const at::Tensor& vd, int64_t ka, int64_t dil, bool save_weights) {
   const Geometry g = geometry(q, kd, grid, vd, ka, dil);
   auto out = at::empty({g.BN, g.Cv, g.Ho, g.Wo}, q.options());
-  auto weights = at::empty({g.BN, g.K2(), g.Ho, g.Wo}, q.options());
+  auto weights = save_weights ? at::empty({g.BN, g.K2(), g.Ho, g.Wo}, q.options()) : at::empty({0}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "window_attention_forward", [&] {
     const scalar_t* Q = q.data_ptr<scalar_t>();
     const scalar_t* K = kd.data_ptr<scalar_t>();
@@ -291,9 +292,11 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& kd, const
         correlate_row(g, Q + bn * g.Cq * g.Ho * g.Wo, g.Cq, K + bn * g.Ck * g.plane(), g.Ck, Gd, y, L.data(),
                       cols.data());
         softmax_row(g, L.data(), tmp.data());
-        scalar_t* wout = Wt + bn * g.K2() * g.Ho * g.Wo;
-        for (int64_t j = 0; j < g.K2(); ++j)
-          std::copy(L.data() + j * g.Wo, L.data() + (j + 1) * g.Wo, wout + (j * g.Ho + y) * g.Wo);
+        if (save_weights) {
+          scalar_t* wout = Wt + bn * g.K2() * g.Ho * g.Wo;
+          for (int64_t j = 0; j < g.K2(); ++j)
+            std::copy(L.data() + j * g.Wo, L.data() + (j + 1) * g.Wo, wout + (j * g.Ho + y) * g.Wo);
+        }
         aggregate_row(g, L.data(), g.Wo, V + bn * g.Cv * g.plane(), g.Cv, static_cast<const scalar_t*>(nullptr),
                       g.Cv, y, O + bn * g.Cv * g.Ho * g.Wo, cols.data());
       }

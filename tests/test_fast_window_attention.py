@@ -1,0 +1,196 @@
+"""The fast sliding-window attention (modules/_fast) against the reference, in both backends.
+
+cpp: the C++ extension (skipped, with the build error as reason, where it cannot be built);
+torch: the pure-PyTorch twin, which is also the automatic fallback. Values and gradients in
+float64, gradcheck on small shapes, float32 accuracy, inference mode, fallback selection.
+"""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from modules import ACmix, LocalSelfAttention, _fast, local_attention_fast, local_attention_reference, set_stage2_impl
+from modules.operators import ConvPath
+
+BACKENDS = ["cpp", "torch"]
+
+
+def _need(backend):
+    if backend == "cpp" and _fast.load_extension() is None:
+        pytest.skip(f"C++ extension could not be built here: {_fast.extension_error()}")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    _need(request.param)
+    monkeypatch.setenv("ACMIX_FAST_BACKEND", request.param)
+    return request.param
+
+
+def _inputs(B, C, H, W, heads, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    d = C // heads
+    ts = [torch.randn(B, C, H, W, dtype=dtype, generator=g) for _ in range(3)]
+    ts += [torch.randn(d, 2, 1, 1, dtype=dtype, generator=g), torch.randn(d, dtype=dtype, generator=g)]
+    return [t.requires_grad_() for t in ts]
+
+
+CASES = [  # B, C, heads, H, W, k_a, stride, dilation
+    (1, 8, 2, 9, 7, 3, 1, 1),
+    (2, 8, 2, 10, 11, 5, 2, 1),
+    (2, 12, 3, 11, 9, 3, 2, 2),
+    (1, 8, 4, 8, 13, 3, 3, 1),
+    (2, 16, 4, 12, 10, 7, 1, 1),
+    (3, 8, 2, 13, 12, 7, 2, 1),
+    (1, 4, 1, 9, 9, 3, 1, 3),
+]
+
+
+@pytest.mark.parametrize("B,C,heads,H,W,ka,stride,dil", CASES)
+def test_fast_equals_reference_float64(backend, B, C, heads, H, W, ka, stride, dil):
+    inputs = _inputs(B, C, H, W, heads)
+    args = (heads, ka, stride, dil)
+    fast = local_attention_fast(*inputs, *args)
+    ref = local_attention_reference(*inputs, *args)
+    assert fast.shape == ref.shape == (B, C, (H - 1) // stride + 1, (W - 1) // stride + 1)
+    assert (fast - ref).abs().max().item() < 1e-12
+    w = torch.randn(fast.shape, dtype=fast.dtype, generator=torch.Generator().manual_seed(5))
+    gf = torch.autograd.grad((fast * w).sum(), inputs, materialize_grads=True)
+    gr = torch.autograd.grad((ref * w).sum(), inputs, materialize_grads=True)
+    for name, a, b in zip(("q", "k", "v", "pe_weight", "pe_bias"), gf, gr):
+        assert (a - b).abs().max().item() < 1e-11, name
+
+
+@pytest.mark.parametrize("stride,dil,H,W,B", [(1, 1, 4, 3, 1), (2, 1, 5, 4, 2), (1, 2, 5, 6, 1), (2, 2, 6, 5, 2)])
+def test_fast_gradcheck(backend, stride, dil, H, W, B):
+    q, k, v, pw, _ = _inputs(B, 4, H, W, 2)
+    f = lambda q, k, v, pw: local_attention_fast(q, k, v, pw, None, 2, 3, stride, dil)
+    assert torch.autograd.gradcheck(f, (q, k, v, pw), eps=1e-6, atol=1e-7, fast_mode=(B > 1))
+
+
+def test_backends_agree_float32(monkeypatch):
+    _need("cpp")
+    inputs = _inputs(2, 32, 23, 19, 4, dtype=torch.float32, seed=3)
+    ref = local_attention_reference(*[t.double() for t in inputs], 4, 7, 1, 1)
+    outs, grads = {}, {}
+    for b in BACKENDS:
+        monkeypatch.setenv("ACMIX_FAST_BACKEND", b)
+        outs[b] = local_attention_fast(*inputs, 4, 7, 1, 1)
+        grads[b] = torch.autograd.grad(outs[b].square().sum(), inputs[:4])
+        assert (outs[b].double() - ref).abs().max().item() < 2e-5  # float32 with the kernel's exp
+    assert (outs["cpp"] - outs["torch"]).abs().max().item() < 2e-5
+    for a, c in zip(grads["cpp"], grads["torch"]):
+        assert torch.allclose(a, c, rtol=1e-4, atol=1e-4)
+
+
+def test_inference_mode_same_output(backend):
+    inputs = _inputs(2, 8, 11, 9, 2, dtype=torch.float32)
+    with_grad = local_attention_fast(*inputs, 2, 5, 2, 1)
+    with torch.no_grad():
+        without = local_attention_fast(*inputs, 2, 5, 2, 1)
+    assert torch.equal(with_grad.detach(), without)
+
+
+def test_bfloat16_input_runs_in_float32_and_keeps_dtype(backend):
+    inputs = [t.detach().bfloat16() for t in _inputs(1, 8, 9, 9, 2, dtype=torch.float32)]
+    out = local_attention_fast(*inputs, 2, 3, 1, 1)
+    assert out.dtype == torch.bfloat16
+    ref = local_attention_reference(*[t.double() for t in inputs], 2, 3, 1, 1)
+    assert (out.double() - ref).abs().max().item() < 0.05
+
+
+@pytest.mark.parametrize("shift", ["multigroup", "tensor", "fixed", "learnable"])
+@pytest.mark.parametrize("stride,H,W", [(1, 10, 9), (2, 11, 8)])
+def test_acmix_block_fast_equals_reference(backend, shift, stride, H, W):
+    torch.manual_seed(0)
+    op = ACmix(8, 8, kernel_att=5, head=2, kernel_conv=3, stride=stride, shift=shift).double()
+    with torch.no_grad():
+        for p in op.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(2, 8, H, W, dtype=torch.float64, requires_grad=True)
+    params = [x] + list(op.parameters())
+    fast = op(x)
+    gf = torch.autograd.grad(fast.sin().sum(), params)
+    set_stage2_impl(op, "reference")
+    ref = op(x)
+    gr = torch.autograd.grad(ref.sin().sum(), params)
+    assert (fast - ref).abs().max().item() < 1e-12
+    for a, b in zip(gf, gr):
+        assert (a - b).abs().max().item() < 1e-11
+
+
+@pytest.mark.parametrize("stride,H,W", [(1, 7, 6), (2, 7, 9)])
+def test_conv_path_fused_equals_unfused(stride, H, W):
+    """The fast conv path fuses the light FC into the grouped conv (multigroup, no FC bias)."""
+    torch.manual_seed(1)
+    path = ConvPath(heads=2, head_dim=3, kernel_conv=3, stride=stride, fc_bias=False, shift="multigroup").double()
+    with torch.no_grad():
+        path.shift.weight.add_(0.2 * torch.randn_like(path.shift.weight))
+    f = torch.randn(2, 6, 3, H, W, dtype=torch.float64, requires_grad=True)
+    params = [f, path.fc.weight, path.shift.weight]
+    fused = path(f)
+    g1 = torch.autograd.grad(fused.cos().sum(), params)
+    path.shift.impl = "reference"  # the unfused fast path: FC, reorder, ShiftAggregation
+    set_stage2_impl(path, "reference")
+    ref = path(f)
+    g2 = torch.autograd.grad(ref.cos().sum(), params)
+    assert (fused - ref).abs().max().item() < 1e-12
+    for a, b in zip(g1, g2):
+        assert (a - b).abs().max().item() < 1e-11
+
+
+def test_local_self_attention_module_both_backends(monkeypatch):
+    _need("cpp")
+    op = LocalSelfAttention(8, 8, 3, 2, stride=2).double()
+    x = torch.randn(1, 8, 9, 10, dtype=torch.float64)
+    outs = []
+    for b in BACKENDS:
+        monkeypatch.setenv("ACMIX_FAST_BACKEND", b)
+        outs.append(op(x))
+    assert (outs[0] - outs[1]).abs().max().item() < 1e-12
+
+
+def test_fallback_when_extension_cannot_build(monkeypatch):
+    monkeypatch.setattr(_fast, "_tried", False)
+    monkeypatch.setattr(_fast, "_ext", None)
+    monkeypatch.setattr(_fast, "_ext_error", None)
+
+    def broken():
+        raise RuntimeError("no compiler found (simulated)")
+    monkeypatch.setattr(_fast, "_build", broken)
+    monkeypatch.setenv("ACMIX_FAST_BACKEND", "auto")
+    x = torch.zeros(1)
+    with pytest.warns(RuntimeWarning, match="pure-PyTorch"):
+        assert _fast.backend_for(x) == "torch"
+    assert "simulated" in _fast.extension_error()
+    inputs = _inputs(1, 4, 7, 6, 2)
+    assert torch.allclose(local_attention_fast(*inputs, 2, 3, 1, 1), local_attention_reference(*inputs, 2, 3, 1, 1),
+                          atol=1e-12)
+    monkeypatch.setenv("ACMIX_FAST_BACKEND", "cpp")
+    with pytest.raises(ValueError, match="could not be built"):
+        _fast.backend_for(x)
+
+
+def test_bad_backend_name(monkeypatch):
+    monkeypatch.setenv("ACMIX_FAST_BACKEND", "fortran")
+    with pytest.raises(ValueError, match="ACMIX_FAST_BACKEND"):
+        local_attention_fast(*_inputs(1, 4, 7, 6, 2), 2, 3, 1, 1)
+
+
+def test_cpp_backend_rejects_cuda_or_half(monkeypatch):
+    _need("cpp")
+    with pytest.raises(ValueError, match="CPU float32/float64"):
+        _fast.backend_for(torch.zeros(1, dtype=torch.float16), "cpp")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_fast_equals_reference():
+    inputs = [t.detach().cuda().requires_grad_() for t in _inputs(2, 16, 12, 11, 4)]
+    fast = local_attention_fast(*inputs, 4, 7, 2, 1)
+    ref = local_attention_reference(*inputs, 4, 7, 2, 1)
+    assert (fast - ref).abs().max().item() < 1e-12
+    for a, b in zip(torch.autograd.grad(fast.sum(), inputs[:4]), torch.autograd.grad(ref.sum(), inputs[:4])):
+        assert (a - b).abs().max().item() < 1e-11
