@@ -48,13 +48,15 @@ def _build_meta(name: str, size: int, overrides: dict):
 
 
 def model_macs(name_or_model, size: int, conventions=None, **overrides) -> int:
-    """Total MACs per image (formula voice) of a model name, `torchvision:NAME` or module, at size x size."""
+    """Total MACs per image (formula voice) of a model name, `torchvision:NAME` or module, at size x size
+    (input channels: overrides["in_chans"], default 3)."""
     from .flops import count_model
+    in_chans = int(overrides.get("in_chans") or 3)  # the input channels the model is built for
     if isinstance(name_or_model, str):
         model = _build_meta(name_or_model, size, overrides)
     else:
         model = name_or_model
-    res = count_model(model, input_size=(3, size, size), voices=("formula",), conventions=conventions)
+    res = count_model(model, input_size=(in_chans, size, size), voices=("formula",), conventions=conventions)
     return res.total("formula")
 
 

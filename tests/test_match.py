@@ -42,3 +42,9 @@ def test_match_cli_csv(capsys):
     assert abs(int(macs) - int(target)) <= 0.02 * int(target) and len(widths.split()) == 4
     assert cli.main(["match", "--reference", "resnet26-conv", "--variants", "nope-model", "--size", "16"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_match_uses_in_chans():
+    one = model_macs("resnet26-conv", 16, stem="small", in_chans=1, widths=[8, 8, 8, 8])
+    three = model_macs("resnet26-conv", 16, stem="small", widths=[8, 8, 8, 8])
+    assert three - one == 2 * 3 * 3 * 8 * 16 * 16  # the small stem's 3x3 conv sees 2 fewer input channels
