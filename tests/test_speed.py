@@ -1,0 +1,93 @@
+"""`acmix-bench speed`: output shape of the table/CSV, baselines, ratios, memory measure, errors.
+
+Timings are not asserted (the speed targets are checked by the benchmark's table); only
+that every case is measured, the baselines are present and the numbers are consistent.
+"""
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+import torch
+
+from bench import speed
+from bench.cli import main
+
+FAST = ["--min-run-time", "0.01", "--repeats", "2"]
+
+
+def _csv(capsys, argv):
+    assert main(["speed", *argv, "--format", "csv", *FAST]) == 0
+    return list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+
+
+def test_csv_columns_rows_and_ratios(capsys):
+    rows = _csv(capsys, ["--op", "acmix", "--shape", "2,8,9,10", "--kernel-att", "3", "--heads", "2", "--no-memory"])
+    header = list(rows[0].keys())
+    assert header[:6] == ["op", "impl", "pass", "median_ms", "iqr_ms", "peak_mem_mb"]
+    got = {(r["op"], r["impl"], r["pass"]) for r in rows}
+    assert got == {(op, impl, p) for p in ("fwd", "fwd+bwd")
+                   for op, impl in (("conv3x3", "nn.Conv2d"), ("acmix", "fast"), ("acmix", "reference"))}
+    for r in rows:
+        assert float(r["median_ms"]) > 0 and float(r["iqr_ms"]) >= 0 and int(r["runs"]) >= 2
+        assert r["threads"] == "2" and r["torch"] == torch.__version__
+        assert abs(float(r["x_conv"]) - float(r["median_ms"]) / float(
+            next(c for c in rows if c["impl"] == "nn.Conv2d" and c["pass"] == r["pass"])["median_ms"])) < 1e-3
+    ref = [r for r in rows if r["impl"] == "reference"]
+    assert all(abs(float(r["speedup_vs_ref"]) - 1) < 1e-9 for r in ref)
+    fast = [r for r in rows if r["impl"] == "fast"]
+    assert all(r["backend"] in ("cpp", "torch") for r in fast)
+
+
+def test_shift_all_compares_four_implementations(capsys):
+    rows = _csv(capsys, ["--op", "shift", "--shift", "all", "--shape", "1,8,8,8", "--pass", "fwd", "--no-memory",
+                         "--impl", "fast"])
+    shifts = {(r["shift"], r["impl"]) for r in rows if r["op"] == "shift"}
+    assert shifts == {(s, i) for s in speed.SHIFTS for i in ("fast", "reference")}
+    assert sum(r["impl"] == "nn.Conv2d" for r in rows) == 1
+
+
+def test_table_format_names_machine_threads_and_method(capsys):
+    assert main(["speed", "--op", "sa", "--shape", "1,8,9,9", "--kernel-att", "3", "--stride", "2",
+                 "--pass", "fwd", "--no-memory", *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "2 threads" in out and f"torch {torch.__version__}" in out and "torch.utils.benchmark" in out
+    assert "nn.Conv2d" in out and "reference" in out
+
+
+def test_peak_memory_subprocess_sees_the_unfolded_reference():
+    """The reference unfolds k_a^2 x C x H x W windows; the fast path must need far less."""
+    kw = dict(shape=(2, 16, 24, 24), kernel_att=7)
+    ref = speed.peak_memory(speed.Case("sa", "reference", "fwd+bwd", **kw), threads=1)
+    fast = speed.peak_memory(speed.Case("sa", "fast", "fwd+bwd", **kw), threads=1)
+    assert ref > 5 and fast > 0
+    assert fast < ref / 3
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--op", "nope"], "unknown --op"),
+    (["--shape", "1,2,3"], "--shape must be B,C,H,W"),
+    (["--shift", "diagonal"], "--shift: unknown diagonal"),
+    (["--pass", "bwd"], "--pass: unknown bwd"),
+    (["--dtype", "int8"], "unknown --dtype"),
+    (["--op", "acmix", "--shape", "1,8,3,3"], "kernel_att"),
+    (["--op", "acmix", "--shape", "1,6,9,9", "--heads", "4"], "divisible"),
+])
+def test_bad_input_is_one_clear_line(capsys, argv, msg):
+    assert main(["speed", *argv, "--no-memory", *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_gpu_says_so(capsys):
+    assert main(["speed", "--device", "cuda", "--no-memory", *FAST]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_run(capsys):
+    rows = _csv(capsys, ["--device", "cuda", "--shape", "2,16,14,14"])
+    assert all(r["device"] == "cuda" and float(r["peak_mem_mb"]) >= 0 for r in rows)
