@@ -105,8 +105,11 @@ class ConvPath(nn.Module):
             k, N = self.kernel_conv, self.heads
             wg = self.shift.weight.to(f_all.dtype).reshape(d * N, k2, k * k)
             fused = torch.einsum("ojs,jt->ots", wg, self.fc.weight.to(f_all.dtype).reshape(k2, T))
-            x = f_all.transpose(1, 2).reshape(B, d * T, H, W)
-            return F.conv2d(x, fused.reshape(d * N, T, k, k), stride=self.shift.stride, padding=k // 2, groups=d)
+            # input built straight in channels-last memory (one copy either way): oneDNN's grouped
+            # conv runs faster on it, notably the backward
+            x = f_all.permute(0, 3, 4, 2, 1).reshape(B, H, W, d * T).permute(0, 3, 1, 2)
+            y = F.conv2d(x, fused.reshape(d * N, T, k, k), stride=self.shift.stride, padding=k // 2, groups=d)
+            return y.contiguous()
         y = F.conv2d(f_all.reshape(B, T, d, H * W), self.fc.weight.to(f_all.dtype),
                      None if self.fc.bias is None else self.fc.bias.to(f_all.dtype))
         y = y.reshape(B, k2, d, H, W).transpose(1, 2).reshape(B, d * k2, H, W)
