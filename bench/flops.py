@@ -612,8 +612,6 @@ def _voice_torch(model, inputs, backward: bool = False):
     stages = Counter()
     for path, v in per_path.items():
         stages[stage_of(path)] += v
-    if any(v % 2 for v in stages.values()):
-        pass  # an odd FLOP count: MACs below are rounded down
     return {s: v // 2 for s, v in stages.items()}, _param_stage_counts(model)
 
 
@@ -923,7 +921,7 @@ def run(args) -> int:
         raise ValueError("give exactly one of --op NAME or --model NAME (e.g. --op acmix --channels 64 --size 56, "
                          "or --model resnet50-acmix --size 224, or --model torchvision:resnet50)")
     torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if args.op:
         res = count_op(args.op, args.size, voices, args.conventions, args.backward, channels=args.channels,
                        heads=args.heads, kernel_att=args.kernel_att, kernel_conv=args.kernel_conv, stride=args.stride,
@@ -940,7 +938,7 @@ def run(args) -> int:
         res = count_model(model, input_size=(3, args.size, args.size), voices=voices, conventions=args.conventions,
                           backward=args.backward, stage2_impl=args.stage2_impl)
         what = f"--model {args.model}"
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     if args.format == "csv":
         print(_csv(res, args.flops))
     elif args.format == "json":
@@ -950,7 +948,8 @@ def run(args) -> int:
         print(format_table(res, args.flops))
     if args.time:
         per = ", ".join(f"{v} {s:.2f} s" for v, s in res.seconds.items())
-        print(f"time: {elapsed:.2f} s in all ({per}), {torch.get_num_threads()} threads", file=sys.stderr)
+        print(f"time: {elapsed:.2f} s wall, {cpu:.2f} s CPU (this process, all threads) in all ({per}); "
+              f"{torch.get_num_threads()} threads", file=sys.stderr)
     return 0
 
 
