@@ -222,3 +222,24 @@ def test_cli_csv_json_and_errors(capsys):
     assert cli.main(["flops", "--op", "acmix", "--model", "resnet26-acmix"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "exactly one of --op" in err[0]
+
+
+def test_counting_leaves_the_model_as_it_was():
+    op, _ = build_op("acmix", channels=8, heads=2, kernel_att=3, shift="tensor")
+    op.train()
+    x = torch.randn(1, 8, 6, 6)
+    before = {k: v.clone() for k, v in op.state_dict().items()}
+    attrs = {n: set(vars(m)) for n, m in op.named_modules()}
+    count_model(op, inputs=x)
+    assert op.training
+    assert all(torch.equal(before[k], v) for k, v in op.state_dict().items())
+    assert {n: set(vars(m)) for n, m in op.named_modules()} == attrs
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in op.modules())
+
+
+def test_cli_model_small_stem(capsys):
+    assert cli.main(["flops", "--model", "resnet26-acmix", "--size", "16", "--stem", "small", "--format", "csv",
+                     "--voices", "formula,fvcore"]) == 0
+    rows = [l.split(",") for l in capsys.readouterr().out.strip().splitlines()[1:]]
+    tot = {r[1]: int(r[3]) for r in rows if r[0] == "total"}
+    assert tot["formula"] == tot["fvcore"] > 0
