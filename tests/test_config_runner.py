@@ -123,3 +123,14 @@ def test_shards_partition_the_matrix():
     for bad in ("5/5", "1", "a/b", "-1/2"):
         with pytest.raises(ValueError, match="--shard"):
             C.parse_shard(bad)
+
+
+@pytest.mark.parametrize("name, n", [("default", 18), ("resnet_imagenet", 9), ("swin_t_imagenet", 5),
+                                     ("cifar100", 12)])
+def test_shipped_configs_validate_against_the_registry(name, n):
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", f"{name}.yaml")
+    c = load_config(path)  # registry check on
+    cells = C.expand(c)
+    assert len(cells) == n
+    assert len({x["cell_id"] for x in cells}) == n
