@@ -847,23 +847,25 @@ OPS = ("conv", "dconv", "sa", "acmix", "window-sa", "window-acmix")
 
 
 def build_op(op: str, channels: int = 64, heads: int = 4, kernel_att: int = 7, kernel_conv: int = 3,
-             stride: int = 1, shift: str = "multigroup", mixing: str = "learnable", window: int = 7,
+             stride: int = 1, shift: str | None = None, mixing: str = "learnable", window: int = 7,
              shift_size: int = 0, in_channels: int | None = None, bias: bool = False):
-    """One operator by name; returns (module, input layout "map" | "tokens")."""
+    """One operator by name; returns (module, input layout "map" | "tokens"). shift None: the operator's
+    default (tensor for dconv, multigroup, the release's, for the ACmix forms)."""
     from modules import ACmix, Conv, DecomposedConv, LocalSelfAttention, WindowACmix, WindowSelfAttention
     cin = in_channels or channels
     if op == "conv":
         return Conv(cin, channels, kernel_conv, stride, bias=bias), "map"
     if op == "dconv":
-        return DecomposedConv(cin, channels, kernel_conv, stride, bias=bias, shift=shift), "map"
+        return DecomposedConv(cin, channels, kernel_conv, stride, bias=bias, shift=shift or "tensor"), "map"
     if op == "sa":
         return LocalSelfAttention(cin, channels, kernel_att, heads, stride), "map"
     if op == "acmix":
-        return ACmix(cin, channels, kernel_att, heads, kernel_conv, stride, shift=shift, mixing=mixing), "map"
+        return ACmix(cin, channels, kernel_att, heads, kernel_conv, stride, shift=shift or "multigroup",
+                     mixing=mixing), "map"
     if op == "window-sa":
         return WindowSelfAttention(channels, window, heads, shift_size), "tokens"
     if op == "window-acmix":
-        return WindowACmix(channels, window, heads, shift_size, shift=shift, mixing=mixing,
+        return WindowACmix(channels, window, heads, shift_size, shift=shift or "multigroup", mixing=mixing,
                            kernel_conv=kernel_conv), "tokens"
     raise ValueError(f"unknown operator {op!r}; allowed: {', '.join(OPS)}")
 
@@ -967,7 +969,8 @@ def register(sub) -> None:
     p.add_argument("--kernel-att", type=int, default=7)
     p.add_argument("--kernel-conv", type=int, default=3)
     p.add_argument("--stride", type=int, default=1)
-    p.add_argument("--shift", default="multigroup", help="shift implementation (operators)")
+    p.add_argument("--shift", default=None,
+                   help="shift implementation: tensor | fixed | learnable | multigroup (default: the operator's own)")
     p.add_argument("--mixing", default="learnable")
     p.add_argument("--window", type=int, default=7, help="window size (window-sa, window-acmix)")
     p.add_argument("--shift-size", type=int, default=0, help="Swin cyclic shift (window ops)")
