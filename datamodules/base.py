@@ -7,37 +7,42 @@ counted twice. `UnpaddedDistributedSampler` gives rank r the indices r, r + W,
 r + 2W, ... with no padding: every sample is evaluated by exactly one rank.
 Ranks may then run different numbers of batches, which evaluation allows (no
 gradient sync); torchmetrics sums the metric states across ranks at compute().
-Lightning leaves a custom sampler in place (it only replaces Sequential and
-Random samplers).
+The sampler subclasses DistributedSampler, which Lightning leaves in place (any
+other sampler it wraps in its own padded one).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Sized
 
 import lightning as L
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
-class UnpaddedDistributedSampler(Sampler[int]):
-    """Sequential shard of an evaluation set: rank r gets r, r + W, ...; no sample repeated or dropped."""
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Sequential shard of an evaluation set: rank r gets r, r + W, ...; no sample repeated or dropped.
 
-    def __init__(self, dataset_len: int, num_replicas: int | None = None, rank: int | None = None):
+    A DistributedSampler subclass, so Lightning keeps it as it is (it wraps any other
+    sampler in its own padded distributed sampler)."""
+
+    def __init__(self, dataset: Sized, num_replicas: int | None = None, rank: int | None = None):
         if num_replicas is None:
             num_replicas = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         if rank is None:
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
-        self.n, self.num_replicas, self.rank = dataset_len, num_replicas, rank
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.num_samples = len(range(rank, len(dataset), num_replicas))
+        self.total_size = len(dataset)
 
     def __iter__(self):
-        return iter(range(self.rank, self.n, self.num_replicas))
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.num_replicas))
+        return self.num_samples
 
 
 class TensorImageDataset(Dataset):
@@ -210,7 +215,7 @@ class ClassificationDataModule(L.LightningDataModule):
                           persistent_workers=self.num_workers > 0, worker_init_fn=_seed_worker)
 
     def _eval_loader(self, ds) -> DataLoader:
-        return DataLoader(ds, batch_size=self.eval_batch_size, sampler=UnpaddedDistributedSampler(len(ds)),
+        return DataLoader(ds, batch_size=self.eval_batch_size, sampler=UnpaddedDistributedSampler(ds),
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self):

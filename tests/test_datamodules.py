@@ -23,17 +23,18 @@ needs_debian = pytest.mark.skipif(not HAVE_DEBIAN, reason=f"{DEBIAN_DIR} missing
 @pytest.mark.parametrize("n", [0, 1, 7, 10, 13])
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_unpadded_sampler_counts_every_sample_once(n, world):
-    shards = [list(UnpaddedDistributedSampler(n, world, r)) for r in range(world)]
+    shards = [list(UnpaddedDistributedSampler(range(n), world, r)) for r in range(world)]
     flat = sorted(i for s in shards for i in s)
     assert flat == list(range(n))
-    assert [len(UnpaddedDistributedSampler(n, world, r)) for r in range(world)] == [len(s) for s in shards]
+    assert [len(UnpaddedDistributedSampler(range(n), world, r)) for r in range(world)] == [len(s) for s in shards]
 
 
 def test_default_distributed_sampler_pads_ours_does_not():
     ds = list(range(13))
     padded = sum(len(list(DistributedSampler(ds, 4, r, shuffle=False))) for r in range(4))
     assert padded == 16  # what Lightning's default would evaluate: 3 samples twice
-    assert sum(len(UnpaddedDistributedSampler(13, 4, r)) for r in range(4)) == 13
+    assert sum(len(UnpaddedDistributedSampler(ds, 4, r)) for r in range(4)) == 13
+    assert isinstance(UnpaddedDistributedSampler(ds, 4, 0), DistributedSampler)  # Lightning keeps it unwrapped
 
 
 # ------------------------------------------------------------------ Fashion-MNIST
