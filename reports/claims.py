@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -16,7 +17,9 @@ from .tables import match_table, mixing_raw, seed_stats, shift_table, summary_ta
 RULES = [
     "Accuracy differences use seeds: d = mean_a - mean_b, SE = sqrt(s_a^2/n_a + s_b^2/n_b) (sample std). "
     "'better' when d > 2 SE, 'worse' when d < -2 SE, else 'within noise'. With fewer than two seeds on either "
-    "side the spread is unknown: 'no spread'. Accuracy within noise or without spread cannot decide: not enough data.",
+    "side, or when every seed gave the same value, the spread is unknown: 'no spread'. Accuracy within noise or "
+    "without spread cannot decide: not enough data. Neither can accuracy at or below 1.5 x chance "
+    "(1/num_classes): such a model has not learned yet.",
     "Speed differences use the timing spread: noise of a side = max(its timing IQR, range of its per-seed medians). "
     "'faster' when the medians differ by more than half the two noises summed (the bands median +- noise/2 do not "
     "overlap), 'slower' when the same holds the other way, else 'within noise'. A speed-up whose speeds are equal "
@@ -28,6 +31,7 @@ RULES = [
 ]
 HELD, NOT_HELD, NED = "held", "not held", "not enough data"
 K_SE = 2.0
+CHANCE_FACTOR = 1.5  # top-1 at or below 1.5x chance (1/num_classes): the model has not learned; no accuracy verdict
 MIN_LOG_RATIO = 0.05  # |alpha/beta| at least 5% from 1 before a layer "leans" (tiny drifts from init do not count)
 GCONV_SHIFTS = ("fixed", "learnable", "multigroup")
 
@@ -55,6 +59,8 @@ def compare_acc(a, b) -> dict:
     else:
         se = math.sqrt(sa ** 2 / na + sb ** 2 / nb)
         verdict = "better" if d > K_SE * se else "worse" if d < -K_SE * se else "within noise"
+        if se == 0:  # every seed gave the same value: the spread was not measured, not shown to be zero
+            verdict = "no spread (seeds identical)"
     if na == 0 or nb == 0:
         verdict = "missing"
     return {"a_mean": ma, "a_std": sa, "a_n": na, "b_mean": mb, "b_std": sb, "b_n": nb, "diff": d, "se": se,
@@ -82,7 +88,7 @@ def compare_speed(ra, rb, key: str = "infer_samples_per_s") -> dict:
 
 
 def _nanmax(*xs) -> float:
-    v = [x for x in xs if isinstance(x, (int, float)) and not math.isnan(x)]
+    v = [float(x) for x in xs if isinstance(x, numbers.Real) and not math.isnan(x)]
     return max(v) if v else math.nan
 
 
@@ -96,6 +102,22 @@ def _decide(verdicts: list[str], good: str, bad: tuple[str, ...]) -> str:
     return NED
 
 
+def _at_chance(*rows) -> bool:
+    """True when any of these summary rows has mean top-1 at or below CHANCE_FACTOR x chance."""
+    for r in rows:
+        try:
+            k = float(r.get("num_classes"))
+        except (TypeError, ValueError):
+            continue
+        if k > 0 and not math.isnan(k) and r["top1_mean"] <= CHANCE_FACTOR * 100.0 / k:
+            return True
+    return False
+
+
+def _acc_verdict(c: dict, *rows) -> str:
+    return "at chance (not trained enough)" if _at_chance(*rows) else c["verdict"]
+
+
 def _acc_values(frame, config) -> list[float]:
     g = frame[(frame["config"] == config) & (frame["status"] == "ok")]
     return g["top1"].dropna().tolist()
@@ -107,38 +129,54 @@ def _fmt(x, nd=2) -> str:
 
 # ---------------------------------------------------------------------------- claim 1
 
+def _budgets(frame: pd.DataFrame, s: pd.DataFrame) -> dict:
+    """Matched-FLOPs sets: {(dataset, budget name): [summary configs]}. Cells matched to the same reference
+    configuration share a budget even when the config put them in different groups; the reference itself
+    belongs to it; where the reference is not in the records, the group name is the budget."""
+    cfg_of = dict(zip(frame["cell_id"], frame["config"]))
+    label_of = dict(zip(s["config"], s["label"]))
+    out: dict = {}
+    for _, r in s[s["group"].notna() & (s["group"].astype(str) != "")].iterrows():
+        refs = frame[(frame["config"] == r["config"]) & frame["match_reference_cell"].notna()]["match_reference_cell"]
+        ref_cfgs = sorted({cfg_of[x] for x in refs if x in cfg_of})
+        if ref_cfgs and ref_cfgs[0] in label_of:
+            key = (r["dataset"], f"matched to {label_of[ref_cfgs[0]]}")
+            out.setdefault(key, set()).update({r["config"], ref_cfgs[0]})
+        else:
+            out.setdefault((r["dataset"], f"group {r['group']}"), set()).add(r["config"])
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
 def claim_acmix_beats_single_path(frame: pd.DataFrame) -> Claim:
     statement = "ACmix beats both single-path variants (convolution, self-attention) at matched FLOPs."
-    method = ("Per dataset and matched-FLOPs group: each ACmix configuration against the best convolution and the "
-              "best self-attention configuration of the same group (top-1, mean over seeds). Members must be within "
-              "the group's MACs tolerance. Rule: better if diff > 2 SE of the seed means.")
+    method = ("Per dataset and matched-FLOPs budget (cells matched to the same reference, the reference included; "
+              "else one group): each ACmix configuration against the best convolution and the best self-attention "
+              "configuration of the same budget (top-1, mean over seeds). Members must be within their MACs "
+              "tolerance. Rule: better if diff > 2 SE of the seed means.")
     s = summary_table(frame)
     rows, verdicts, notes = [], [], []
-    grouped = s[s["group"].notna() & (s["group"].astype(str) != "")] if len(s) else s
-    if not len(grouped):
+    budgets = _budgets(frame, s) if len(s) else {}
+    if not budgets:
         return Claim("acmix_vs_single_path", statement, NED, "no matched-FLOPs group in the records", method)
     mt = match_table(frame)
-    for (ds, grp), g in grouped.groupby(["dataset", "group"], sort=True, dropna=False):
-        # the group's reference cells belong to it even when the runner left their own group empty
-        ref_ids = set(frame[(frame["group"] == grp) & frame["match_reference_cell"].notna()]["match_reference_cell"])
-        ref_cfgs = set(frame[frame["cell_id"].isin(ref_ids)]["config"])
-        g = pd.concat([g, s[s["config"].isin(ref_cfgs) & ~s["config"].isin(g["config"])]])
-        families = {"acmix": ("acmix",), "conv": ("conv", "dconv"), "sa": ("sa",)}
+    off_labels = set(mt[mt["within"] == False]["label"])  # noqa: E712
+    families = {"acmix": ("acmix",), "conv": ("conv", "dconv"), "sa": ("sa",)}
+    for (ds, budget), cfgs in budgets.items():
+        g = s[s["config"].isin(cfgs)]
         need = {fam: g[g["op"].isin(ops) & (g["top1_n"] > 0)] for fam, ops in families.items()}
         miss = [op for op, d in need.items() if not len(d)]
         if miss:
-            notes.append(f"{ds}/{grp}: no finished {', '.join(miss)} cell")
+            notes.append(f"{ds}, {budget}: no finished {', '.join(miss)} cell")
             verdicts.append("missing")
             continue
-        off = mt[(mt["dataset"] == ds) & (mt["group"] == grp) & (mt["within"] == False)]  # noqa: E712
         for op in ("conv", "sa"):
             best = need[op].sort_values("top1_mean", ascending=False).iloc[0]
             for _, a in need["acmix"].iterrows():
                 c = compare_acc(_acc_values(frame, a["config"]), _acc_values(frame, best["config"]))
-                matched = not (set(off["label"]) & {a["label"], best["label"]})
-                v = c["verdict"] if matched else "not matched"
+                matched = not (off_labels & {a["label"], best["label"]})
+                v = _acc_verdict(c, a, best) if matched else "not matched"
                 verdicts.append(v)
-                rows.append({"dataset": ds, "group": grp, "acmix": a["label"], "baseline": best["label"],
+                rows.append({"dataset": ds, "budget": budget, "acmix": a["label"], "baseline": best["label"],
                              "acmix_macs": a["macs"], "baseline_macs": best["macs"],
                              "acmix_top1": c["a_mean"], "acmix_std": c["a_std"], "acmix_n": c["a_n"],
                              "baseline_top1": c["b_mean"], "baseline_std": c["b_std"], "baseline_n": c["b_n"],
@@ -221,6 +259,7 @@ def claim_learnable_multigroup(frame: pd.DataFrame) -> Claim:
                 continue
             ra, rb = _row_for(s, g, a), _row_for(s, g, b)
             c = compare_acc(_acc_values(frame, ra["config"]), _acc_values(frame, rb["config"]))
+            c["verdict"] = _acc_verdict(c, ra, rb)
             verdicts[name].append(c["verdict"])
             rows.append({"step": name, "dataset": ra["dataset"], "a": ra["label"], "b": rb["label"],
                          "a_top1": c["a_mean"], "a_std": c["a_std"], "a_n": c["a_n"],

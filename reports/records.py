@@ -21,6 +21,7 @@ STAGES = ("stage1", "stage2", "stage2.attention", "stage2.conv", "other", "total
 SPEEDS = ("infer_samples_per_s", "train_samples_per_s", "latency_b1_ms")
 # Cell fields that identify a configuration; a configuration is a cell without its seed.
 CONFIG_KEYS = ("dataset", "backbone", "model", "op", "shift", "mixing", "group", "overrides")
+NUM_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet": 1000, "synthetic": 10}
 # Names of files the runner may leave next to cells/ listing the planned cells (any one is used).
 PLAN_FILES = ("plan.json", "matrix.json", "cells.json")
 
@@ -269,6 +270,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
             "dataset": cell.get("dataset"), "backbone": cell.get("backbone") or str(cell["model"]).split("-")[0],
             "model": cell["model"], "op": cell.get("op"), "shift": cell.get("shift"), "mixing": cell.get("mixing"),
             "group": cell.get("group"), "seed": cell.get("seed"),
+            "num_classes": (cell.get("overrides") or {}).get("num_classes") or NUM_CLASSES.get(cell.get("dataset")),
             "count_voice": voice,
             "params": st.get("total", {}).get("params", math.nan), "macs": st.get("total", {}).get("macs", math.nan),
             # accuracy: a fraction in the record, percent in every report table

@@ -8,18 +8,19 @@ seeds the median of the per-seed medians and the largest per-seed IQR.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import pandas as pd
 
 from .records import STAGES
 
-SUMMARY_KEYS = ["dataset", "backbone", "label", "model", "op", "shift", "mixing", "group"]
+SUMMARY_KEYS = ["dataset", "backbone", "label", "model", "op", "shift", "mixing", "group", "num_classes"]
 
 
 def seed_stats(values) -> tuple[float, float, int]:
     """(mean, sample std, n) of the finite values; std is NaN below two values."""
-    v = np.asarray([x for x in values if isinstance(x, (int, float)) and math.isfinite(x)], dtype=float)
+    v = np.asarray([x for x in values if isinstance(x, numbers.Real) and math.isfinite(x)], dtype=float)
     if v.size == 0:
         return math.nan, math.nan, 0
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan, int(v.size)

@@ -366,3 +366,31 @@ def test_compare_flags_changed_settings():
     b[0]["config"]["trainer"]["max_epochs"] = 5
     cd = cell_deltas(records_frame(a), records_frame(b))
     assert (cd["flags"].str.contains("settings")).sum() == 1
+
+
+def test_members_of_different_groups_matched_to_one_reference_share_a_budget():
+    recs = mk.full_records()
+    conv = {r["cell"]["seed"]: r["cell_id"] for r in recs if r["cell"]["op"] == "conv"}
+    for r in recs:
+        if r["cell"]["op"] == "sa":
+            r["cell"]["group"] = "budget_sa"
+        if r["match"]:
+            r["match"]["reference_cell"] = conv[r["cell"]["seed"]]
+    c = _claims(recs)["acmix_vs_single_path"]
+    assert c.status == HELD
+    assert {r["budget"] for r in c.rows} == {"matched to resnet26-conv"}
+
+
+def test_accuracy_at_chance_or_identical_seeds_cannot_decide():
+    recs = mk.full_records()
+    for r in recs:  # every model near chance on 10 classes: untrained
+        r["metrics"]["top1"] = r["metrics"]["top1"] / 10
+    c = _claims(recs)
+    assert c["acmix_vs_single_path"].status == NED and c["learnable_multigroup"].status == NED
+    assert all(r["verdict"].startswith("at chance") for r in c["acmix_vs_single_path"].rows)
+    recs = mk.full_records()
+    for r in recs:  # every seed of a configuration gives the same accuracy
+        r["metrics"]["top1"] = mk.TOP1[(r["cell"]["op"], r["cell"]["shift"])] / 100
+    c = _claims(recs)
+    assert c["learnable_multigroup"].status == NED
+    assert all(r["verdict"].startswith("no spread") for r in c["learnable_multigroup"].rows)
