@@ -18,8 +18,11 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
+# The main job: the default benchmark matrix (configs/default.yaml), then its report. Rerunning resumes.
+BENCH_CONFIG ?= configs/default.yaml
+BENCH_OUT ?= results/default
 bench: $(BIN)/.installed
-	OMP_NUM_THREADS=$(THREADS) $(BIN)/acmix-bench demo
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/acmix-bench run $(BENCH_CONFIG) --out $(BENCH_OUT)
 
 test: $(BIN)/.installed
 	OMP_NUM_THREADS=$(THREADS) $(BIN)/python -m pytest -q

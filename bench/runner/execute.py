@@ -99,6 +99,7 @@ def total_macs(counts: dict | None):
 
 
 _MATCH_CACHE: dict = {}
+MIN_MULT = 1 / 64  # narrowest widths the matcher may try: 1/64 of the registry defaults (CPU-sized models)
 
 
 def _formula_macs(model, size) -> int:
@@ -120,7 +121,7 @@ def _search_widths(ref: dict, cell: dict, cfg: dict, size: list[int]) -> list[in
     var_ov = {k: v for k, v in cell["overrides"].items() if k != "img_size"}
     try:
         res = match_widths(ref["model"], [cell["model"]], size[1], tol=cell["tolerance"],
-                           reference_overrides=ref_ov, overrides=var_ov)
+                           reference_overrides=ref_ov, overrides=var_ov, min_mult=MIN_MULT)
     except ValueError as e:
         if "expected input" not in str(e) or size[0] == 3:
             raise
@@ -128,7 +129,7 @@ def _search_widths(ref: dict, cell: dict, cfg: dict, size: list[int]) -> list[in
         ref_ov.pop("in_chans", None)
         var_ov.pop("in_chans", None)
         res = match_widths(ref["model"], [cell["model"]], size[1], tol=cell["tolerance"],
-                           reference_overrides=ref_ov, overrides=var_ov)
+                           reference_overrides=ref_ov, overrides=var_ov, min_mult=MIN_MULT)
     return list(res[0].widths)
 
 
@@ -473,7 +474,10 @@ def run_matrix(cfg: dict, cells: list[dict], out: str, *, progress: bool = True,
     writer = is_rank_zero()
     os.makedirs(out, exist_ok=True)
     todo, done = pending(cells, out, retry_failed)
-    say = echo if writer else (lambda *a, **k: None)
+    def say(*a):
+        if writer:
+            echo(*a)
+            sys.stdout.flush()
     say(f"acmix-bench run: {len(cells)} cells, {len(done)} already finished, {len(todo)} to run; results in {out}")
     counts: dict = {}
     result = {"ran": 0, "skipped": len(done), "busy": 0, "status": counts, "interrupted": False}
