@@ -59,7 +59,7 @@ def compare_acc(a, b) -> dict:
     else:
         se = math.sqrt(sa ** 2 / na + sb ** 2 / nb)
         verdict = "better" if d > K_SE * se else "worse" if d < -K_SE * se else "within noise"
-        if se == 0:  # every seed gave the same value: the spread was not measured, not shown to be zero
+        if se <= 1e-9 * max(1.0, abs(ma), abs(mb)):  # every seed gave the same value (to rounding): spread unmeasured
             verdict = "no spread (seeds identical)"
     if na == 0 or nb == 0:
         verdict = "missing"
