@@ -394,3 +394,17 @@ def test_accuracy_at_chance_or_identical_seeds_cannot_decide():
     c = _claims(recs)
     assert c["learnable_multigroup"].status == NED
     assert all(r["verdict"].startswith("no spread") for r in c["learnable_multigroup"].rows)
+
+
+def test_release_acmix_decides_when_other_variants_share_the_budget():
+    recs = mk.full_records()
+    for r in recs:
+        if r["cell"]["shift"] == "tensor":  # a weak ACmix variant in the same budget does not decide
+            r["cell"]["group"] = "budget"
+            r["match"] = dict(recs[0]["match"] or {}, group="budget", reference_cell="resnet26-conv", target_macs=101_000_000,
+                              macs=100_600_000, rel_error=-0.004, tolerance=0.01)
+            r["metrics"]["top1"] -= 0.05
+    c = _claims(recs)["acmix_vs_single_path"]
+    assert c.status == HELD
+    weak = [r for r in c.rows if "tensor" in r["acmix"]]
+    assert weak and all(not r["deciding"] and r["verdict"] == "worse" for r in weak)
