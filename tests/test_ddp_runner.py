@@ -27,7 +27,7 @@ def test_ddp_two_cpu_processes_match_single_process_eval(tmp_path):
         "data": {"batch_size": 8, "train_subset": 48, "val_subset": 13, "test_subset": 45, "augment": False,
                  "image_size": 16, "eval_batch_size": 8},
         "optim": {"lr": 0.05},
-        "measure": {"voices": ["formula"], "speed": False},
+        "measure": {"voices": ["formula"], "speed": False, "threads": 1},
         "report": False,
     }
     cfg = tmp_path / "ddp.yaml"

@@ -38,7 +38,7 @@ def tiny_config(tmp_path, name="tiny", seeds=(0,), operators=("conv",), shifts=(
         "data": {"batch_size": 16, "train_subset": 64, "val_subset": 16, "test_subset": 24, "augment": False,
                  "image_size": 16},
         "optim": {"lr": 0.05},
-        "measure": {"voices": ["formula"], "speed": False},
+        "measure": {"voices": ["formula"], "speed": False, "threads": 1},
         "report": False,
     }
     for sec, upd in sections.items():
@@ -66,7 +66,7 @@ def finishes(out):
 
 def test_run_records_results_and_skip(tmp_path):
     cfg = tiny_config(tmp_path, seeds=(0,), operators=("conv", "acmix"),
-                      measure={"voices": ["formula", "fvcore"], "speed": True, "batch_size": 4,
+                      measure={"voices": ["formula", "fvcore"], "speed": True, "batch_size": 4, "threads": 1,
                                "min_run_time": 0.05, "repeats": 3})
     out = str(tmp_path / "out")
     rc, text = run_cli("run", cfg, "--out", out, "--no-progress")
@@ -275,3 +275,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     cfg = tiny_config(tmp_path)
     assert cli_main(["run", cfg, "--dry-run", "--shard", "3/2"]) == 2
     assert "--shard" in capsys.readouterr().err
+
+
+def test_overhead_command_prints_both_loops():
+    rc, text = run_cli("overhead", "--model", "resnet26-conv", "--widths", "8", "8", "8", "8", "--batch-size", "8",
+                       "--steps", "3", "--warmup", "1", "--repeats", "1", "--threads", "1")
+    assert rc == 0, text
+    lines = text.splitlines()
+    bare = next(x for x in lines if x.strip().startswith("bare PyTorch"))
+    light = next(x for x in lines if x.strip().startswith("Lightning Trainer"))
+    assert float(bare.split()[2]) > 0 and float(light.split()[4]) > 0
+    assert "Lightning / bare =" in text

@@ -166,14 +166,16 @@ def _device_for(cfg) -> torch.device:
     return torch.device("cpu")
 
 
+_DM_NAMES = {"imagenet": "imagefolder"}  # the runner's dataset name -> the datamodules' name
 _DM_CLASSES = {"fashion_mnist": "FashionMNISTDataModule", "cifar10": "CIFAR10DataModule",
-               "cifar100": "CIFAR100DataModule", "imagenet": "ImageFolderDataModule", "synthetic": "SyntheticDataModule"}
+               "cifar100": "CIFAR100DataModule", "imagefolder": "ImageFolderDataModule", "synthetic": "SyntheticDataModule"}
 
 
 def create_dm(name: str, **kw):
     """datamodules.create_datamodule, or the class by name where that factory is not there."""
     import datamodules
 
+    name = _DM_NAMES.get(name, name)
     if hasattr(datamodules, "create_datamodule"):
         return datamodules.create_datamodule(name, **kw)
     cls = getattr(datamodules, _DM_CLASSES[name], None)

@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 
 
-def _batches(dataset: str, batch_size: int, n: int, seed: int = 0):
+def _batches(dataset: str, batch_size: int, n: int, seed: int = 0, image_size: int | None = None):
     """n real training batches from the dataset's datamodule, held in memory."""
     from .execute import create_dm
 
-    dm = create_dm(dataset, batch_size=batch_size, seed=seed, train_subset=batch_size * n, augment=False)
+    dm = create_dm(dataset, batch_size=batch_size, seed=seed, train_subset=batch_size * n, augment=False,
+                   image_size=image_size)
     dm.prepare_data()
     dm.setup("fit")
     out = []
@@ -136,7 +137,8 @@ def main(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    batches, num_classes, size = _batches(args.dataset, args.batch_size, args.warmup + args.steps)
+    batches, num_classes, size = _batches(args.dataset, args.batch_size, args.warmup + args.steps,
+                                          image_size=args.image_size)
     model = create_model(args.model, stem=args.stem, widths=list(args.widths), num_classes=num_classes,
                          in_chans=size[0], img_size=size[1])
     res, dev = measure(model, batches, num_classes, args.warmup, args.repeats, accelerator=args.accelerator)
