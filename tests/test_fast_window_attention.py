@@ -194,3 +194,13 @@ def test_cuda_fast_equals_reference():
     assert (fast - ref).abs().max().item() < 1e-12
     for a, b in zip(torch.autograd.grad(fast.sum(), inputs[:4]), torch.autograd.grad(ref.sum(), inputs[:4])):
         assert (a - b).abs().max().item() < 1e-11
+
+
+
+def test_graph_can_be_differentiated_twice(backend):
+    """retain_graph: the C++ backward recomputes its buffers, so a second pass gives the same grads."""
+    inputs = _inputs(1, 4, 7, 6, 2)
+    out = local_attention_fast(*inputs, 2, 3, 1, 1)
+    first = torch.autograd.grad(out.sum(), inputs[:3], retain_graph=True)
+    second = torch.autograd.grad(out.sum(), inputs[:3])
+    assert all(torch.equal(a, b) for a, b in zip(first, second))

@@ -9,8 +9,9 @@ Two backends compute the same function with the same inputs:
          any dtype; chosen automatically when the extension cannot be built.
 
 ACMIX_FAST_BACKEND = auto (default: cpp for CPU float32/float64 when it builds,
-torch otherwise) | cpp | torch. Both backends save only the softmax weights
-(BN, k_a^2, H', W') besides their inputs; neither builds unfolded windows.
+torch otherwise) | cpp | torch. Neither builds unfolded windows; the torch twin saves
+the softmax weights (BN, k_a^2, H', W') for its backward, the C++ backward recomputes them
+(one extra logits pass) so training keeps no k_a^2-sized activation between passes.
 """
 from __future__ import annotations
 
@@ -126,22 +127,24 @@ def backend_for(t: torch.Tensor, backend: str | None = None) -> str:
 class _WindowAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, kd, grid, vd, ka, dil, backend):
-        save = any(ctx.needs_input_grad[:4])
-        if backend == "cpp":
-            out, weights = _ext.forward(q, kd, grid, vd, ka, dil, save)
+        if backend == "cpp":  # its backward recomputes the softmax weights: nothing k_a^2-sized is saved
+            out, _ = _ext.forward(q, kd, grid, vd, ka, dil, False)
+            saved = (q, kd, grid, vd)
         else:
             out, weights = torch_impl.forward(q, kd, grid, vd, ka, dil)
-        if save:
-            ctx.save_for_backward(q, kd, grid, vd, weights)
+            saved = (q, kd, grid, vd, weights)
+        if any(ctx.needs_input_grad[:4]):
+            ctx.save_for_backward(*saved)
         ctx.ka, ctx.dil, ctx.backend = ka, dil, backend
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
-        q, kd, grid, vd, weights = ctx.saved_tensors
-        impl = _ext if ctx.backend == "cpp" else torch_impl
-        dq, dkd, dvd = impl.backward(dout.contiguous(), q, kd, grid, vd, weights, ctx.ka, ctx.dil)
+        if ctx.backend == "cpp":
+            dq, dkd, dvd = _ext.backward(dout.contiguous(), *ctx.saved_tensors, ctx.ka, ctx.dil)
+        else:
+            dq, dkd, dvd = torch_impl.backward(dout.contiguous(), *ctx.saved_tensors, ctx.ka, ctx.dil)
         return dq, dkd, None, dvd, None, None, None
 
 

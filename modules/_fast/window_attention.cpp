@@ -6,13 +6,15 @@
 //   kd  (BN, Ck, Hp, S, Wq)   padded keys, columns split by phase: kd[.., r, p, m] = k[.., r, m*S + p]
 //   g   (G, Hp, S, Wq)        padded extra key channels shared by every (b, n) (the coordinate grid)
 //   vd  (BN, Cv, Hp, S, Wq)   padded values, same split
-//   weights (BN, K2, Ho, Wo)  softmax weights, saved for the backward (the only saved activation)
+//   weights (BN, K2, Ho, Wo)  softmax weights: returned by forward on request (tests), recomputed
+//                             by backward into its own buffer (the forward saves nothing of this size)
 // Window offset j = a * ka + b reads padded row y*S + a*dil and column x*S + b*dil,
 // i.e. phase (b*dil) % S, position x + (b*dil) / S: every inner loop runs over x with
 // unit stride, for any stride, so it vectorises.
 // Cq = Ck + G. Logits are sum over the Cq channels, out = sum_j weights_j v_j.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -246,6 +248,27 @@ void softmax_row(const Geometry& g, T* L, T* tmp) {
   }
 }
 
+// Rows are independent tasks, handed out dynamically: on a shared machine a descheduled
+// thread then delays only its own rows, not a static half of the work. Same OpenMP runtime
+// (and thread count) as torch.
+template <typename F>
+void parallel_rows(int64_t n, F&& f) {
+  const int nt = at::in_parallel_region() ? 1 : at::get_num_threads();
+#pragma omp parallel for schedule(dynamic, 2) num_threads(nt)
+  for (int64_t t = 0; t < n; ++t) f(t);
+}
+
+template <typename T, typename F>
+void parallel_rows_scratch(int64_t n, int64_t scratch, F&& f) {
+  const int nt = at::in_parallel_region() ? 1 : at::get_num_threads();
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<T> buf(scratch);
+#pragma omp for schedule(dynamic, 2)
+    for (int64_t t = 0; t < n; ++t) f(t, buf.data());
+  }
+}
+
 Geometry geometry(const at::Tensor& q, const at::Tensor& kd, const at::Tensor& grid, const at::Tensor& vd,
                   int64_t ka, int64_t dil) {
   TORCH_CHECK(q.dim() == 4 && kd.dim() == 5 && grid.dim() == 4 && vd.dim() == 5,
@@ -284,35 +307,34 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& kd, const
     const scalar_t* V = vd.data_ptr<scalar_t>();
     scalar_t* O = out.data_ptr<scalar_t>();
     scalar_t* Wt = weights.data_ptr<scalar_t>();
-    at::parallel_for(0, g.BN * g.Ho, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> L(g.K2() * g.Wo), tmp(2 * g.Wo);
-      const std::vector<int64_t> cols = g.cols();
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t bn = t / g.Ho, y = t % g.Ho;
-        correlate_row(g, Q + bn * g.Cq * g.Ho * g.Wo, g.Cq, K + bn * g.Ck * g.plane(), g.Ck, Gd, y, L.data(),
-                      cols.data());
-        softmax_row(g, L.data(), tmp.data());
-        if (save_weights) {
-          scalar_t* wout = Wt + bn * g.K2() * g.Ho * g.Wo;
-          for (int64_t j = 0; j < g.K2(); ++j)
-            std::copy(L.data() + j * g.Wo, L.data() + (j + 1) * g.Wo, wout + (j * g.Ho + y) * g.Wo);
-        }
-        aggregate_row(g, L.data(), g.Wo, V + bn * g.Cv * g.plane(), g.Cv, static_cast<const scalar_t*>(nullptr),
-                      g.Cv, y, O + bn * g.Cv * g.Ho * g.Wo, cols.data());
+    const std::vector<int64_t> cols = g.cols();
+    parallel_rows_scratch<scalar_t>(g.BN * g.Ho, (g.K2() + 2) * g.Wo, [&](int64_t t, scalar_t* L) {
+      const int64_t bn = t / g.Ho, y = t % g.Ho;
+      scalar_t* tmp = L + g.K2() * g.Wo;
+      correlate_row(g, Q + bn * g.Cq * g.Ho * g.Wo, g.Cq, K + bn * g.Ck * g.plane(), g.Ck, Gd, y, L, cols.data());
+      softmax_row(g, L, tmp);
+      if (save_weights) {
+        scalar_t* wout = Wt + bn * g.K2() * g.Ho * g.Wo;
+        for (int64_t j = 0; j < g.K2(); ++j) std::copy(L + j * g.Wo, L + (j + 1) * g.Wo, wout + (j * g.Ho + y) * g.Wo);
       }
+      aggregate_row(g, L, g.Wo, V + bn * g.Cv * g.plane(), g.Cv, static_cast<const scalar_t*>(nullptr), g.Cv, y,
+                    O + bn * g.Cv * g.Ho * g.Wo, cols.data());
     });
   });
   return {out, weights};
 }
 
+// Backward. Nothing of size k_a^2 is saved by the forward: the softmax weights are
+// recomputed here (same code and order as the forward, so bitwise the same) into one buffer,
+// used for dv, then overwritten in place with d loss / d logits for dq and dk. The buffer
+// belongs to this call, so the graph can be differentiated any number of times.
 std::vector<at::Tensor> backward(const at::Tensor& dout_in, const at::Tensor& q, const at::Tensor& kd,
-                                 const at::Tensor& grid, const at::Tensor& vd, const at::Tensor& weights,
-                                 int64_t ka, int64_t dil) {
+                                 const at::Tensor& grid, const at::Tensor& vd, int64_t ka, int64_t dil) {
   const Geometry g = geometry(q, kd, grid, vd, ka, dil);
   const at::Tensor dout = dout_in.contiguous();
   TORCH_CHECK(dout.sizes() == at::IntArrayRef({g.BN, g.Cv, g.Ho, g.Wo}), "window attention: grad shape");
+  auto weights = at::empty({g.BN, g.K2(), g.Ho, g.Wo}, q.options());
   auto dq = at::empty_like(q);
-  auto dlog = at::empty_like(weights);  // d loss / d logits
   auto dkd = at::zeros_like(kd);
   auto dvd = at::zeros_like(vd);
   const int64_t K2 = g.K2(), HWo = g.Ho * g.Wo;
@@ -321,44 +343,16 @@ std::vector<at::Tensor> backward(const at::Tensor& dout_in, const at::Tensor& q,
     const scalar_t* K = kd.data_ptr<scalar_t>();
     const scalar_t* Gd = grid.data_ptr<scalar_t>();
     const scalar_t* V = vd.data_ptr<scalar_t>();
-    const scalar_t* Wt = weights.data_ptr<scalar_t>();
+    scalar_t* Wt = weights.data_ptr<scalar_t>();
     const scalar_t* D = dout.data_ptr<scalar_t>();
     scalar_t* DQ = dq.data_ptr<scalar_t>();
-    scalar_t* DL = dlog.data_ptr<scalar_t>();
     scalar_t* DK = dkd.data_ptr<scalar_t>();
     scalar_t* DV = dvd.data_ptr<scalar_t>();
-    // Phase 1, one output row at a time: dW_j = dout . v_j, softmax backward, dq = sum_j dlogit_j k_j.
-    at::parallel_for(0, g.BN * g.Ho, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> dw(K2 * g.Wo), dot(g.Wo);
-      const std::vector<int64_t> cols = g.cols();
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t bn = t / g.Ho, y = t % g.Ho;
-        correlate_row(g, D + bn * g.Cv * HWo, g.Cv, V + bn * g.Cv * g.plane(), g.Cv,
-                      static_cast<const scalar_t*>(nullptr), y, dw.data(), cols.data());
-        const scalar_t* w = Wt + bn * K2 * HWo + y * g.Wo;
-        scalar_t* dl = DL + bn * K2 * HWo + y * g.Wo;
-        std::fill(dot.begin(), dot.end(), scalar_t(0));
-        for (int64_t j = 0; j < K2; ++j) {
-          const scalar_t* __restrict__ wj = w + j * HWo;
-          const scalar_t* __restrict__ dj = dw.data() + j * g.Wo;
-          scalar_t* __restrict__ s = dot.data();
-          for (int64_t x = 0; x < g.Wo; ++x) s[x] += wj[x] * dj[x];
-        }
-        for (int64_t j = 0; j < K2; ++j) {
-          const scalar_t* __restrict__ wj = w + j * HWo;
-          const scalar_t* __restrict__ dj = dw.data() + j * g.Wo;
-          const scalar_t* __restrict__ s = dot.data();
-          scalar_t* __restrict__ o = dl + j * HWo;
-          for (int64_t x = 0; x < g.Wo; ++x) o[x] = wj[x] * (dj[x] - s[x]);
-        }
-        aggregate_row(g, dl, HWo, K + bn * g.Ck * g.plane(), g.Ck, Gd, g.Cq, y, DQ + bn * g.Cq * HWo, cols.data());
-      }
-    });
-    // Phase 2, one padded row at a time (each row owned by one thread: no races):
-    // dk[r] += sum over (y, i) with y*S + i*dil = r of dlogit_j q, dv[r] likewise with weights and dout.
-    at::parallel_for(0, g.BN * g.Hp, 1, [&](int64_t begin, int64_t end) {
-      const std::vector<int64_t> cols = g.cols();
-      for (int64_t t = begin; t < end; ++t) {
+    const std::vector<int64_t> cols = g.cols();
+    // Scatter phases run one padded row r at a time (each row owned by one task: no races):
+    // dst[r] += sum over (y, i) with y*S + i*dil = r of w_j(y) * src(y).
+    auto scatter = [&](const scalar_t* Wsrc, const scalar_t* src, int64_t C, scalar_t* dst) {
+      parallel_rows(g.BN * g.Hp, [&](int64_t t) {
         const int64_t bn = t / g.Hp, r = t % g.Hp;
         for (int64_t i = 0; i < g.ka; ++i) {
           const int64_t r0 = r - i * g.dil;
@@ -368,15 +362,62 @@ std::vector<at::Tensor> backward(const at::Tensor& dout_in, const at::Tensor& q,
           for_tiles(g.Wo, g.ka, [&](auto xb, int64_t x0, int64_t b0, int nb) {
             constexpr int XB = decltype(xb)::value;
             const int64_t woff = (bn * K2 + i * g.ka + b0) * HWo + y * g.Wo + x0;
-            const int64_t doff = r * g.row() + x0;
-            dispatch_nb<Tile::Scatter, scalar_t, XB>(nb, DL + woff, HWo, Q + bn * g.Cq * HWo + y * g.Wo + x0, HWo,
-                                                     g.Ck, cols.data() + b0, DK + bn * g.Ck * g.plane() + doff,
-                                                     g.plane());
-            dispatch_nb<Tile::Scatter, scalar_t, XB>(nb, Wt + woff, HWo, D + bn * g.Cv * HWo + y * g.Wo + x0, HWo,
-                                                     g.Cv, cols.data() + b0, DV + bn * g.Cv * g.plane() + doff,
-                                                     g.plane());
+            dispatch_nb<Tile::Scatter, scalar_t, XB>(nb, Wsrc + woff, HWo, src + bn * C * HWo + y * g.Wo + x0, HWo,
+                                                     C, cols.data() + b0,
+                                                     dst + bn * C * g.plane() + r * g.row() + x0, g.plane());
           });
         }
+      });
+    };
+    // Phase 0: the softmax weights, one output row at a time.
+    parallel_rows_scratch<scalar_t>(g.BN * g.Ho, (K2 + 2) * g.Wo, [&](int64_t t, scalar_t* L) {
+      const int64_t bn = t / g.Ho, y = t % g.Ho;
+      correlate_row(g, Q + bn * g.Cq * HWo, g.Cq, K + bn * g.Ck * g.plane(), g.Ck, Gd, y, L, cols.data());
+      softmax_row(g, L, L + K2 * g.Wo);
+      scalar_t* wout = Wt + bn * K2 * HWo;
+      for (int64_t j = 0; j < K2; ++j) std::copy(L + j * g.Wo, L + (j + 1) * g.Wo, wout + (j * g.Ho + y) * g.Wo);
+    });
+    // Phase 1: dv from the softmax weights and dout.
+    scatter(Wt, D, g.Cv, DV);
+    // Phase 2, one output row at a time: dW_j = dout . v_j, softmax backward written over the
+    // weights (dlogit_j = w_j (dW_j - sum_i w_i dW_i)), dq = sum_j dlogit_j k_j.
+    parallel_rows_scratch<scalar_t>(g.BN * g.Ho, (K2 + 1) * g.Wo, [&](int64_t t, scalar_t* scratch) {
+      const int64_t bn = t / g.Ho, y = t % g.Ho;
+      scalar_t* dw = scratch;
+      scalar_t* dot = scratch + K2 * g.Wo;
+      correlate_row(g, D + bn * g.Cv * HWo, g.Cv, V + bn * g.Cv * g.plane(), g.Cv,
+                    static_cast<const scalar_t*>(nullptr), y, dw, cols.data());
+      scalar_t* w = Wt + bn * K2 * HWo + y * g.Wo;
+      std::fill(dot, dot + g.Wo, scalar_t(0));
+      for (int64_t j = 0; j < K2; ++j) {
+        const scalar_t* __restrict__ wj = w + j * HWo;
+        const scalar_t* __restrict__ dj = dw + j * g.Wo;
+        scalar_t* __restrict__ s = dot;
+        for (int64_t x = 0; x < g.Wo; ++x) s[x] += wj[x] * dj[x];
+      }
+      for (int64_t j = 0; j < K2; ++j) {
+        scalar_t* __restrict__ wj = w + j * HWo;
+        const scalar_t* __restrict__ dj = dw + j * g.Wo;
+        const scalar_t* __restrict__ s = dot;
+        for (int64_t x = 0; x < g.Wo; ++x) wj[x] = wj[x] * (dj[x] - s[x]);
+      }
+      aggregate_row(g, w, HWo, K + bn * g.Ck * g.plane(), g.Ck, Gd, g.Cq, y, DQ + bn * g.Cq * HWo, cols.data());
+    });
+    // Phase 3: dk from dlogits and the queries (first Ck channels of q).
+    parallel_rows(g.BN * g.Hp, [&](int64_t t) {
+      const int64_t bn = t / g.Hp, r = t % g.Hp;
+      for (int64_t i = 0; i < g.ka; ++i) {
+        const int64_t r0 = r - i * g.dil;
+        if (r0 < 0 || r0 % g.S != 0) continue;
+        const int64_t y = r0 / g.S;
+        if (y >= g.Ho) continue;
+        for_tiles(g.Wo, g.ka, [&](auto xb, int64_t x0, int64_t b0, int nb) {
+          constexpr int XB = decltype(xb)::value;
+          const int64_t woff = (bn * K2 + i * g.ka + b0) * HWo + y * g.Wo + x0;
+          dispatch_nb<Tile::Scatter, scalar_t, XB>(nb, Wt + woff, HWo, Q + bn * g.Cq * HWo + y * g.Wo + x0, HWo,
+                                                   g.Ck, cols.data() + b0,
+                                                   DK + bn * g.Ck * g.plane() + r * g.row() + x0, g.plane());
+        });
       }
     });
   });
@@ -384,6 +425,6 @@ std::vector<at::Tensor> backward(const at::Tensor& dout_in, const at::Tensor& q,
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "sliding-window attention forward: (out, softmax weights)");
+  m.def("forward", &forward, "sliding-window attention forward: (out, softmax weights if save_weights)");
   m.def("backward", &backward, "sliding-window attention backward: (dq, dkd, dvd)");
 }
