@@ -132,16 +132,28 @@ class ImageClassifier(L.LightningModule):
             raise ValueError("measure_flops_per_batch needs batch_size (or ImageClassifier(batch_size=...))")
         p = next(self.model.parameters())
         x = torch.randn(1, *input_size, dtype=p.dtype, device=p.device)
+        # eval mode: same matmuls and convs, but BatchNorm running statistics stay untouched and a
+        # batch of one is allowed; gradients are kept aside and restored
         was_training = self.model.training
-        self.model.train()
-        with FlopCounterMode(display=False) as counter:
-            self.model(x).sum().backward()
-        self.model.zero_grad(set_to_none=True)
-        self.model.train(was_training)
+        grads = {p: p.grad for p in self.model.parameters()}
+        self.model.eval()
+        try:
+            with FlopCounterMode(display=False) as counter:
+                self.model(x).sum().backward()
+        finally:
+            for p, g in grads.items():
+                p.grad = g
+            self.model.train(was_training)
         self.flops_per_batch = int(counter.get_total_flops()) * int(batch_size)
         return self.flops_per_batch
 
     def setup(self, stage: str) -> None:
+        # input size and batch size from the DataModule when not given (ThroughputMonitor reads flops_per_batch)
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.input_size is None and dm is not None and getattr(dm, "input_size", None):
+            self.input_size = tuple(dm.input_size)
+        if self.batch_size is None and dm is not None and getattr(dm, "batch_size", None):
+            self.batch_size = dm.batch_size
         if self.flops_per_batch is None and self.input_size is not None and self.batch_size is not None:
             self.measure_flops_per_batch()
 

@@ -21,6 +21,16 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = dict(stem="small", in_chans=1, img_size=16, widths=[4, 4, 8, 8])
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny models gain nothing from a second thread, and on a busy 2-core machine OpenMP's
+    # spinning threads slow these runs by an order of magnitude
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _trainer(tmp_path, **kw):
     defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                     enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -165,3 +175,12 @@ def test_ddp_evaluation_counts_every_sample_once(tmp_path):
     # labels are i % 2 for i < 13: 7 zeros. Exact: 7/13. Padded to 14 (sample 0 twice) would be 8/14.
     assert res["top1"] == pytest.approx(7 / 13, abs=1e-6)
     assert res["seen"] == [7]  # rank 0 gets samples 0, 2, ..., 12; rank 1 gets 6
+
+
+def test_measuring_flops_leaves_the_model_unchanged():
+    clf = ImageClassifier("resnet26-acmix", num_classes=3, model_kwargs=TINY, input_size=(1, 16, 16), batch_size=4)
+    clf.train()
+    before = {k: v.clone() for k, v in clf.model.state_dict().items()}
+    assert clf.measure_flops_per_batch() > 0
+    assert all(torch.equal(before[k], v) for k, v in clf.model.state_dict().items())  # BN running stats too
+    assert all(p.grad is None for p in clf.model.parameters()) and clf.model.training
