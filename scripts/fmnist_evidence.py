@@ -54,7 +54,13 @@ def main(argv=None) -> int:
         kw["kernel_att"] = args.kernel_att
     model = ImageClassifier(args.model, num_classes=10, optimizer="sgd", lr=args.lr, weight_decay=args.weight_decay,
                             warmup_epochs=args.warmup_epochs, model_kwargs=kw)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=args.epochs, logger=False,
+    class Progress(L.Callback):  # one line every 50 steps, so a background run can be followed in its log
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step % 50 == 0:
+                print(f"step {trainer.global_step}/{trainer.estimated_stepping_batches} epoch {trainer.current_epoch} "
+                      f"loss {float(outputs['loss']):.3f} {time.time() - t0:.0f}s", flush=True)
+
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=args.epochs, logger=False, callbacks=[Progress()],
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, deterministic=False)
     t0 = time.time()
