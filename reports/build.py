@@ -45,10 +45,13 @@ def fmt_mean(m, s, n, nd=2) -> str:
     return f"{m:.{nd}f} ± {s:.{nd}f} (n={n})" if not _isnan(s) else f"{m:.{nd}f} (n={n}, no spread)"
 
 
-def fmt_med(m, iqr, nd=1) -> str:
+def fmt_med(m, iqr, nd=1, seed_range=None) -> str:
+    """Median with its timing IQR and, over seeds, the range of the per-seed medians."""
     if _isnan(m):
         return "n/a"
-    return f"{m:.{nd}f} (IQR {iqr:.{nd}f})" if not _isnan(iqr) else f"{m:.{nd}f}"
+    parts = ([f"IQR {iqr:.{nd}f}"] if not _isnan(iqr) else []) + (
+        [f"seeds range {seed_range:.{nd}f}"] if not _isnan(seed_range) else [])
+    return f"{m:.{nd}f}" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def fmt_num(x, nd=2) -> str:
@@ -81,9 +84,12 @@ def _summary_display(summary: pd.DataFrame) -> pd.DataFrame:
             "params": fmt_count(r["params"]), "MACs": fmt_count(r["macs"]),
             "top-1 % (mean ± std, n)": fmt_mean(r["top1_mean"], r["top1_std"], r["top1_n"]),
             "top-5 % (mean ± std, n)": fmt_mean(r["top5_mean"], r["top5_std"], r["top5_n"]),
-            "train samples/s": fmt_med(r["train_samples_per_s"], r["train_samples_per_s_iqr"]),
-            "infer samples/s": fmt_med(r["infer_samples_per_s"], r["infer_samples_per_s_iqr"]),
-            "latency b1 ms": fmt_med(r["latency_b1_ms"], r["latency_b1_ms_iqr"], 2),
+            "train samples/s": fmt_med(r["train_samples_per_s"], r["train_samples_per_s_iqr"],
+                                       seed_range=r["train_samples_per_s_seed_range"]),
+            "infer samples/s": fmt_med(r["infer_samples_per_s"], r["infer_samples_per_s_iqr"],
+                                       seed_range=r["infer_samples_per_s_seed_range"]),
+            "latency b1 ms": fmt_med(r["latency_b1_ms"], r["latency_b1_ms_iqr"], 2,
+                                     seed_range=r["latency_b1_ms_seed_range"]),
             "peak mem MB": fmt_num(r["peak_mem_mb"], 1), "wall s (mean)": fmt_num(r["wall_s_mean"], 1),
             "speed on": r["speed_on"], "not ok": str(r["cells_not_ok"]),
         })
@@ -224,7 +230,8 @@ class Report:
                             "FLOPs would be 2 x MACs and are not shown. Counts come from the counter voice named in each "
                             "table (the formula voice of ACMIX.md where present, else fvcore). Accuracy: mean ± sample "
                             "std over seeds, n = finished seeds. Speed: median over timing repeats with its "
-                            "interquartile range (IQR); over seeds the median of the per-seed medians and the largest IQR. "
+                            "interquartile range (IQR); over seeds the median of the per-seed medians, the largest IQR and the range "
+                            "of the per-seed medians (on a busy machine that range is the larger noise). "
                             "Speed numbers compare only within one device and thread count."))
         b += _missing_blocks(rs, f, self.claims)
         b += _claim_blocks(self.claims)
