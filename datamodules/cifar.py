@@ -88,7 +88,7 @@ class CIFAR10DataModule(ClassificationDataModule):
     native_size = 32
     in_chans = 3
 
-    def __init__(self, root: str = "data", download: bool = False, **kwargs):
+    def __init__(self, root: str = "data", download: bool = True, **kwargs):
         super().__init__(root=root, **kwargs)
         self.download = download
 

@@ -128,7 +128,7 @@ def test_fashion_mnist_corrupt_file(tmp_path):
 @pytest.mark.parametrize("which,cls,nc", [("cifar10", CIFAR10DataModule, 10), ("cifar100", CIFAR100DataModule, 100)])
 def test_cifar_torchvision_format(tmp_path, monkeypatch, which, cls, nc):
     written = write_cifar(tmp_path, which, per_batch=10)
-    dm = cls(root=str(tmp_path), batch_size=5, val_fraction=0.2, augment=False)
+    dm = cls(root=str(tmp_path), batch_size=5, val_fraction=0.2, augment=False, download=False)
     dm.setup()
     n_train = 50 if which == "cifar10" else 10
     assert len(dm.train_set) + len(dm.val_set) == n_train and len(dm.test_set) == 10 and dm.num_classes == nc
@@ -150,11 +150,22 @@ def test_cifar_torchvision_format(tmp_path, monkeypatch, which, cls, nc):
 def test_cifar_missing_and_corrupt(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"cifar10: expected torchvision's layout .*cifar-10-batches-py/ with "
                                                 r"data_batch_1"):
-        CIFAR10DataModule(root=str(tmp_path)).setup()
+        CIFAR10DataModule(root=str(tmp_path), download=False).setup()
     write_cifar(tmp_path, "cifar10")
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"corrupt CIFAR file .*data_batch_3"):
-        CIFAR10DataModule(root=str(tmp_path)).setup()
+        CIFAR10DataModule(root=str(tmp_path), download=False).setup()
+
+
+def test_cifar_download_failure_is_one_clear_error(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*a, **k):
+        raise RuntimeError("network unreachable")
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", offline)
+    with pytest.raises(FileNotFoundError, match=r"cifar100: files missing under .*cifar-100-python and the torchvision "
+                                                r"download failed \(RuntimeError: network unreachable\)"):
+        CIFAR100DataModule(root=str(tmp_path)).setup()
 
 
 # ------------------------------------------------------------------ ImageFolder
