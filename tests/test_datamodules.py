@@ -224,3 +224,20 @@ def test_bad_config_messages(tmp_path):
         SyntheticDataModule(batch_size=0)
     with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\)"):
         SyntheticDataModule(val_fraction=1.5)
+
+
+def test_transforms_default_and_custom():
+    from datamodules import ImageTransform
+    img = torch.full((1, 10, 10), 255, dtype=torch.uint8)
+    img[:, :, :5] = 0
+    plain = ImageTransform(None, (0.5,), (0.5,))(img)
+    assert plain.shape == (1, 10, 10) and plain.max() == 1.0 and plain.min() == -1.0
+    resized = ImageTransform(16, (0.5,), (0.5,))(img)
+    assert resized.shape == (1, 16, 16)
+    torch.manual_seed(0)
+    aug = [ImageTransform(None, (0.5,), (0.5,), augment=True)(img) for _ in range(20)]
+    assert all(a.shape == (1, 10, 10) for a in aug) and any(not torch.equal(a, plain) for a in aug)
+    dm = SyntheticDataModule(image_size=8, in_chans=1, train_size=8, test_size=4, val_fraction=0.0,
+                             train_transform=lambda x: torch.zeros(3), eval_transform=lambda x: torch.ones(2))
+    dm.setup()
+    assert torch.equal(dm.train_set[0][0], torch.zeros(3)) and torch.equal(dm.test_set[0][0], torch.ones(2))
