@@ -286,3 +286,13 @@ def test_overhead_command_prints_both_loops():
     light = next(x for x in lines if x.strip().startswith("Lightning Trainer"))
     assert float(bare.split()[2]) > 0 and float(light.split()[4]) > 0
     assert "Lightning / bare =" in text
+
+
+def test_prepare_says_where_the_data_comes_from(tmp_path):
+    from bench.runner.prepare import prepare
+
+    msg = prepare("fashion_mnist", None, allow_apt=False)
+    assert msg.startswith("data: Fashion-MNIST from ") and ("dataset-fashion-mnist" in msg or "download" in msg)
+    with pytest.raises(ValueError, match="datamodules has no|unknown|allowed"):
+        from bench.runner.execute import create_dm
+        create_dm("no_such_dataset")

@@ -178,9 +178,10 @@ def create_dm(name: str, **kw):
     name = _DM_NAMES.get(name, name)
     if hasattr(datamodules, "create_datamodule"):
         return datamodules.create_datamodule(name, **kw)
-    cls = getattr(datamodules, _DM_CLASSES[name], None)
+    cls = getattr(datamodules, _DM_CLASSES.get(name, ""), None)
     if cls is None:
-        raise ValueError(f"dataset {name!r}: datamodules has no {_DM_CLASSES[name]} yet")
+        raise ValueError(f"dataset {name!r}: datamodules has no {_DM_CLASSES.get(name, 'such datamodule')}; "
+                         f"allowed: {', '.join(_DM_CLASSES)}")
     return cls(**kw)
 
 
