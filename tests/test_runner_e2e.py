@@ -84,6 +84,8 @@ def test_run_records_results_and_skip(tmp_path):
         s = r["speed"]
         assert s["infer_samples_per_s"]["n"] == 3 and s["infer_samples_per_s"]["median"] > 0
         assert s["latency_b1_ms"]["median"] > 0 and s["train_samples_per_s"]["median"] > 0
+        if os.path.exists("/proc/self/clear_refs"):
+            assert s["peak_mem_mb"] > 50  # peak RSS of the process (torch alone is more)
         assert r["env"]["threads"] >= 1 and r["env"]["torch"] == torch.__version__
         assert r["wall_s"] > 0 and r["finished_at"] >= r["started_at"]
     acmix = next(r for r in recs.values() if r["cell"]["op"] == "acmix")

@@ -302,6 +302,9 @@ def train_and_test(cell: dict, cfg: dict, model, out: str, progress: bool, state
     dev = _device_for(cfg)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
+    else:  # CPU: the process's peak resident set size over training and testing (Linux)
+        from .measure import reset_peak_rss
+        state["rss_reset"] = reset_peak_rss()
     trainer.fit(lm, datamodule=dm, ckpt_path=resume)
     # the finished state, so a run killed during testing resumes straight into the test
     trainer.save_checkpoint(last)
@@ -315,6 +318,9 @@ def train_and_test(cell: dict, cfg: dict, model, out: str, progress: bool, state
                         "loss": _metric(m, "test/loss"), "val_top1": val_top1,
                         "epochs": int(trainer.current_epoch), "steps": int(trainer.global_step)}
     state["mixing_by_depth"] = lm.mixing_weights()
+    if dev.type != "cuda" and state.get("rss_reset"):
+        from .measure import peak_rss_mb
+        state["peak_mem_mb"] = peak_rss_mb()
 
 
 # ---------------------------------------------------------------- one cell

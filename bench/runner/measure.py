@@ -20,6 +20,28 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
     return statistics.median(values), q[2] - q[0]
 
 
+def reset_peak_rss() -> bool:
+    """Linux: reset this process's peak resident set size (VmHWM) to the current RSS; False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float | None:
+    """Linux: peak resident set size (VmHWM) of this process since the last reset, in MiB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def summarize(values: list[float]) -> dict | None:
     values = [float(v) for v in values if v is not None]
     if not values:
