@@ -110,7 +110,7 @@ def run(args) -> int:
         if todo:
             prepare_data(cfg)
             wait = args.wait or args.executor == "local"
-            submit(cfg, todo, out, cluster="local" if args.executor == "local" else None, wait=wait,
+            submit(cfg, todo, out, cluster=args.executor, wait=wait,
                    slurm={"partition": args.slurm_partition, "account": args.slurm_account,
                           "time_min": args.slurm_time, "cpus_per_task": args.slurm_cpus_per_task,
                           "mem_gb": args.slurm_mem_gb, "array_parallelism": args.slurm_array_parallelism})

@@ -298,3 +298,13 @@ def test_prepare_says_where_the_data_comes_from(tmp_path):
     with pytest.raises(ValueError, match="datamodules has no|unknown|allowed"):
         from bench.runner.execute import create_dm
         create_dm("no_such_dataset")
+
+
+def test_slurm_executor_without_slurm_is_a_clear_error(tmp_path, capsys):
+    import shutil
+    if shutil.which("srun") or shutil.which("sbatch"):
+        pytest.skip("a Slurm cluster is present")
+    cfg = tiny_config(tmp_path)
+    assert cli_main(["run", cfg, "--out", str(tmp_path / "o"), "--executor", "slurm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--executor slurm" in err and "srun" in err

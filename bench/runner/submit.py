@@ -28,11 +28,15 @@ def run_cells_job(cfg: dict, out: str, cell_ids: list[str]) -> dict:
 
 def submit(cfg: dict, cells: list[dict], out: str, *, cluster: str | None = None, wait: bool = False,
            slurm: dict | None = None, echo=print) -> list:
-    """Submit one job per cell; cluster None = auto (Slurm when available), "local" = LocalExecutor."""
+    """Submit one job per cell; cluster "slurm" or "local" (submitit's LocalExecutor)."""
     import submitit
 
     folder = os.path.join(out, "submitit", "%j")
-    ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    try:
+        ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    except RuntimeError as e:  # e.g. no srun/sbatch here
+        raise ValueError(f"--executor {cluster}: {' '.join(str(e).split())}; run on a Slurm login node, or use "
+                         f"--executor local / inline") from None
     t = cfg["trainer"]
     params = {"nodes": t["num_nodes"], "tasks_per_node": t["devices"],
               "timeout_min": int((slurm or {}).get("time_min") or 24 * 60), "name": f"acmix-{cfg['name']}"}
