@@ -339,6 +339,8 @@ def run_cell(cell: dict, cfg: dict, out: str, *, progress: bool = False) -> dict
     """Run one cell and return its record (already written when on rank 0). Re-raises CellInterrupted."""
     writer = is_rank_zero()
     started, t0 = R.now(), time.perf_counter()
+    if cfg["measure"]["threads"]:  # before the record's environment is taken, so env.threads is what ran
+        torch.set_num_threads(cfg["measure"]["threads"])
     rec = _base_record(cell, cfg, started)
     prev = R.read_record(out, cell["cell_id"])
     if prev and prev.get("started_at"):
@@ -353,8 +355,6 @@ def run_cell(cell: dict, cfg: dict, out: str, *, progress: bool = False) -> dict
     try:
         import lightning.pytorch as pl
 
-        if meas["threads"]:
-            torch.set_num_threads(meas["threads"])
         pl.seed_everything(cell["seed"], verbose=False)
         widths, match = resolve_widths(cell, cfg)
         rec["widths"], rec["match"] = (list(widths) if widths is not None else None), match
