@@ -25,6 +25,7 @@ import torch
 
 from . import records as R
 from .cells import input_size
+from .measure import inference_speed
 
 
 class NonFiniteLoss(RuntimeError):
@@ -364,13 +365,14 @@ def run_cell(cell: dict, cfg: dict, out: str, *, progress: bool = False) -> dict
         if meas["counts"]:
             rec["counts"] = count(model, size, meas["voices"])
         dev = _device_for(cfg)
-        speed = {"threads": torch.get_num_threads(), "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        speed = {"threads": torch.get_num_threads(),
+                 "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
                  "infer_samples_per_s": None, "latency_b1_ms": None, "train_samples_per_s": None, "peak_mem_mb": None}
         rec["speed"] = speed
         if meas["speed"]:
             probe = copy.deepcopy(model).to(dev)
-            speed.update(__import__("bench.runner.measure", fromlist=["x"]).inference_speed(
-                probe, size, meas["batch_size"], dev, meas["min_run_time"], meas["latency"], meas["repeats"]))
+            speed.update(inference_speed(probe, size, meas["batch_size"], dev, meas["min_run_time"],
+                                         meas["latency"], meas["repeats"]))
             del probe
         train_and_test(cell, cfg, model, out, progress, state)
         speed["train_samples_per_s"] = state.get("train_samples_per_s")
