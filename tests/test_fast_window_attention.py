@@ -42,7 +42,6 @@ CASES = [  # B, C, heads, H, W, k_a, stride, dilation
     (2, 8, 2, 10, 11, 5, 2, 1),
     (2, 12, 3, 11, 9, 3, 2, 2),
     (1, 8, 4, 8, 13, 3, 3, 1),
-    (2, 16, 4, 12, 10, 7, 1, 1),
     (3, 8, 2, 13, 12, 7, 2, 1),
     (1, 4, 1, 9, 9, 3, 1, 3),
 ]
@@ -63,7 +62,7 @@ def test_fast_equals_reference_float64(backend, B, C, heads, H, W, ka, stride, d
         assert (a - b).abs().max().item() < 1e-11, name
 
 
-@pytest.mark.parametrize("stride,dil,H,W,B", [(1, 1, 4, 3, 1), (2, 1, 5, 4, 2), (1, 2, 5, 6, 1), (2, 2, 6, 5, 2)])
+@pytest.mark.parametrize("stride,dil,H,W,B", [(1, 1, 4, 3, 1), (2, 1, 5, 4, 2), (2, 2, 6, 5, 1)])
 def test_fast_gradcheck(backend, stride, dil, H, W, B):
     q, k, v, pw, _ = _inputs(B, 4, H, W, 2)
     f = lambda q, k, v, pw: local_attention_fast(q, k, v, pw, None, 2, 3, stride, dil)
@@ -101,8 +100,8 @@ def test_bfloat16_input_runs_in_float32_and_keeps_dtype(backend):
     assert (out.double() - ref).abs().max().item() < 0.05
 
 
-@pytest.mark.parametrize("shift", ["multigroup", "tensor", "fixed", "learnable"])
-@pytest.mark.parametrize("stride,H,W", [(1, 10, 9), (2, 11, 8)])
+@pytest.mark.parametrize("shift,stride,H,W", [("multigroup", 1, 10, 9), ("multigroup", 2, 11, 8),
+                                              ("tensor", 2, 9, 10), ("learnable", 1, 9, 8)])
 def test_acmix_block_fast_equals_reference(backend, shift, stride, H, W):
     torch.manual_seed(0)
     op = ACmix(8, 8, kernel_att=5, head=2, kernel_conv=3, stride=stride, shift=shift).double()
