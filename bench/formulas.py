@@ -428,8 +428,7 @@ def operator_cost(module, in_shape) -> OpCost | None:
         if conv is not None and conv.impl == "reference" and shift != "multigroup":
             raise ValueError("formulas for the reference conv path cover shift='multigroup' only; "
                              "count the fast path (set_stage2_impl(model, 'fast'))")
-        fused = (conv is not None and conv.fc.bias is None and shift == "multigroup" and conv.impl == "fast"
-                 and conv.shift.impl == "fast")
+        fused = conv is not None and conv.fuses(H, W)
         c = acmix_cost(C_in, m.out_planes, m.head, m.kernel_att, m.kernel_conv, H, W, m.stride, shift,
                        s2.mixing, impl, fused, conv.impl if conv is not None else None)
         if m.dilation != 1:

@@ -98,10 +98,10 @@ class ConvPath(nn.Module):
             w = self.shift.full_weight()
             return shift_aggregate_reference(y, self.kernel_conv, self.heads, self.shift.stride,
                                              None if w is None else w.to(y.dtype))
-        if self.fc.bias is None and self.shift.shift == "multigroup" and self.shift.impl == "fast":
+        if self.fuses(H, W):
             # Light FC and grouped conv fused (exact: both are linear and the FC has no bias):
             # W'[i*N+n, t] = sum_j W[i*N+n, j] fc[j, t], one grouped conv (groups = d, 3N -> N per
-            # group) on (B, d*3N, H, W). Same MACs, no (B, d*k^2, H, W) intermediate.
+            # group) on (B, d*3N, H, W): no (B, d*k^2, H, W) intermediate, never more MACs (fuses()).
             k, N = self.kernel_conv, self.heads
             wg = self.shift.weight.to(f_all.dtype).reshape(d * N, k2, k * k)
             fused = torch.einsum("ojs,jt->ots", wg, self.fc.weight.to(f_all.dtype).reshape(k2, T))
@@ -114,6 +114,20 @@ class ConvPath(nn.Module):
                      None if self.fc.bias is None else self.fc.bias.to(f_all.dtype))
         y = y.reshape(B, k2, d, H, W).transpose(1, 2).reshape(B, d * k2, H, W)
         return self.shift(y)
+
+    def fuses(self, H: int, W: int) -> bool:
+        """Whether the fast path folds the light FC into the grouped conv for an H x W input.
+
+        Exact only without FC bias and with per-output kernels ("multigroup"); taken only where
+        it costs no more MACs than FC + grouped conv, so matched-FLOPs budgets never grow:
+        fused 3N * d*N * k^2 * H'W'  <=  FC 3N * k^2 * d * HW + grouped conv d*N * k^2 * k^2 * H'W'.
+        """
+        if self.impl != "fast" or self.shift.impl != "fast" or self.fc.bias is not None \
+                or self.shift.shift != "multigroup":
+            return False
+        s, N, k2 = self.shift.stride, self.heads, self.kernel_conv ** 2
+        out_px = ((H - 1) // s + 1) * ((W - 1) // s + 1)
+        return 3 * N * out_px <= 3 * H * W + k2 * out_px
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}, d={self.head_dim}, kernel_conv={self.kernel_conv}, impl={self.impl!r}"

@@ -492,3 +492,14 @@ def test_cuda_matches_cpu_float64():
         cpu = op(x)
         gpu = op.cuda()(x.cuda())
         assert torch.allclose(cpu, gpu.cpu(), atol=1e-10)
+
+
+@pytest.mark.parametrize("heads,stride,fused", [(4, 1, True), (2, 1, True), (8, 1, False), (6, 2, True), (8, 2, False)])
+def test_conv_path_fuses_only_where_it_costs_no_more(heads, stride, fused):
+    path = randomize_(ConvPath(heads, 2, 3, stride, fc_bias=False, shift="multigroup").double())
+    assert path.fuses(8, 8) is fused
+    f_all = rand(1, 3 * heads, 2, 8, 8)
+    fast = path(f_all)
+    set_stage2_impl(path, "reference")
+    assert torch.allclose(fast, path(f_all), atol=1e-12)
+    assert not path.fuses(8, 8)  # the reference never fuses
