@@ -284,21 +284,6 @@ def test_window_attention_gradcheck(fn, shift):
     assert gradcheck(f, (qkv, table), eps=1e-6, atol=1e-5)
 
 
-def test_shift_mask_matches_swin_slices():
-    """The region mask equals the one built from Swin's three slices per axis."""
-    H = W = 8
-    M, s = 4, 2
-    img = torch.zeros(H, W)
-    cnt = 0
-    for hs in (slice(0, -M), slice(-M, -s), slice(-s, None)):
-        for ws in (slice(0, -M), slice(-M, -s), slice(-s, None)):
-            img[hs, ws] = cnt
-            cnt += 1
-    win = img.view(H // M, M, W // M, M).permute(0, 2, 1, 3).reshape(-1, M * M)
-    exp = (win[:, None, :] - win[:, :, None] != 0).float() * -100.0
-    assert torch.equal(shifted_window_mask(H, W, M, s), exp)
-
-
 # ----------------------------------------------------------------------------- ACmix conv path
 
 

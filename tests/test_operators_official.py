@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from modules import from_official
+from modules.window_attention import shifted_window_mask
 
 f64 = torch.float64
 
@@ -170,6 +171,11 @@ def swin_mask(H, W, M, s):
     win = img.view(H // M, M, W // M, M).permute(0, 2, 1, 3).reshape(-1, M * M)
     diff = win[:, None, :] - win[:, :, None]
     return torch.where(diff != 0, -100.0, 0.0).double()
+
+
+@pytest.mark.parametrize("H,W,M,s", [(8, 8, 4, 2), (6, 9, 3, 1)])
+def test_suite_shift_mask_equals_swin_slices(H, W, M, s):
+    assert torch.equal(shifted_window_mask(H, W, M, s, torch.float64), swin_mask(H, W, M, s))
 
 
 @pytest.mark.parametrize("C,M,N,H,W,masked", [(8, 2, 2, 4, 6, False), (12, 3, 3, 6, 6, True), (8, 4, 2, 8, 4, True)])

@@ -172,7 +172,7 @@ def _wait_for(pred, proc, timeout=240):
             return True
         if proc.poll() is not None:
             return False
-        time.sleep(0.2)
+        time.sleep(0.05)
     return False
 
 
@@ -214,7 +214,9 @@ def test_sigkill_mid_cell_then_rerun_records_each_cell_once(tmp_path):
 
 
 def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
-    cfg = tiny_config(tmp_path, seeds=(0, 1, 2))
+    # 32 steps per cell, a checkpoint every step: long enough that the signal lands mid-cell
+    # even on an idle machine (with 4 steps the whole matrix could end between two polls)
+    cfg = tiny_config(tmp_path, seeds=(0, 1, 2), data={"train_subset": 512})
     out = str(tmp_path / "out")
     p = _spawn(cfg, out)
     ok = _wait_for(_mid_cell(out, 1), p)

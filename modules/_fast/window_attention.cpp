@@ -351,7 +351,8 @@ std::vector<at::Tensor> backward(const at::Tensor& dout_in, const at::Tensor& q,
     const std::vector<int64_t> cols = g.cols();
     // Scatter phases run one padded row r at a time (each row owned by one task: no races):
     // dst[r] += sum over (y, i) with y*S + i*dil = r of w_j(y) * src(y).
-    auto scatter = [&](const scalar_t* Wsrc, const scalar_t* src, int64_t C, scalar_t* dst) {
+    // src holds src_C channels per (b, n); the first C of them are scattered into dst (C per (b, n)).
+    auto scatter = [&](const scalar_t* Wsrc, const scalar_t* src, int64_t src_C, int64_t C, scalar_t* dst) {
       parallel_rows(g.BN * g.Hp, [&](int64_t t) {
         const int64_t bn = t / g.Hp, r = t % g.Hp;
         for (int64_t i = 0; i < g.ka; ++i) {
@@ -362,7 +363,7 @@ std::vector<at::Tensor> backward(const at::Tensor& dout_in, const at::Tensor& q,
           for_tiles(g.Wo, g.ka, [&](auto xb, int64_t x0, int64_t b0, int nb) {
             constexpr int XB = decltype(xb)::value;
             const int64_t woff = (bn * K2 + i * g.ka + b0) * HWo + y * g.Wo + x0;
-            dispatch_nb<Tile::Scatter, scalar_t, XB>(nb, Wsrc + woff, HWo, src + bn * C * HWo + y * g.Wo + x0, HWo,
+            dispatch_nb<Tile::Scatter, scalar_t, XB>(nb, Wsrc + woff, HWo, src + bn * src_C * HWo + y * g.Wo + x0, HWo,
                                                      C, cols.data() + b0,
                                                      dst + bn * C * g.plane() + r * g.row() + x0, g.plane());
           });
@@ -378,7 +379,7 @@ std::vector<at::Tensor> backward(const at::Tensor& dout_in, const at::Tensor& q,
       for (int64_t j = 0; j < K2; ++j) std::copy(L + j * g.Wo, L + (j + 1) * g.Wo, wout + (j * g.Ho + y) * g.Wo);
     });
     // Phase 1: dv from the softmax weights and dout.
-    scatter(Wt, D, g.Cv, DV);
+    scatter(Wt, D, g.Cv, g.Cv, DV);
     // Phase 2, one output row at a time: dW_j = dout . v_j, softmax backward written over the
     // weights (dlogit_j = w_j (dW_j - sum_i w_i dW_i)), dq = sum_j dlogit_j k_j.
     parallel_rows_scratch<scalar_t>(g.BN * g.Ho, (K2 + 1) * g.Wo, [&](int64_t t, scalar_t* scratch) {
@@ -404,22 +405,7 @@ std::vector<at::Tensor> backward(const at::Tensor& dout_in, const at::Tensor& q,
       aggregate_row(g, w, HWo, K + bn * g.Ck * g.plane(), g.Ck, Gd, g.Cq, y, DQ + bn * g.Cq * HWo, cols.data());
     });
     // Phase 3: dk from dlogits and the queries (first Ck channels of q).
-    parallel_rows(g.BN * g.Hp, [&](int64_t t) {
-      const int64_t bn = t / g.Hp, r = t % g.Hp;
-      for (int64_t i = 0; i < g.ka; ++i) {
-        const int64_t r0 = r - i * g.dil;
-        if (r0 < 0 || r0 % g.S != 0) continue;
-        const int64_t y = r0 / g.S;
-        if (y >= g.Ho) continue;
-        for_tiles(g.Wo, g.ka, [&](auto xb, int64_t x0, int64_t b0, int nb) {
-          constexpr int XB = decltype(xb)::value;
-          const int64_t woff = (bn * K2 + i * g.ka + b0) * HWo + y * g.Wo + x0;
-          dispatch_nb<Tile::Scatter, scalar_t, XB>(nb, Wt + woff, HWo, Q + bn * g.Cq * HWo + y * g.Wo + x0, HWo,
-                                                   g.Ck, cols.data() + b0,
-                                                   DK + bn * g.Ck * g.plane() + r * g.row() + x0, g.plane());
-        });
-      }
-    });
+    scatter(Wt, Q, g.Cq, g.Ck, DK);
   });
   return {dq, dkd, dvd};
 }
