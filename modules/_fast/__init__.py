@@ -16,6 +16,7 @@ the softmax weights (BN, k_a^2, H', W') for its backward, the C++ backward recom
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 import sys
@@ -60,7 +61,14 @@ def _cflags() -> list[str]:
 
 
 def _build():
-    from torch.utils import cpp_extension
+    # importing cpp_extension warns "No CUDA runtime is found" on CPU-only machines: noise for a CPU build
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        log.setLevel(level)
 
     try:  # the pip ninja package puts its binary beside the module, not on PATH
         import ninja
