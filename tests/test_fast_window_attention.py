@@ -152,11 +152,10 @@ def test_local_self_attention_module_both_backends(monkeypatch):
 
 
 def test_fallback_when_extension_cannot_build(monkeypatch):
-    monkeypatch.setattr(_fast, "_tried", False)
-    monkeypatch.setattr(_fast, "_ext", None)
-    monkeypatch.setattr(_fast, "_ext_error", None)
+    monkeypatch.setattr(_fast, "_exts", {})
+    monkeypatch.setattr(_fast, "_errors", {})
 
-    def broken():
+    def broken(kernel="window_attention"):
         raise RuntimeError("no compiler found (simulated)")
     monkeypatch.setattr(_fast, "_build", broken)
     monkeypatch.setenv("ACMIX_FAST_BACKEND", "auto")

@@ -29,11 +29,12 @@ import torch
 from . import torch_impl
 
 BACKENDS = ("auto", "cpp", "torch")
-_SOURCE = Path(__file__).with_name("window_attention.cpp")
+_DIR = Path(__file__).parent
+# compiled kernels: name -> C++ source beside this file; each builds into its own extension
+KERNELS = ("window_attention",)
 _lock = threading.Lock()
-_ext = None
-_ext_error: str | None = None
-_tried = False
+_exts: dict[str, object] = {}
+_errors: dict[str, str | None] = {}
 
 
 def cache_dir() -> Path:
@@ -60,7 +61,7 @@ def _cflags() -> list[str]:
     return flags
 
 
-def _build():
+def _build(kernel: str = "window_attention"):
     # importing cpp_extension warns "No CUDA runtime is found" on CPU-only machines: noise for a CPU build
     log = logging.getLogger("torch.utils.cpp_extension")
     level = log.level
@@ -75,35 +76,43 @@ def _build():
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     except ImportError:
         pass
+    source = _DIR / f"{kernel}.cpp"
     flags = _cflags()
-    key = hashlib.sha1("\n".join([_SOURCE.read_text(), torch.__version__, sys.version, " ".join(flags),
+    key = hashlib.sha1("\n".join([source.read_text(), torch.__version__, sys.version, " ".join(flags),
                                   _cpu_signature()]).encode()).hexdigest()[:12]
-    build_dir = cache_dir() / f"window_attention_{key}"
+    build_dir = cache_dir() / f"{kernel}_{key}"
     build_dir.mkdir(parents=True, exist_ok=True)
-    return cpp_extension.load(name=f"acmix_window_attention_{key}", sources=[str(_SOURCE)],
+    return cpp_extension.load(name=f"acmix_{kernel}_{key}", sources=[str(source)],
                               extra_cflags=flags, extra_ldflags=["-fopenmp"],
                               build_directory=str(build_dir), verbose=False)
 
 
-def load_extension():
-    """The compiled module, or None (reason in extension_error()). Built once per process."""
-    global _ext, _ext_error, _tried
+def load_extension(kernel: str = "window_attention"):
+    """The compiled module for `kernel`, or None (reason in extension_error()). Built once per process."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown compiled kernel {kernel!r}; known: {', '.join(KERNELS)}")
     with _lock:
-        if not _tried:
-            _tried = True
+        if kernel not in _errors:
             try:
-                _ext = _build()
+                _exts[kernel] = _build(kernel)
+                _errors[kernel] = None
             except Exception as e:  # no compiler, no ninja, build error: fall back, say why once
                 msg = str(e).strip().splitlines()
-                _ext_error = f"{type(e).__name__}: {msg[0] if msg else ''}"[:300]
-                warnings.warn(f"acmix-bench: C++ window-attention extension unavailable ({_ext_error}); "
+                _errors[kernel] = f"{type(e).__name__}: {msg[0] if msg else ''}"[:300]
+                warnings.warn(f"acmix-bench: C++ {kernel} extension unavailable ({_errors[kernel]}); "
                               f"using the pure-PyTorch fast path", RuntimeWarning, stacklevel=3)
-    return _ext
+    return _exts.get(kernel)
 
 
-def extension_error() -> str | None:
-    load_extension()
-    return _ext_error
+def extension_error(kernel: str | None = None) -> str | None:
+    """Why a compiled kernel is unavailable (None when it built); all kernels when `kernel` is None."""
+    names = KERNELS if kernel is None else (kernel,)
+    errs = []
+    for k in names:
+        load_extension(k)
+        if _errors[k]:
+            errs.append(_errors[k] if kernel else f"{k}: {_errors[k]}")
+    return "; ".join(errs) or None
 
 
 def requested_backend() -> str:
@@ -113,8 +122,8 @@ def requested_backend() -> str:
     return b
 
 
-def backend_for(t: torch.Tensor, backend: str | None = None) -> str:
-    """Which backend runs for tensor t: "cpp" or "torch"."""
+def backend_for(t: torch.Tensor, backend: str | None = None, kernel: str = "window_attention") -> str:
+    """Which backend runs `kernel` for tensor t: "cpp" or "torch"."""
     b = backend or requested_backend()
     if b not in BACKENDS:
         raise ValueError(f"unknown fast backend {b!r}; allowed: {', '.join(BACKENDS)}")
@@ -125,18 +134,18 @@ def backend_for(t: torch.Tensor, backend: str | None = None) -> str:
         if not cpu_ok:
             raise ValueError(f"the cpp backend runs CPU float32/float64 only, got {t.device.type} {t.dtype}; "
                              f"use ACMIX_FAST_BACKEND=torch or auto")
-        if load_extension() is None:
-            raise ValueError(f"the C++ extension could not be built ({_ext_error}); "
+        if load_extension(kernel) is None:
+            raise ValueError(f"the C++ {kernel} extension could not be built ({_errors[kernel]}); "
                              f"use ACMIX_FAST_BACKEND=torch or auto")
         return "cpp"
-    return "cpp" if cpu_ok and load_extension() is not None else "torch"
+    return "cpp" if cpu_ok and load_extension(kernel) is not None else "torch"
 
 
 class _WindowAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, kd, grid, vd, ka, dil, backend):
         if backend == "cpp":  # its backward recomputes the softmax weights: nothing k_a^2-sized is saved
-            out, _ = _ext.forward(q, kd, grid, vd, ka, dil, False)
+            out, _ = _exts["window_attention"].forward(q, kd, grid, vd, ka, dil, False)
             saved = (q, kd, grid, vd)
         else:
             out, weights = torch_impl.forward(q, kd, grid, vd, ka, dil)
@@ -150,7 +159,7 @@ class _WindowAttention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
         if ctx.backend == "cpp":
-            dq, dkd, dvd = _ext.backward(dout.contiguous(), *ctx.saved_tensors, ctx.ka, ctx.dil)
+            dq, dkd, dvd = _exts["window_attention"].backward(dout.contiguous(), *ctx.saved_tensors, ctx.ka, ctx.dil)
         else:
             dq, dkd, dvd = torch_impl.backward(dout.contiguous(), *ctx.saved_tensors, ctx.ka, ctx.dil)
         return dq, dkd, None, dvd, None, None, None
