@@ -168,6 +168,15 @@ def _h_addmm(inputs, outputs):
     return c
 
 
+def _h_baddbmm(inputs, outputs):
+    """baddbmm(bias, a, b): a batched product plus a broadcast bias (the suite's 1x1 convs on CPU)."""
+    a, out = _shape(inputs[1]), _shape(outputs[0])
+    c = Counter({"baddbmm|mac": _numel(out) * int(a[-1])})
+    if _is_tensor(inputs[0]):
+        c["baddbmm|bias"] = _numel(out)
+    return c
+
+
 def _h_matmul(name):
     def h(inputs, outputs):
         a, out = _shape(inputs[0]), _shape(outputs[0])
@@ -267,6 +276,7 @@ def suite_handles() -> dict:
         "aten::mm": _h_matmul("mm"),
         "aten::matmul": _h_matmul("matmul"),
         "aten::bmm": _h_matmul("bmm"),
+        "aten::baddbmm": _h_baddbmm,
         "aten::einsum": _h_einsum,
         "aten::scaled_dot_product_attention": _h_sdpa,
         "prim::PythonOp._WindowAttention": _h_window_attention,
