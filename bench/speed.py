@@ -36,7 +36,8 @@ SHIFTS = ("tensor", "fixed", "learnable", "multigroup")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CONV = "nn.Conv2d"
 CSV_COLUMNS = ["op", "impl", "pass", "median_ms", "iqr_ms", "peak_mem_mb", "runs", "shift", "backend", "shape",
-               "stride", "dtype", "device", "threads", "x_conv", "speedup_vs_ref", "mem_vs_ref", "ms_per_mpix", "torch"]
+               "stride", "dtype", "device", "threads", "x_conv", "speedup_vs_ref", "mem_vs_ref", "ms_per_mpix",
+               "x_stride1", "rounds", "torch"]
 
 
 @dataclass
@@ -134,16 +135,43 @@ def make_case(case: Case):
     return run, mod
 
 
-def time_fn(fn, threads: int, min_run_time: float = 1.0, repeats: int = 5, device: str = "cpu") -> dict:
-    """Median and IQR (ms) of fn() with torch.utils.benchmark, at least `repeats` measurements."""
+def _measure(fn, threads: int, min_run_time: float, repeats: int):
+    """One torch.utils.benchmark Measurement of fn(): blocked_autorange, topped up to `repeats` runs."""
     import torch.utils.benchmark as tb
 
-    fn()  # warm-up: first-call allocations, extension load, autotuning
     timer = tb.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
     m = timer.blocked_autorange(min_run_time=min_run_time)
     while len(m.times) < repeats:
         m = tb.Measurement.merge([m, timer.timeit(1)])[0]
+    return m
+
+
+def _summary(ms: list) -> dict:
+    import torch.utils.benchmark as tb
+
+    m = tb.Measurement.merge(ms)[0] if len(ms) > 1 else ms[0]
     return {"median_ms": m.median * 1e3, "iqr_ms": m.iqr * 1e3, "runs": len(m.times)}
+
+
+def time_fn(fn, threads: int, min_run_time: float = 1.0, repeats: int = 5, device: str = "cpu") -> dict:
+    """Median and IQR (ms) of fn() with torch.utils.benchmark, at least `repeats` measurements."""
+    fn()  # warm-up: first-call allocations, extension load, autotuning
+    return _summary([_measure(fn, threads, min_run_time, repeats)])
+
+
+def time_interleaved(fns: list, threads: int, min_run_time: float = 1.0, repeats: int = 5,
+                     rounds: int = 3) -> list[dict]:
+    """Time several callables in `rounds` alternating rounds (A B C, A B C, ...), each round
+    min_run_time / rounds per callable, and pool each one's runs: a slow spell of a shared machine
+    then lands on every case instead of on whichever ran during it. Median and IQR (ms) per callable."""
+    rounds = max(1, int(rounds))
+    for fn in fns:
+        fn()  # warm-up
+    per_round = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            per_round[i].append(_measure(fn, threads, min_run_time / rounds, -(-repeats // rounds)))
+    return [_summary(ms) for ms in per_round]
 
 
 def _proc_status_kb(key: str) -> int:
@@ -236,35 +264,63 @@ def _backend(case: Case) -> str:
     return _fast.backend_for(probe)
 
 
-def cases_for(op: str, shape, impls, passes, shifts, **kw) -> list[Case]:
-    """The cases of one run: the conv baseline, then op x shift x impl, for every pass."""
+def cases_for(op: str, shape, impls, passes, shifts, strides=None, **kw) -> list[Case]:
+    """The cases of one run: for every stride and pass, the conv baseline, then op x shift x impl."""
+    if strides is None:
+        strides = [kw.pop("stride", 1)]
+    kw.pop("stride", None)
     out = []
-    for p in passes:
-        out.append(Case("conv3x3", CONV, p, shape, **kw))
-        for sh in shifts:
-            for impl in impls:
-                if op == "conv":
-                    impl = "nn.Conv2d(k)"
-                out.append(Case(op, impl, p, shape, shift=sh, **kw))
-                if op == "conv":
+    for st in strides:
+        for p in passes:
+            out.append(Case("conv3x3", CONV, p, shape, stride=st, **kw))
+            for sh in shifts:
+                for impl in impls:
+                    if op == "conv":
+                        impl = "nn.Conv2d(k)"
+                    out.append(Case(op, impl, p, shape, shift=sh, stride=st, **kw))
+                    if op == "conv":
+                        break
+                if op in ("conv", "sa", "swin-sa"):
                     break
-            if op in ("conv", "sa", "swin-sa"):
-                break
+    return out
+
+
+def _timings(cases: list[Case], threads: int, min_run_time: float, repeats: int, rounds: int, log) -> list[dict]:
+    """Timings of every case. rounds > 1: the cases of one (stride, pass) group, which are compared
+    with each other (conv baseline, fast, reference), are timed in alternating rounds."""
+    if rounds <= 1:
+        out = []
+        for case in cases:
+            if log:
+                log(f"  {case.op} {case.impl} {case.pass_} s={case.stride} shift={case.shift} ...")
+            fn, _mod = make_case(case)
+            out.append(time_fn(fn, threads, min_run_time, repeats, case.device))
+            del fn, _mod
+            gc.collect()
+        return out
+    groups: dict = {}
+    for i, c in enumerate(cases):
+        groups.setdefault((c.stride, c.pass_), []).append(i)
+    out = [None] * len(cases)
+    for (st, p), idx in groups.items():
+        if log:
+            log(f"  stride {st} {p}: {len(idx)} cases, {rounds} interleaved rounds ...")
+        built = [make_case(cases[i]) for i in idx]
+        for i, t in zip(idx, time_interleaved([fn for fn, _ in built], threads, min_run_time, repeats, rounds)):
+            out[i] = t
+        del built
+        gc.collect()
     return out
 
 
 def run_speed(cases: list[Case], threads: int = 2, min_run_time: float = 1.0, repeats: int = 5,
-              memory: bool = True, log=None) -> list[dict]:
-    """Measure every case; rows with ratios against the conv and reference rows of the same pass/shift."""
+              memory: bool = True, log=None, rounds: int = 1) -> list[dict]:
+    """Measure every case; rows with ratios against the conv and reference rows of the same
+    stride/pass/shift, and per output pixel against the same case at stride 1 (x_stride1)."""
     torch.set_num_threads(threads)
     rows = []
-    for case in cases:
-        if log:
-            log(f"  {case.op} {case.impl} {case.pass_} shift={case.shift} ...")
-        fn, _mod = make_case(case)
-        t = time_fn(fn, threads, min_run_time, repeats, case.device)
-        del fn, _mod
-        gc.collect()
+    times = _timings(cases, threads, min_run_time, repeats, rounds, log)
+    for case, t in zip(cases, times):
         mem = peak_memory(case, threads) if memory else None
         B, C, H, W = case.shape
         Ho, Wo = (H - 1) // case.stride + 1, (W - 1) // case.stride + 1
@@ -272,11 +328,16 @@ def run_speed(cases: list[Case], threads: int = 2, min_run_time: float = 1.0, re
                      "shift": case.shift if case.op in ("acmix", "shift", "dconv", "swin-acmix") else "",
                      "backend": _backend(case), "shape": "x".join(map(str, case.shape)), "stride": case.stride,
                      "dtype": case.dtype, "device": case.device, "threads": threads,
-                     "ms_per_mpix": t["median_ms"] / (B * Ho * Wo / 1e6), "torch": torch.__version__})
+                     "ms_per_mpix": t["median_ms"] / (B * Ho * Wo / 1e6), "rounds": max(1, int(rounds)),
+                     "torch": torch.__version__})
     for r in rows:
-        conv = next((c for c in rows if c["impl"] == CONV and c["pass"] == r["pass"]), None)
-        ref = next((c for c in rows if c["impl"] == "reference" and c["pass"] == r["pass"] and c["op"] == r["op"]
-                    and c["shift"] == r["shift"]), None)
+        same = [c for c in rows if c["pass"] == r["pass"] and c["stride"] == r["stride"]]
+        conv = next((c for c in same if c["impl"] == CONV), None)
+        ref = next((c for c in same if c["impl"] == "reference" and c["op"] == r["op"] and c["shift"] == r["shift"]),
+                   None)
+        s1 = next((c for c in rows if c["stride"] == 1 and c["pass"] == r["pass"] and c["op"] == r["op"]
+                   and c["impl"] == r["impl"] and c["shift"] == r["shift"]), None)
+        r["x_stride1"] = r["ms_per_mpix"] / s1["ms_per_mpix"] if s1 and r["stride"] != 1 else None
         r["x_conv"] = r["median_ms"] / conv["median_ms"] if conv else None
         r["speedup_vs_ref"] = ref["median_ms"] / r["median_ms"] if ref else None
         r["mem_vs_ref"] = (r["peak_mem_mb"] / ref["peak_mem_mb"]
@@ -300,12 +361,16 @@ def format_table(rows: list[dict], env: dict) -> str:
              + ("CUDA allocator peak above the pre-pass allocation" if env["device"].startswith("cuda")
                 else "peak RSS (VmHWM) of a fresh subprocess per case minus its RSS before the pass") + " (MB)",
              "baselines: nn.Conv2d 3x3 of the same width (x_conv = time / its time); reference = the formulas as "
-             "written (sliding window: the release's unfold algorithm); speedup_vs_ref = reference time / time"]
+             "written (sliding window: the release's unfold algorithm); speedup_vs_ref = reference time / time; "
+             "x_stride1 = ms per output pixel / the same case's at stride 1",
+             f"timing: cases compared with each other timed in {rows[0]['rounds'] if rows else 1} alternating "
+             "round(s), runs pooled"]
     head = ["op", "impl", "backend", "shift", "pass", "shape", "s", "median_ms", "iqr_ms", "peak_mem_mb", "x_conv",
-            "speedup_vs_ref", "mem_vs_ref", "ms/Mpix"]
+            "speedup_vs_ref", "mem_vs_ref", "ms/Mpix", "x_stride1"]
     body = [[r["op"], r["impl"], r["backend"] or "-", r["shift"] or "-", r["pass"], r["shape"], str(r["stride"]),
              _fmt(r["median_ms"]), _fmt(r["iqr_ms"]), _fmt(r["peak_mem_mb"]), _fmt(r["x_conv"], 2),
-             _fmt(r["speedup_vs_ref"], 1), _fmt(r["mem_vs_ref"], 3), _fmt(r["ms_per_mpix"], 1)] for r in rows]
+             _fmt(r["speedup_vs_ref"], 1), _fmt(r["mem_vs_ref"], 3), _fmt(r["ms_per_mpix"], 1),
+             _fmt(r.get("x_stride1"), 2)] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     fmt = lambda cells: "  ".join(c.ljust(w) if i < 7 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join(lines + ["", fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
@@ -334,6 +399,16 @@ def _list(text: str, allowed, name: str) -> list[str]:
     return items
 
 
+def _strides(text) -> list[int]:
+    try:
+        out = [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        out = []
+    if not out or min(out) <= 0:
+        raise ValueError(f"--stride must be positive integers, comma separated (e.g. 1 or 1,2), got {text!r}")
+    return sorted(set(out))
+
+
 def run(args) -> int:
     shape = parse_shape(args.shape)
     if args.op not in OPS:
@@ -349,14 +424,18 @@ def run(args) -> int:
         impls.append("reference")  # the reference is a baseline of every run
     passes = _list(args.passes, PASSES, "--pass")
     shifts = _list(args.shift, SHIFTS, "--shift")
-    kw = dict(stride=args.stride, heads=args.heads, kernel_att=args.kernel_att, kernel_conv=args.kernel_conv,
+    strides = _strides(args.stride)
+    if args.rounds <= 0:
+        raise ValueError(f"--rounds must be positive, got {args.rounds}")
+    kw = dict(strides=strides, heads=args.heads, kernel_att=args.kernel_att, kernel_conv=args.kernel_conv,
               window=args.window, dtype=args.dtype, device=args.device)
     cases = cases_for(args.op, shape, impls, passes, shifts, **kw)
     for c in cases:  # fail fast on bad shapes/arguments, before any timing
         _build(Case(**{**asdict(c), "shape": (1,) + tuple(c.shape[1:])}))
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else None
     env = environment(args.threads, args.device)
-    rows = run_speed(cases, args.threads, args.min_run_time, args.repeats, memory=not args.no_memory, log=log)
+    rows = run_speed(cases, args.threads, args.min_run_time, args.repeats, memory=not args.no_memory, log=log,
+                     rounds=args.rounds)
     text = format_csv(rows) if args.format == "csv" else (json.dumps({"env": env, "rows": rows}, indent=1)
                                                            if args.format == "json" else format_table(rows, env))
     if args.output:
@@ -374,7 +453,10 @@ def register(sub) -> None:
     p.add_argument("--impl", default="fast,reference", help="Stage II implementations: fast, reference (always included)")
     p.add_argument("--pass", dest="passes", default="fwd,fwd+bwd", help="fwd, fwd+bwd or both (default both)")
     p.add_argument("--shift", default="multigroup", help=f"shift implementation(s): {', '.join(SHIFTS)} or all")
-    p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--stride", default="1", help="stride(s), e.g. 1 or 1,2 (x_stride1 compares per output pixel)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="alternating timing rounds over the cases compared with each other (default 3; 1 = one "
+                        "case after the other)")
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kernel-att", type=int, default=7)
     p.add_argument("--kernel-conv", type=int, default=3)

@@ -41,6 +41,36 @@ def test_csv_columns_rows_and_ratios(capsys):
     assert all(r["backend"] in ("cpp", "torch") for r in fast)
 
 
+def test_two_strides_in_one_run_compare_per_output_pixel(capsys):
+    rows = _csv(capsys, ["--op", "acmix", "--shape", "1,8,10,10", "--kernel-att", "3", "--heads", "2", "--no-memory",
+                         "--stride", "1,2", "--rounds", "2"])
+    assert {r["stride"] for r in rows} == {"1", "2"}
+    for r in rows:
+        assert r["rounds"] == "2" and int(r["runs"]) >= 2
+        # ratios are taken within a stride: conv baseline and reference of the same stride and pass
+        conv = next(c for c in rows if c["impl"] == "nn.Conv2d" and c["pass"] == r["pass"] and c["stride"] == r["stride"])
+        assert float(r["x_conv"]) == pytest.approx(float(r["median_ms"]) / float(conv["median_ms"]), rel=0.02, abs=2e-4)
+        if r["stride"] == "1":
+            assert r["x_stride1"] == ""
+        else:
+            s1 = next(c for c in rows if c["stride"] == "1" and c["pass"] == r["pass"] and c["op"] == r["op"]
+                      and c["impl"] == r["impl"])
+            expect = float(r["ms_per_mpix"]) / float(s1["ms_per_mpix"])
+            assert float(r["x_stride1"]) == pytest.approx(expect, rel=0.02)
+            # 10x10 at stride 2 has 25 output pixels per image, at stride 1 100
+            assert float(r["ms_per_mpix"]) == pytest.approx(float(r["median_ms"]) / 25e-6, rel=0.02)
+
+
+def test_interleaved_rounds_pool_runs():
+    calls = []
+    res = speed.time_interleaved([lambda: calls.append("a"), lambda: calls.append("b")], threads=1,
+                                 min_run_time=0.02, repeats=4, rounds=2)
+    assert len(res) == 2 and all(r["runs"] >= 4 and r["median_ms"] > 0 for r in res)
+    # warm-up a, b, then round 1 (a..., b...) and round 2 (a..., b...)
+    runs = [c for i, c in enumerate(calls) if i == 0 or calls[i - 1] != c]
+    assert runs == ["a", "b"] * 3
+
+
 def test_shift_all_compares_four_implementations(capsys):
     rows = _csv(capsys, ["--op", "shift", "--shift", "all", "--shape", "1,8,8,8", "--pass", "fwd", "--no-memory",
                          "--impl", "fast"])
@@ -72,6 +102,8 @@ def test_peak_memory_subprocess_sees_the_unfolded_reference():
     (["--shift", "diagonal"], "--shift: unknown diagonal"),
     (["--pass", "bwd"], "--pass: unknown bwd"),
     (["--dtype", "int8"], "unknown --dtype"),
+    (["--stride", "1,x"], "--stride must be positive"),
+    (["--rounds", "0"], "--rounds must be positive"),
     (["--op", "acmix", "--shape", "1,8,3,3"], "kernel_att"),
     (["--op", "acmix", "--shape", "1,6,9,9", "--heads", "4"], "divisible"),
 ])
