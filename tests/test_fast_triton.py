@@ -1,0 +1,240 @@
+"""The Triton sliding-window attention (modules/_fast/triton_impl.py) against torch_impl.
+
+No GPU here: the kernels run in Triton's interpreter (TRITON_INTERPRET=1, CPU tensors). The interpreter
+flag must be set before triton is imported and must not leak into other tests, so the checks run in a
+subprocess (this file run as a script with --worker) that prints one JSON line per case; the tests
+below assert on those lines and on the subprocess' exit code. A second subprocess compiles the three
+kernels ahead of time for sm_90 with Triton's bundled ptxas (no GPU needed), so a GPU session does not
+discover a compile error first. The CUDA test (marked cuda) runs the same comparison on a real GPU and
+is skipped where none is visible.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not importable here (pip install triton)")
+
+# name: (B, N heads, d, H, W, k_a, stride, dilation, dtype)
+CASES = {
+    "s1_b1_nonsquare_ka3": (1, 2, 3, 6, 5, 3, 1, 1, "float64"),
+    "s2_b3_ka7": (3, 2, 4, 9, 7, 7, 2, 1, "float64"),
+    "s2_dil2": (1, 1, 4, 9, 11, 3, 2, 2, "float64"),
+    "s3_ka5": (2, 2, 3, 8, 10, 5, 3, 1, "float64"),
+    "s1_dil3": (1, 2, 3, 10, 9, 3, 1, 3, "float64"),
+    "s1_ka1": (1, 1, 2, 5, 4, 1, 1, 1, "float64"),
+    "s1_ka7_float32": (1, 2, 3, 11, 9, 7, 1, 1, "float32"),
+    "s2_ka3_float16": (1, 2, 3, 7, 8, 3, 2, 1, "float16"),
+    "s1_ka3_bfloat16": (1, 2, 3, 7, 8, 3, 1, 2, "bfloat16"),
+}
+# max |triton - torch_impl(float64 of the same inputs)|: float64 exact up to rounding; float32 accumulates in
+# float32; float16/bfloat16 accumulate in float32 and round the stored results to the input dtype
+TOL = {"float64": 1e-12, "float32": 2e-5, "float16": 2e-3, "bfloat16": 4e-2}
+
+
+# ----------------------------------------------------------------------------- worker (subprocess)
+
+def _make(B, N, d, H, W, ka, s, dil, dtype, seed=0):
+    from modules._fast import split_phases
+    from modules.local_attention import attention_padding
+
+    g = torch.Generator().manual_seed(seed)
+    pad = attention_padding(ka, dil)
+    Hp, Wp, Ho, Wo = H + 2 * pad, W + 2 * pad, (H - 1) // s + 1, (W - 1) // s + 1
+    r = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)
+    q = r(B * N, d + 2, Ho, Wo)
+    kd, vd = (split_phases(r(B * N, d, Hp, Wp), s).contiguous() for _ in range(2))
+    grid = split_phases(r(2, Hp, Wp), s).contiguous()
+    dout = r(B * N, d, Ho, Wo)
+    return [t.to(getattr(torch, dtype)) for t in (q, kd, grid, vd, dout)]
+
+
+def _worker() -> int:
+    assert os.environ.get("TRITON_INTERPRET") == "1", "the worker runs in Triton's interpreter"
+    sys.path.insert(0, str(ROOT))
+    from modules._fast import torch_impl
+    from modules._fast import triton_impl
+
+    ok, why = triton_impl.available()
+    print(json.dumps({"available": ok, "why": why}), flush=True)
+    if not ok:
+        return 3
+    for name, case in CASES.items():
+        *shape, dtype = case
+        ka, dil = shape[5], shape[7]
+        q, kd, grid, vd, dout = _make(*shape, dtype)
+        out = triton_impl.forward(q, kd, grid, vd, ka, dil)
+        grads = triton_impl.backward(dout, q, kd, grid, vd, ka, dil)
+        ref, w = torch_impl.forward(*(t.double() for t in (q, kd, grid, vd)), ka, dil)
+        rgrads = torch_impl.backward(*(t.double() for t in (dout, q, kd, grid, vd)), w, ka, dil)
+        errs = {"out": (out.double() - ref).abs().max().item()}
+        for k, a, b in zip(("dq", "dkd", "dvd"), grads, rgrads):
+            errs[k] = (a.double() - b).abs().max().item()
+        dtypes_kept = all(t.dtype == q.dtype for t in (out, *grads))
+        shapes_kept = [tuple(t.shape) for t in grads] == [tuple(t.shape) for t in (q, kd, vd)]
+        print(json.dumps({"case": name, "errs": errs, "dtypes_kept": dtypes_kept, "shapes_kept": shapes_kept}),
+              flush=True)
+
+    # float64 gradcheck of forward/backward wrapped as an autograd Function (independent of torch_impl)
+    class F(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, kd, grid, vd):
+            ctx.save_for_backward(q, kd, grid, vd)
+            return triton_impl.forward(q, kd, grid, vd, 3, 1)
+
+        @staticmethod
+        def backward(ctx, dout):
+            dq, dkd, dvd = triton_impl.backward(dout.contiguous(), *ctx.saved_tensors, 3, 1)
+            return dq, dkd, None, dvd
+
+    q, kd, grid, vd, _ = _make(1, 1, 2, 4, 5, 3, 2, 1, "float64", seed=1)
+    ins = [q.requires_grad_(), kd.requires_grad_(), grid, vd.requires_grad_()]
+    passed = torch.autograd.gradcheck(F.apply, ins, eps=1e-6, atol=1e-7, fast_mode=True, raise_exception=False)
+    print(json.dumps({"gradcheck": bool(passed)}), flush=True)
+
+    # bad input: one clear ValueError each
+    q, kd, grid, vd, dout = _make(1, 1, 2, 5, 5, 3, 1, 1, "float32")
+    bad = {"dtype_mismatch": (q.double(), kd, grid, vd, 3, 1),
+           "non_contiguous": (q.transpose(-1, -2), kd, grid, vd, 3, 1),
+           "window_too_large": (q, kd, grid, vd, 5, 1),
+           "channels": (q[:, 1:].contiguous(), kd, grid, vd, 3, 1)}
+    for name, args in bad.items():
+        try:
+            triton_impl.forward(*args)
+            msg = None
+        except ValueError as e:
+            msg = str(e)
+        print(json.dumps({"bad": name, "msg": msg}), flush=True)
+    return 0
+
+
+# ----------------------------------------------------------------------------- tests (parent process)
+
+def _run(args, env_extra, timeout=240):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | env_extra
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.run([sys.executable, __file__, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    if not HAVE_TRITON:
+        pytest.skip("triton is not importable here (pip install triton)")
+    p = _run(["--worker"], {"TRITON_INTERPRET": "1"})
+    lines = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
+    assert p.returncode == 0, f"worker exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return {"cases": {l["case"]: l for l in lines if "case" in l},
+            "gradcheck": [l["gradcheck"] for l in lines if "gradcheck" in l],
+            "bad": {l["bad"]: l["msg"] for l in lines if "bad" in l},
+            "available": [l for l in lines if "available" in l]}
+
+
+@needs_triton
+@pytest.mark.parametrize("name", list(CASES))
+def test_interpreted_equals_torch_impl(interpreted, name):
+    r = interpreted["cases"].get(name)
+    assert r is not None, f"worker printed nothing for {name}"
+    tol = TOL[CASES[name][-1]]
+    for k, e in r["errs"].items():
+        assert e < tol, f"{name}: max |triton - torch_impl| of {k} = {e:.3g} >= {tol:g}"
+    assert r["dtypes_kept"] and r["shapes_kept"]
+
+
+@needs_triton
+def test_interpreted_gradcheck(interpreted):
+    assert interpreted["available"] and interpreted["available"][0]["available"]
+    assert interpreted["gradcheck"] == [True]
+
+
+@needs_triton
+def test_interpreted_bad_input_is_one_clear_value_error(interpreted):
+    msgs = interpreted["bad"]
+    assert set(msgs) == {"dtype_mismatch", "non_contiguous", "window_too_large", "channels"}
+    for name, msg in msgs.items():
+        assert msg and "triton window attention" in msg and "\n" not in msg, (name, msg)
+
+
+@needs_triton
+def test_unavailable_without_cuda_or_interpreter_says_why(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    from modules._fast import triton_impl
+
+    ok, why = triton_impl.available()
+    if torch.cuda.is_available():
+        assert ok, why
+        return
+    assert not ok and "TRITON_INTERPRET=1" in why
+    q = torch.zeros(1, 3, 2, 2)
+    with pytest.raises(ValueError, match="triton backend cannot run here"):
+        triton_impl.forward(q, torch.zeros(1, 1, 4, 1, 4), torch.zeros(2, 4, 1, 4), torch.zeros(1, 1, 4, 1, 4), 3, 1)
+
+
+AOT = r"""
+import sys, triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from modules._fast import triton_impl as ti
+for dt in ("fp32", "fp64", "fp16", "bf16"):
+    acc, buf = (tl.float64, "*fp64") if dt == "fp64" else (tl.float32, "*fp32")
+    for fn, ptrs in ((ti._fwd, [dt] * 5), (ti._bwd_q, [dt] * 6 + [buf[1:]] * 2),
+                     (ti._bwd_kv, [dt] * 2 + [buf[1:]] * 2 + [dt] * 2)):
+        names = fn.arg_names
+        sig = {n: "*" + t for n, t in zip(names, ptrs)} | {n: "i32" for n in names[len(ptrs):]}
+        consts = {"K2P": 64, "BLOCK_X": 32, "ACC": acc}
+        sig |= {k: "constexpr" for k in consts}
+        src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()})
+        k = triton.compile(src, target=GPUTarget("cuda", 90, 32))
+        print(dt, fn.__name__, len(k.asm["cubin"]))
+"""
+
+
+@needs_triton
+def test_kernels_compile_for_sm90(tmp_path):
+    """Ahead-of-time compile (Triton -> PTX -> cubin with the bundled ptxas) of every kernel and dtype."""
+    spec = importlib.util.find_spec("triton")
+    ptxas = Path(spec.submodule_search_locations[0]) / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.exists():
+        pytest.skip(f"triton's bundled ptxas is missing ({ptxas})")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env |= {"TRITON_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-c", AOT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = p.stdout.split("\n")
+    assert sum(1 for l in lines if l.strip() and int(l.split()[-1]) > 0) == 12, p.stdout
+
+
+@pytest.mark.cuda
+@needs_triton
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
+@pytest.mark.parametrize("case", [(2, 4, 16, 14, 13, 7, 1, 1), (2, 4, 16, 15, 12, 7, 2, 1), (1, 2, 8, 12, 11, 3, 2, 2)])
+def test_cuda_triton_equals_torch_impl(case, dtype):
+    from modules._fast import torch_impl, triton_impl
+
+    ka, dil = case[5], case[7]
+    q, kd, grid, vd, dout = (t.cuda() for t in _make(*case, dtype))
+    out = triton_impl.forward(q, kd, grid, vd, ka, dil)
+    grads = triton_impl.backward(dout, q, kd, grid, vd, ka, dil)
+    ref, w = torch_impl.forward(*(t.double() for t in (q, kd, grid, vd)), ka, dil)
+    rgrads = torch_impl.backward(*(t.double() for t in (dout, q, kd, grid, vd)), w, ka, dil)
+    # relative to the largest reference value: these maps have more channels and larger windows than the
+    # interpreter cases
+    tol = {"float64": 1e-12, "float32": 1e-5, "bfloat16": 2e-2}[dtype]
+    for name, a, b in zip(("out", "dq", "dkd", "dvd"), (out, *grads), (ref, *rgrads)):
+        assert a.dtype == q.dtype and a.is_cuda
+        err = (a.double() - b).abs().max().item() / max(1.0, b.abs().max().item())
+        assert err < tol, f"{name}: relative max error {err:.3g} >= {tol:g}"
+
+
+if __name__ == "__main__" and "--worker" in sys.argv:
+    sys.exit(_worker())
