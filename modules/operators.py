@@ -13,7 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _checks
+from ._fast.conv_path import grouped_conv, kernel_backend as conv_kernel_backend
 from .local_attention import LocalAttentionPath, QKVProjection, check_window
+from .pointwise import pointwise_conv
 from .shift import SHIFT_IMPLS, STAGE2_IMPLS, ShiftAggregation, shift_aggregate_reference
 from .window_attention import (TokenQKV, WindowAttentionPath, check_window_args, check_windows,
                                tokens_to_map)
@@ -105,13 +107,18 @@ class ConvPath(nn.Module):
             k, N = self.kernel_conv, self.heads
             wg = self.shift.weight.to(f_all.dtype).reshape(d * N, k2, k * k)
             fused = torch.einsum("ojs,jt->ots", wg, self.fc.weight.to(f_all.dtype).reshape(k2, T))
-            # input built straight in channels-last memory (one copy either way): oneDNN's grouped
-            # conv runs faster on it, notably the backward
-            x = f_all.permute(0, 3, 4, 2, 1).reshape(B, H, W, d * T).permute(0, 3, 1, 2)
-            y = F.conv2d(x, fused.reshape(d * N, T, k, k), stride=self.shift.stride, padding=k // 2, groups=d)
-            return y.contiguous()
-        y = F.conv2d(f_all.reshape(B, T, d, H * W), self.fc.weight.to(f_all.dtype),
-                     None if self.fc.bias is None else self.fc.bias.to(f_all.dtype))
+            # grouped_conv reads f_all in place (C++ kernel, modules/_fast/conv_path.cpp); its
+            # pure-PyTorch twin (other devices/dtypes, tracing, no compiler) is F.conv2d on a
+            # channels-last copy
+            return grouped_conv(f_all, fused.reshape(d * N, T, k, k), self.shift.stride)
+        fc_w = self.fc.weight.to(f_all.dtype)
+        fc_b = None if self.fc.bias is None else self.fc.bias.to(f_all.dtype)
+        if self.shift.shift == "multigroup" and self.shift.impl == "fast" and conv_kernel_backend(f_all) == "cpp":
+            # unfused, C++ kernel: the FC output (B, k^2, d, H, W) is already the kernel's grouped
+            # layout (group i = [:, :, i]): no reorder copy
+            y = pointwise_conv(f_all.reshape(B, T, d, H * W), fc_w, fc_b)
+            return grouped_conv(y.view(B, k2, d, H, W), self.shift.weight.to(f_all.dtype), self.shift.stride)
+        y = F.conv2d(f_all.reshape(B, T, d, H * W), fc_w, fc_b)
         y = y.reshape(B, k2, d, H, W).transpose(1, 2).reshape(B, d * k2, H, W)
         return self.shift(y)
 

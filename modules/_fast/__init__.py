@@ -31,7 +31,7 @@ from . import torch_impl
 BACKENDS = ("auto", "cpp", "torch")
 _DIR = Path(__file__).parent
 # compiled kernels: name -> C++ source beside this file; each builds into its own extension
-KERNELS = ("window_attention",)
+KERNELS = ("window_attention", "conv_path")
 _lock = threading.Lock()
 _exts: dict[str, object] = {}
 _errors: dict[str, str | None] = {}

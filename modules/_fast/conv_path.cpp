@@ -1,0 +1,409 @@
+// Grouped k x k convolution of the ACmix convolution path (CPU), forward and backward,
+// reading the Stage I output in place.
+//
+// x  (B, C, d, H, W) contiguous: group i reads the C planes x[b, :, i] (strided by d planes),
+//    i.e. f_all = qkv viewed as (B, 3N, d, H, W) (or the light-FC output, same layout)
+// w  (d*N, C, k, k): output channel i*N + n of group i
+// out (B, d*N, Ho, Wo), Ho = ceil(H / S), zero padding k // 2 (odd k)
+//
+// One task per (b, group i). Its C input planes are copied into a per-thread scratch,
+// zero padded and split by phase (row % S, column % S), each phase plane with row pitch Wq:
+//   P[c][pr][pc][r*Wq + m] = xpad[c][r*S + pr][m*S + pc].
+// Output pixel (y, x), tap (a, b) then reads P[c][a%S][b%S] at (y*Wq + x) + (a/S)*Wq + b/S: with
+// the output laid out flat with the same pitch Wq ("wide" rows: columns Wo..Wq-1 are computed and
+// dropped), every tap is one unit-stride shifted read of the whole plane, with no border branch,
+// for any stride. The loops run over that flat index in vectors (GCC vector extensions), several
+// vectors per weight broadcast, the outputs of a block held in registers.
+// Backward, same task split: dout goes into a scratch with Q = (k-1)/S zero rows and columns in
+// front (pitch Wq), so dx (per phase, a correlation with the flipped taps of that phase) and dW
+// (dout x shifted input, summed over pixels) are unit-stride reads too. dW is summed per task
+// into its own slot (B, d, N, C, k, k); the caller sums over the batch: no atomics, and the
+// result does not depend on the thread count.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+template <typename T> struct VecOf;
+template <> struct VecOf<float> { typedef float type __attribute__((vector_size(64))); };
+template <> struct VecOf<double> { typedef double type __attribute__((vector_size(64))); };
+
+template <typename T> using vec_t = typename VecOf<T>::type;
+template <typename T> constexpr int64_t lanes() { return 64 / sizeof(T); }
+
+template <typename T>
+inline vec_t<T> vload(const T* p) {
+  vec_t<T> v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+inline void vstore(T* p, vec_t<T> v) { __builtin_memcpy(p, &v, sizeof(v)); }
+
+// Keep a loaded vector in a register: without this GCC folds the load into every FMA that uses
+// it (one load per FMA instead of one per vector), and the dW loop becomes load-bound.
+template <typename V>
+inline void pin(V& v) {
+#if defined(__AVX512F__)
+  __asm__("" : "+v"(v));
+#else
+  (void)v;
+#endif
+}
+
+constexpr int XT = 4;  // vectors per register tile along the flat pixel index
+
+struct Geo {
+  int64_t B, C, d, H, W, N, k, S, p, Q, Hq, Wq, Ho, Wo, PLB, L;
+  int64_t K2() const { return k * k; }
+};
+
+Geo geometry(const at::Tensor& x, const at::Tensor& w, int64_t S, int64_t vec) {
+  TORCH_CHECK(x.dim() == 5, "conv path kernel: expected x (B, C, d, H, W), got ", x.dim(), " dims");
+  TORCH_CHECK(w.dim() == 4 && w.size(2) == w.size(3), "conv path kernel: expected w (d*N, C, k, k)");
+  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "conv path kernel: CPU tensors only");
+  TORCH_CHECK(x.is_contiguous() && w.is_contiguous(), "conv path kernel: contiguous tensors only");
+  TORCH_CHECK(x.scalar_type() == w.scalar_type(), "conv path kernel: x and w must share one dtype");
+  TORCH_CHECK(S >= 1, "conv path kernel: stride must be >= 1");
+  Geo g;
+  g.B = x.size(0); g.C = x.size(1); g.d = x.size(2); g.H = x.size(3); g.W = x.size(4);
+  g.k = w.size(2);
+  TORCH_CHECK(g.k % 2 == 1, "conv path kernel: kernel size must be odd, got ", g.k);
+  TORCH_CHECK(w.size(1) == g.C, "conv path kernel: w has ", w.size(1), " input channels per group, x has ", g.C);
+  TORCH_CHECK(g.d > 0 && w.size(0) % g.d == 0, "conv path kernel: w rows (", w.size(0), ") not a multiple of d=", g.d);
+  TORCH_CHECK(g.H > 0 && g.W > 0 && g.B > 0 && g.C > 0, "conv path kernel: empty input");
+  g.N = w.size(0) / g.d;
+  g.S = S;
+  g.p = g.k / 2;
+  g.Q = (g.k - 1) / S;
+  g.Hq = (g.H + 2 * g.p + S - 1) / S;
+  g.Wq = (g.W + 2 * g.p + S - 1) / S;
+  g.Ho = (g.H - 1) / S + 1;
+  g.Wo = (g.W - 1) / S + 1;
+  const int64_t tile = XT * vec;
+  g.L = (g.Ho * g.Wq + tile - 1) / tile * tile;
+  // every read (forward, dx, dW) stays below Hq*Wq + tile + (Q+1)*Wq
+  g.PLB = (g.Hq * g.Wq + tile + (g.Q + 1) * g.Wq + vec - 1) / vec * vec;
+  return g;
+}
+
+// dst[nb][f] = sum_j wm[j*ws + nb] * src[off[j] + f] for f in [f0, f1) (f1 - f0 a multiple of the
+// tile), nb < NB; dst rows dst + nb*ds.
+template <typename T, int NB>
+void corr_block(const T* src, const int64_t* off, int64_t J, const T* wm, int64_t ws, int64_t f0, int64_t f1,
+                T* dst, int64_t ds) {
+  using V = vec_t<T>;
+  constexpr int64_t VL = lanes<T>();
+  for (int64_t f = f0; f < f1; f += XT * VL) {
+    V acc[NB][XT];
+#pragma GCC unroll 8
+    for (int nb = 0; nb < NB; ++nb)
+#pragma GCC unroll 8
+      for (int t = 0; t < XT; ++t) acc[nb][t] = V{} ;
+    for (int64_t j = 0; j < J; ++j) {
+      const T* s = src + off[j] + f;
+      V in[XT];
+#pragma GCC unroll 8
+      for (int t = 0; t < XT; ++t) in[t] = vload(s + t * VL);
+      const T* wj = wm + j * ws;
+#pragma GCC unroll 8
+      for (int nb = 0; nb < NB; ++nb) {
+        const T wv = wj[nb];
+#pragma GCC unroll 8
+        for (int t = 0; t < XT; ++t) acc[nb][t] += in[t] * wv;
+      }
+    }
+#pragma GCC unroll 8
+    for (int nb = 0; nb < NB; ++nb)
+#pragma GCC unroll 8
+      for (int t = 0; t < XT; ++t) vstore(dst + nb * ds + f + t * VL, acc[nb][t]);
+  }
+}
+
+constexpr int kMaxNB = 6;
+
+template <typename T>
+void corr(const T* src, const int64_t* off, int64_t J, const T* wm, int64_t ws, int64_t nout, int64_t f0,
+          int64_t f1, T* dst, int64_t ds) {
+  for (int64_t n0 = 0; n0 < nout; n0 += kMaxNB) {
+    const int nb = static_cast<int>(std::min<int64_t>(kMaxNB, nout - n0));
+    const T* w0 = wm + n0;
+    T* d0 = dst + n0 * ds;
+    switch (nb) {
+      case 1: corr_block<T, 1>(src, off, J, w0, ws, f0, f1, d0, ds); break;
+      case 2: corr_block<T, 2>(src, off, J, w0, ws, f0, f1, d0, ds); break;
+      case 3: corr_block<T, 3>(src, off, J, w0, ws, f0, f1, d0, ds); break;
+      case 4: corr_block<T, 4>(src, off, J, w0, ws, f0, f1, d0, ds); break;
+      case 5: corr_block<T, 5>(src, off, J, w0, ws, f0, f1, d0, ds); break;
+      default: corr_block<T, 6>(src, off, J, w0, ws, f0, f1, d0, ds); break;
+    }
+  }
+}
+
+// out[nb][tb] = sum_{f < L} D[nb*dstr + f] * src[off[tb] + f], nb < NB, tb < TB (L a multiple of
+// the vector length); written to out[nb*os + tb].
+template <typename T, int NB, int TB>
+void dot_block(const T* D, int64_t dstr, const T* src, const int64_t* off, int64_t L, T* out, int64_t os) {
+  using V = vec_t<T>;
+  constexpr int64_t VL = lanes<T>();
+  V acc[NB][TB];
+#pragma GCC unroll 8
+  for (int nb = 0; nb < NB; ++nb)
+#pragma GCC unroll 8
+    for (int tb = 0; tb < TB; ++tb) acc[nb][tb] = V{};
+  const T* s[TB];
+#pragma GCC unroll 8
+  for (int tb = 0; tb < TB; ++tb) s[tb] = src + off[tb];
+  for (int64_t f = 0; f < L; f += VL) {
+    V dv[NB];
+#pragma GCC unroll 8
+    for (int nb = 0; nb < NB; ++nb) {
+      dv[nb] = vload(D + nb * dstr + f);
+      pin(dv[nb]);
+    }
+#pragma GCC unroll 8
+    for (int tb = 0; tb < TB; ++tb) {
+      V in = vload(s[tb] + f);
+      pin(in);
+#pragma GCC unroll 8
+      for (int nb = 0; nb < NB; ++nb) acc[nb][tb] += dv[nb] * in;
+    }
+  }
+  T part[NB * TB][VL];
+#pragma GCC unroll 8
+  for (int nb = 0; nb < NB; ++nb)
+#pragma GCC unroll 8
+    for (int tb = 0; tb < TB; ++tb) vstore(part[nb * TB + tb], acc[nb][tb]);
+  for (int nb = 0; nb < NB; ++nb)
+    for (int tb = 0; tb < TB; ++tb) {
+      T sum = 0;
+      for (int64_t l = 0; l < VL; ++l) sum += part[nb * TB + tb][l];
+      out[nb * os + tb] = sum;
+    }
+}
+
+template <typename T, int NB>
+void dot_nb(int tb, const T* D, int64_t dstr, const T* src, const int64_t* off, int64_t L, T* out, int64_t os) {
+  switch (tb) {
+    case 1: dot_block<T, NB, 1>(D, dstr, src, off, L, out, os); break;
+    case 2: dot_block<T, NB, 2>(D, dstr, src, off, L, out, os); break;
+    case 3: dot_block<T, NB, 3>(D, dstr, src, off, L, out, os); break;
+    case 4: dot_block<T, NB, 4>(D, dstr, src, off, L, out, os); break;
+    default: dot_block<T, NB, 5>(D, dstr, src, off, L, out, os); break;
+  }
+}
+
+// out[n*os + j] = sum_f D[n*dstr + f] * src[off[j] + f] for n < nout, j < J
+template <typename T>
+void dots(const T* D, int64_t dstr, int64_t nout, const T* src, const int64_t* off, int64_t J, int64_t L, T* out,
+          int64_t os) {
+  for (int64_t n0 = 0; n0 < nout; n0 += 4) {
+    const int nb = static_cast<int>(std::min<int64_t>(4, nout - n0));
+    for (int64_t j0 = 0; j0 < J; j0 += 5) {
+      const int tb = static_cast<int>(std::min<int64_t>(5, J - j0));
+      const T* Dn = D + n0 * dstr;
+      T* o = out + n0 * os + j0;
+      switch (nb) {
+        case 1: dot_nb<T, 1>(tb, Dn, dstr, src, off + j0, L, o, os); break;
+        case 2: dot_nb<T, 2>(tb, Dn, dstr, src, off + j0, L, o, os); break;
+        case 3: dot_nb<T, 3>(tb, Dn, dstr, src, off + j0, L, o, os); break;
+        default: dot_nb<T, 4>(tb, Dn, dstr, src, off + j0, L, o, os); break;
+      }
+    }
+  }
+}
+
+// The C planes of group i of batch b into the zero-padded phase scratch P (C*S*S planes of PLB).
+template <typename T>
+void load_input(const Geo& g, const T* X, int64_t b, int64_t i, T* P) {
+  std::fill(P, P + g.C * g.S * g.S * g.PLB, T(0));
+  const int64_t HW = g.H * g.W;
+  for (int64_t c = 0; c < g.C; ++c) {
+    const T* xs = X + ((b * g.C + c) * g.d + i) * HW;
+    T* pc = P + c * g.S * g.S * g.PLB;
+    for (int64_t y = 0; y < g.H; ++y) {
+      const int64_t Y = y + g.p;
+      const T* row = xs + y * g.W;
+      if (g.S == 1) {
+        std::memcpy(pc + Y * g.Wq + g.p, row, g.W * sizeof(T));
+      } else {
+        T* base = pc + (Y % g.S) * g.S * g.PLB + (Y / g.S) * g.Wq;
+        for (int64_t x = 0; x < g.W; ++x) {
+          const int64_t X2 = x + g.p;
+          base[(X2 % g.S) * g.PLB + X2 / g.S] = row[x];
+        }
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
+void forward_impl(const Geo& g, const at::Tensor& x, const at::Tensor& wt, const std::vector<int64_t>& off, int64_t J,
+                  at::Tensor& out) {
+    const scalar_t* X = x.data_ptr<scalar_t>();
+    const scalar_t* WT = wt.data_ptr<scalar_t>();
+    scalar_t* O = out.data_ptr<scalar_t>();
+    const int64_t nt = at::in_parallel_region() ? 1 : at::get_num_threads();
+#pragma omp parallel num_threads(nt)
+    {
+      std::vector<scalar_t> P(g.C * g.S * g.S * g.PLB + g.N * g.PLB);
+      scalar_t* Ob = P.data() + g.C * g.S * g.S * g.PLB;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < g.B * g.d; ++t) {
+        const int64_t b = t / g.d, i = t % g.d;
+        load_input(g, X, b, i, P.data());
+        corr(P.data(), off.data(), J, WT + i * J * g.N, g.N, g.N, 0, g.L, Ob, g.PLB);
+        for (int64_t n = 0; n < g.N; ++n) {
+          scalar_t* o = O + ((b * g.d + i) * g.N + n) * g.Ho * g.Wo;
+          const scalar_t* s = Ob + n * g.PLB;
+          for (int64_t y = 0; y < g.Ho; ++y) std::memcpy(o + y * g.Wo, s + y * g.Wq, g.Wo * sizeof(scalar_t));
+        }
+      }
+    }
+}
+
+template <typename scalar_t>
+void backward_impl(const Geo& g, const at::Tensor& dout, const at::Tensor& x, const at::Tensor& w, bool need_dx,
+                   bool need_dw, at::Tensor& dx, at::Tensor& dwp, const std::vector<std::vector<int64_t>>& ph_off,
+                   const std::vector<std::vector<int64_t>>& ph_tap, const std::vector<int64_t>& off, int64_t vec) {
+  const int64_t S = g.S, K2 = g.K2(), SS = S * S;
+    const scalar_t* X = x.data_ptr<scalar_t>();
+    const scalar_t* Wt = w.data_ptr<scalar_t>();
+    const scalar_t* D = dout.data_ptr<scalar_t>();
+    scalar_t* DX = need_dx ? dx.data_ptr<scalar_t>() : nullptr;
+    scalar_t* DW = need_dw ? dwp.data_ptr<scalar_t>() : nullptr;
+    const int64_t nt = at::in_parallel_region() ? 1 : at::get_num_threads();
+    const int64_t HW = g.H * g.W, HWo = g.Ho * g.Wo;
+#pragma omp parallel num_threads(nt)
+    {
+      const int64_t inP = need_dw ? g.C * SS * g.PLB : 0;
+      const int64_t dxP = need_dx ? g.C * SS * g.PLB : 0;
+      std::vector<scalar_t> buf(inP + dxP + g.N * g.PLB);
+      scalar_t* P = buf.data();
+      scalar_t* DXP = P + inP;
+      scalar_t* Dp = DXP + dxP;
+      std::vector<scalar_t> wm;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < g.B * g.d; ++t) {
+        const int64_t b = t / g.d, i = t % g.d;
+        // dout of this group: Q zero rows and columns in front, row pitch Wq
+        std::fill(Dp, Dp + g.N * g.PLB, scalar_t(0));
+        for (int64_t n = 0; n < g.N; ++n) {
+          const scalar_t* ds = D + ((b * g.d + i) * g.N + n) * HWo;
+          for (int64_t y = 0; y < g.Ho; ++y)
+            std::memcpy(Dp + n * g.PLB + (g.Q + y) * g.Wq + g.Q, ds + y * g.Wo, g.Wo * sizeof(scalar_t));
+        }
+        const scalar_t* wg = Wt + i * g.N * g.C * K2;  // w[i*N + n][c][tap]
+        if (need_dw) {
+          load_input(g, X, b, i, P);
+          dots(Dp + g.Q * g.Wq + g.Q, g.PLB, g.N, P, off.data(), g.C * K2, g.L, DW + (b * g.d + i) * g.N * g.C * K2,
+               g.C * K2);
+        }
+        if (need_dx) {
+          for (int64_t pr = 0; pr < S; ++pr)
+            for (int64_t pc = 0; pc < S; ++pc) {
+              const int64_t ph = pr * S + pc;
+              // rows r of this phase that hold input rows: r*S + pr in [p, p + H)
+              const int64_t r_lo = std::max<int64_t>(0, (g.p - pr + S - 1) / S);
+              const int64_t r_hi = (g.p + g.H - 1 - pr) / S;  // inclusive
+              if (r_hi < r_lo) continue;
+              const int64_t J = static_cast<int64_t>(ph_off[ph].size());
+              const int64_t f0 = r_lo * g.Wq / vec * vec;
+              const int64_t tile = XT * vec;
+              const int64_t f1 = f0 + ((r_hi + 1) * g.Wq - f0 + tile - 1) / tile * tile;
+              scalar_t* dst = DXP + ph * g.PLB;
+              if (J == 0) {
+                for (int64_t c = 0; c < g.C; ++c) std::fill(dst + c * SS * g.PLB + f0, dst + c * SS * g.PLB + f1, scalar_t(0));
+                continue;
+              }
+              wm.resize(J * g.C);
+              for (int64_t j = 0; j < J; ++j) {
+                const int64_t n = ph_tap[ph][j] / K2, tap = ph_tap[ph][j] % K2;
+                for (int64_t c = 0; c < g.C; ++c) wm[j * g.C + c] = wg[(n * g.C + c) * K2 + tap];
+              }
+              corr(Dp, ph_off[ph].data(), J, wm.data(), g.C, g.C, f0, f1, dst, SS * g.PLB);
+            }
+          for (int64_t c = 0; c < g.C; ++c) {
+            scalar_t* dxs = DX + ((b * g.C + c) * g.d + i) * HW;
+            const scalar_t* src = DXP + c * SS * g.PLB;
+            for (int64_t y = 0; y < g.H; ++y) {
+              const int64_t Y = y + g.p;
+              scalar_t* row = dxs + y * g.W;
+              if (S == 1) {
+                std::memcpy(row, src + Y * g.Wq + g.p, g.W * sizeof(scalar_t));
+              } else {
+                const scalar_t* base = src + (Y % S) * S * g.PLB + (Y / S) * g.Wq;
+                for (int64_t x = 0; x < g.W; ++x) {
+                  const int64_t X2 = x + g.p;
+                  row[x] = base[(X2 % S) * g.PLB + X2 / S];
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+}
+
+}  // namespace
+
+at::Tensor forward(const at::Tensor& x, const at::Tensor& w, int64_t stride) {
+  const int64_t vec = x.scalar_type() == at::kDouble ? 8 : 16;
+  const Geo g = geometry(x, w, stride, vec);
+  auto out = at::empty({g.B, g.d * g.N, g.Ho, g.Wo}, x.options());
+  const int64_t J = g.C * g.K2();
+  // wt[i][j][n] = w[i*N + n][j], j = (c*k + a)*k + b: the weights of one tap for all N outputs adjacent
+  const at::Tensor wt = w.reshape({g.d, g.N, J}).transpose(1, 2).contiguous();
+  std::vector<int64_t> off(J);
+  for (int64_t c = 0; c < g.C; ++c)
+    for (int64_t a = 0; a < g.k; ++a)
+      for (int64_t bb = 0; bb < g.k; ++bb)
+        off[(c * g.k + a) * g.k + bb] = ((c * g.S + a % g.S) * g.S + bb % g.S) * g.PLB + (a / g.S) * g.Wq + bb / g.S;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_path_forward", [&] { forward_impl<scalar_t>(g, x, wt, off, J, out); });
+  return out;
+}
+
+// (dx (B, C, d, H, W), dw_partial (B, d, N, C, k, k)); dw = dw_partial.sum(0) reshaped (d*N, C, k, k).
+std::vector<at::Tensor> backward(const at::Tensor& dout_in, const at::Tensor& x, const at::Tensor& w, int64_t stride,
+                                 bool need_dx, bool need_dw) {
+  const int64_t vec = x.scalar_type() == at::kDouble ? 8 : 16;
+  const Geo g = geometry(x, w, stride, vec);
+  const at::Tensor dout = dout_in.contiguous();
+  TORCH_CHECK(dout.scalar_type() == x.scalar_type(), "conv path kernel: grad dtype differs from input");
+  TORCH_CHECK(dout.sizes() == at::IntArrayRef({g.B, g.d * g.N, g.Ho, g.Wo}), "conv path kernel: grad shape ",
+              dout.sizes(), " differs from the output shape");
+  auto dx = need_dx ? at::empty_like(x) : at::empty({0}, x.options());
+  auto dwp = need_dw ? at::empty({g.B, g.d, g.N, g.C, g.k, g.k}, x.options()) : at::empty({0}, x.options());
+  const int64_t S = g.S, K2 = g.K2(), SS = S * S;
+  // dx taps per phase (pr, pc): a % S == pr, b % S == pc; j = (n, tap), offset into the dout scratch
+  std::vector<std::vector<int64_t>> ph_off(SS), ph_tap(SS);
+  for (int64_t a = 0; a < g.k; ++a)
+    for (int64_t bb = 0; bb < g.k; ++bb) {
+      const int64_t ph = (a % S) * S + bb % S;
+      for (int64_t n = 0; n < g.N; ++n) {
+        ph_off[ph].push_back(n * g.PLB + (g.Q - a / S) * g.Wq + (g.Q - bb / S));
+        ph_tap[ph].push_back(n * K2 + a * g.k + bb);  // (n, a, b): index into w[i*N + n][c] as n*C*K2 + c*K2 + tap
+      }
+    }
+  // dW offsets: j = (c, a, b) into the input phase scratch (as the forward)
+  std::vector<int64_t> off(g.C * K2);
+  for (int64_t c = 0; c < g.C; ++c)
+    for (int64_t a = 0; a < g.k; ++a)
+      for (int64_t bb = 0; bb < g.k; ++bb)
+        off[(c * g.k + a) * g.k + bb] = ((c * S + a % S) * S + bb % S) * g.PLB + (a / S) * g.Wq + bb / S;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_path_backward", [&] {
+    backward_impl<scalar_t>(g, dout, x, w, need_dx, need_dw, dx, dwp, ph_off, ph_tap, off, vec);
+  });
+  return {dx, dwp};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "grouped k x k conv of (B, C, d, H, W) in place: (B, d*N, Ho, Wo)");
+  m.def("backward", &backward, "its backward: (dx, per-(b, group) dW partials)");
+}

@@ -1,0 +1,83 @@
+"""The ACmix convolution path's grouped convolution, read in place from the Stage I output.
+
+`grouped_conv(x, w, stride)`: x (B, C, d, H, W) (f_all = qkv viewed as (B, 3N, d, H, W), or the
+light-FC output (B, k^2, d, H, W)), w (d*N, C, k, k) -> (B, d*N, H', W'), H' = ceil(H / stride),
+zero padding k // 2: group i (of d) convolves the C planes x[:, :, i] into outputs i*N .. i*N+N-1.
+
+Two backends, same function:
+
+  cpp    conv_path.cpp: one task per (image, group), the group's planes copied into a padded,
+         phase-split scratch (no border branches, unit-stride reads for any stride), loops
+         vectorised over pixels; backward computes dx (transposed conv) and dW (per-task partial
+         sums, added over the batch: no atomics, no dependence on the thread count). Nothing new
+         is saved for backward: x (a view of the Stage I output) and w.
+  torch  `grouped_conv_torch`: F.conv2d (groups = d) on a channels-last copy of x; any device and
+         dtype. It is also what runs under torch.jit.trace and under a TorchDispatchMode (FLOP
+         counters such as fvcore, torch.utils.flop_counter, ptflops-aten see the convolution they
+         know; same MACs), and where the extension cannot be built.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import _exts, backend_for
+
+
+def grouped_conv_torch(x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:
+    """The pure-PyTorch twin: one grouped F.conv2d on a channels-last copy (oneDNN runs it faster)."""
+    B, C, d, H, W = x.shape
+    k = w.shape[-1]
+    xc = x.permute(0, 3, 4, 2, 1).reshape(B, H, W, d * C).permute(0, 3, 1, 2)  # channel i*C + c
+    return F.conv2d(xc, w, stride=stride, padding=k // 2, groups=d).contiguous()
+
+
+def _counting() -> bool:
+    """Under a trace or a dispatch mode (FLOP counters): take the F.conv2d twin so it is seen."""
+    return torch.jit.is_tracing() or torch._C._len_torch_dispatch_stack() > 0
+
+
+def kernel_backend(x: torch.Tensor, backend: str | None = None) -> str:
+    """"cpp" where the C++ kernel runs for input x, else "torch"."""
+    if _counting():
+        return "torch"
+    return backend_for(x, backend, kernel="conv_path")
+
+
+class _GroupedConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, stride):
+        out = _exts["conv_path"].forward(x, w, stride)
+        if any(ctx.needs_input_grad[:2]):
+            ctx.save_for_backward(x, w)  # x is a view of the Stage I output: no new activation
+        ctx.stride = stride
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        x, w = ctx.saved_tensors
+        need_dx, need_dw = ctx.needs_input_grad[:2]
+        dx, dwp = _exts["conv_path"].backward(dout.contiguous(), x, w, ctx.stride, need_dx, need_dw)
+        dw = dwp.sum(0).reshape(w.shape) if need_dw else None
+        return (dx if need_dx else None), dw, None
+
+
+def check_args(x: torch.Tensor, w: torch.Tensor, stride: int) -> None:
+    if x.dim() != 5:
+        raise ValueError(f"grouped_conv expects x (B, C, d, H, W), got shape {tuple(x.shape)}")
+    B, C, d, H, W = x.shape
+    if w.dim() != 4 or w.shape[1] != C or w.shape[2] != w.shape[3] or w.shape[0] % d or w.shape[-1] % 2 == 0:
+        raise ValueError(f"grouped_conv expects w (d*N, {C}, k, k) with odd k and d={d}, got {tuple(w.shape)}")
+    if int(stride) < 1:
+        raise ValueError(f"grouped_conv stride must be >= 1, got {stride}")
+
+
+def grouped_conv(x: torch.Tensor, w: torch.Tensor, stride: int = 1, backend: str | None = None) -> torch.Tensor:
+    """Grouped k x k convolution of x (B, C, d, H, W) (group i = x[:, :, i]) with w (d*N, C, k, k)."""
+    check_args(x, w, stride)
+    if w.dtype != x.dtype:
+        raise ValueError(f"grouped_conv: w dtype {w.dtype} differs from x dtype {x.dtype}; cast one of them")
+    if kernel_backend(x, backend) == "torch":
+        return grouped_conv_torch(x, w, int(stride))
+    return _GroupedConv.apply(x.contiguous(), w.contiguous(), int(stride))

@@ -1,0 +1,213 @@
+"""The ACmix conv path's grouped convolution (modules/_fast/conv_path) against the reference.
+
+cpp: the C++ kernel (skipped, with the build error as reason, where it cannot be built);
+torch: the pure-PyTorch twin (F.conv2d on a channels-last copy), also the automatic fallback.
+ConvPath values and gradients (f_all, FC weight, shift weight) against `impl="reference"` in
+float64 over heads, head width, kernel size, stride, map shapes and batch, both the fused path
+(FC folded into the conv) and the unfused one (FC bias, or many heads); gradcheck; float32
+agreement of the backends; thread-count independence; counters see the conv; fallback; errors.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from modules import _fast, set_stage2_impl
+from modules._fast import conv_path as cp
+from modules.operators import ConvPath
+
+f64 = torch.float64
+BACKENDS = ["cpp", "torch"]
+
+
+def _need(backend):
+    if backend == "cpp" and _fast.load_extension("conv_path") is None:
+        pytest.skip(f"C++ conv_path extension could not be built here: {_fast.extension_error('conv_path')}")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    _need(request.param)
+    monkeypatch.setenv("ACMIX_FAST_BACKEND", request.param)
+    return request.param
+
+
+def _rand(*shape, dtype=f64, seed=0, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, dtype=dtype, generator=g).requires_grad_(requires_grad)
+
+
+def _path(N, d, k, s, fc_bias=False, seed=0, dtype=f64):
+    path = ConvPath(N, d, k, s, fc_bias=fc_bias, shift="multigroup").to(dtype)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in path.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
+    return path
+
+
+def _fast_and_reference(path, f_all):
+    params = [f_all] + list(path.parameters())
+    fast = path(f_all)
+    gout = _rand(*fast.shape, seed=7)
+    g_fast = torch.autograd.grad(fast, params, gout)
+    set_stage2_impl(path, "reference")
+    ref = path(f_all)
+    g_ref = torch.autograd.grad(ref, params, gout)
+    set_stage2_impl(path, "fast")
+    return fast, ref, g_fast, g_ref
+
+
+# N, d, k, stride, B, H, W: every N in {1,2,4}, d in {1,3,8}, k in {1,3,5}, stride 1 and 2,
+# odd/even/non-square maps, batch 1 and 3 (fused: N <= 4 at stride 1)
+CASES = [
+    (1, 1, 1, 1, 1, 5, 5), (1, 3, 3, 2, 3, 7, 6), (1, 8, 5, 1, 1, 6, 9),
+    (2, 1, 3, 1, 3, 8, 8), (2, 3, 5, 2, 1, 9, 7), (2, 8, 1, 2, 3, 4, 6),
+    (4, 1, 5, 2, 3, 6, 6), (4, 3, 3, 1, 1, 7, 10), (4, 8, 3, 2, 1, 11, 5),
+    (4, 3, 1, 1, 3, 3, 4), (2, 3, 5, 1, 1, 3, 2), (1, 3, 3, 2, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("N,d,k,s,B,H,W", CASES)
+def test_conv_path_equals_reference(backend, N, d, k, s, B, H, W):
+    path = _path(N, d, k, s, seed=N + d + k)
+    f_all = _rand(B, 3 * N, d, H, W, requires_grad=True, seed=s)
+    fast, ref, g_fast, g_ref = _fast_and_reference(path, f_all)
+    assert fast.shape == (B, d * N, (H - 1) // s + 1, (W - 1) // s + 1)
+    assert (fast - ref).abs().max().item() < 1e-12
+    for a, b in zip(g_fast, g_ref):
+        assert (a - b).abs().max().item() < 1e-11
+
+
+@pytest.mark.parametrize("N,d,k,s,fc_bias", [(8, 2, 3, 1, False), (2, 3, 3, 2, True), (4, 2, 5, 1, True),
+                                             (8, 1, 3, 2, False)])
+def test_unfused_conv_path_equals_reference(backend, N, d, k, s, fc_bias):
+    """FC bias, or more heads than fusing pays for: FC (as a GEMM), then the grouped conv on its output."""
+    path = _path(N, d, k, s, fc_bias=fc_bias, seed=3)
+    H, W = 7, 6
+    assert not path.fuses(H, W)
+    f_all = _rand(2, 3 * N, d, H, W, requires_grad=True, seed=4)
+    fast, ref, g_fast, g_ref = _fast_and_reference(path, f_all)
+    assert (fast - ref).abs().max().item() < 1e-12
+    for a, b in zip(g_fast, g_ref):
+        assert (a - b).abs().max().item() < 1e-11
+
+
+@pytest.mark.parametrize("k,s", [(3, 1), (3, 2), (1, 2)])
+def test_gradcheck(k, s):
+    _need("cpp")
+    x = _rand(2, 3, 2, 5, 4, requires_grad=True)
+    w = _rand(4, 3, k, k, requires_grad=True, seed=1)
+    assert gradcheck(lambda a, b: cp.grouped_conv(a, b, s, backend="cpp"), (x, w), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("N,d,k,s,H,W", [(4, 5, 3, 1, 21, 19), (4, 4, 3, 2, 20, 23), (3, 2, 5, 2, 13, 17),
+                                         (1, 2, 3, 1, 40, 3)])
+def test_backends_agree_float32(N, d, k, s, H, W):
+    _need("cpp")
+    x = _rand(2, 3 * N, d, H, W, dtype=torch.float32, requires_grad=True)
+    w = _rand(d * N, 3 * N, k, k, dtype=torch.float32, requires_grad=True, seed=1)
+    gout = _rand(2, d * N, (H - 1) // s + 1, (W - 1) // s + 1, dtype=torch.float32, seed=2)
+    outs = {}
+    for b in BACKENDS:
+        y = cp.grouped_conv(x, w, s, backend=b)
+        outs[b] = (y,) + torch.autograd.grad(y, (x, w), gout)
+    for a, b in zip(outs["cpp"], outs["torch"]):
+        assert a.dtype == torch.float32
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+
+def test_result_does_not_depend_on_thread_count():
+    _need("cpp")
+    x = _rand(3, 12, 4, 9, 10, requires_grad=True)
+    w = _rand(16, 12, 3, 3, requires_grad=True, seed=1)
+    runs = []
+    threads = torch.get_num_threads()
+    try:
+        for nt in (1, 2, 3):
+            torch.set_num_threads(nt)
+            y = cp.grouped_conv(x, w, 1, backend="cpp")
+            runs.append((y,) + torch.autograd.grad(y.sin().sum(), (x, w)))
+    finally:
+        torch.set_num_threads(threads)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("need", ["x", "w"])
+def test_gradient_of_one_input_only(need):
+    _need("cpp")
+    x = _rand(1, 6, 2, 5, 5, requires_grad=need == "x")
+    w = _rand(4, 6, 3, 3, requires_grad=need == "w", seed=1)
+    t = x if need == "x" else w
+    g_cpp = torch.autograd.grad(cp.grouped_conv(x, w, 2, backend="cpp").sum(), t)[0]
+    g_torch = torch.autograd.grad(cp.grouped_conv(x, w, 2, backend="torch").sum(), t)[0]
+    assert torch.allclose(g_cpp, g_torch, atol=1e-12)
+
+
+def test_kernel_runs_in_conv_path_and_counters_see_the_conv(monkeypatch):
+    """ACMIX_FAST_BACKEND=cpp runs the kernel; a TorchDispatchMode (FLOP counter) gets the F.conv2d twin."""
+    _need("cpp")
+    from torch.utils.flop_counter import FlopCounterMode
+    monkeypatch.setenv("ACMIX_FAST_BACKEND", "cpp")
+    calls = []
+    real = cp._GroupedConv.apply
+    monkeypatch.setattr(cp._GroupedConv, "apply", lambda *a: calls.append(1) or real(*a))
+    path = _path(4, 2, 3, 1)
+    f_all = _rand(1, 12, 2, 6, 6)
+    y = path(f_all)
+    assert calls == [1]
+    with FlopCounterMode(display=False) as counter:
+        y2 = path(f_all)
+    assert calls == [1]
+    assert torch.allclose(y, y2, atol=1e-12)
+    # fused: 3N in, N out per group, 3x3, 36 pixels, d = 2 groups; the einsum folding the weights
+    assert counter.get_total_flops() == 2 * (2 * 4 * 12 * 9 * 36) + 2 * (2 * 4 * 9 * 9 * 12)
+
+
+def test_fallback_when_extension_cannot_build(monkeypatch):
+    monkeypatch.setattr(_fast, "_exts", {})
+    monkeypatch.setattr(_fast, "_errors", {})
+    monkeypatch.setattr(cp, "_exts", _fast._exts)
+
+    def broken(kernel="window_attention"):
+        raise RuntimeError("no compiler found (simulated)")
+    monkeypatch.setattr(_fast, "_build", broken)
+    monkeypatch.setenv("ACMIX_FAST_BACKEND", "auto")
+    x = torch.zeros(1)
+    with pytest.warns(RuntimeWarning, match="pure-PyTorch"):
+        assert cp.kernel_backend(x) == "torch"
+    assert "simulated" in _fast.extension_error("conv_path")
+    path = _path(2, 3, 3, 2)
+    f_all = _rand(1, 6, 3, 7, 6, requires_grad=True)
+    fast, ref, g_fast, g_ref = _fast_and_reference(path, f_all)
+    assert (fast - ref).abs().max().item() < 1e-12
+    monkeypatch.setenv("ACMIX_FAST_BACKEND", "cpp")
+    with pytest.raises(ValueError, match="could not be built"):
+        cp.kernel_backend(x)
+
+
+def test_cpp_backend_rejects_half():
+    _need("cpp")
+    x = torch.zeros(1, 3, 1, 4, 4, dtype=torch.float16)
+    with pytest.raises(ValueError, match="CPU float32/float64"):
+        cp.grouped_conv(x, torch.zeros(1, 3, 3, 3, dtype=torch.float16), 1, backend="cpp")
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,match", [
+    ((1, 3, 2, 4, 4), (4, 3, 2, 2), 1, "odd k"),
+    ((1, 3, 2, 4, 4), (3, 3, 3, 3), 1, "d=2"),
+    ((1, 3, 2, 4, 4), (4, 2, 3, 3), 1, r"\(d\*N, 3, k, k\)"),
+    ((3, 2, 4, 4), (4, 3, 3, 3), 1, r"\(B, C, d, H, W\)"),
+    ((1, 3, 2, 4, 4), (4, 3, 3, 3), 0, "stride"),
+])
+def test_bad_arguments(x_shape, w_shape, stride, match):
+    with pytest.raises(ValueError, match=match):
+        cp.grouped_conv(torch.zeros(x_shape), torch.zeros(w_shape), stride)
+
+
+def test_dtype_mismatch():
+    with pytest.raises(ValueError, match="dtype"):
+        cp.grouped_conv(torch.zeros(1, 3, 1, 4, 4), torch.zeros(1, 3, 3, 3, dtype=f64), 1)
