@@ -6,33 +6,67 @@
 //   kd  (BN, Ck, Hp, S, Wq)   padded keys, columns split by phase: kd[.., r, p, m] = k[.., r, m*S + p]
 //   g   (G, Hp, S, Wq)        padded extra key channels shared by every (b, n) (the coordinate grid)
 //   vd  (BN, Cv, Hp, S, Wq)   padded values, same split
-//   weights (BN, K2, Ho, Wo)  softmax weights: returned by forward on request (tests), recomputed
-//                             by backward into its own buffer (the forward saves nothing of this size)
-// Window offset j = a * ka + b reads padded row y*S + a*dil and column x*S + b*dil,
+//   weights (BN, K2, Ho, Wo)  softmax weights: returned by forward on request (tests); the backward
+//                             recomputes them block by block (nothing of this size is saved or allocated)
+// Window offset j = i * ka + b reads padded row r = y*S + i*dil and column x*S + b*dil,
 // i.e. phase (b*dil) % S, position x + (b*dil) / S: every inner loop runs over x with
-// unit stride, for any stride, so it vectorises.
+// unit stride, for any stride.
 // Cq = Ck + G. Logits are sum over the Cq channels, out = sum_j weights_j v_j.
+//
+// Work is done per block of R output rows of one (b, n). A padded key/value row r is read by
+// every output row y of the block with r = y*S + i*dil (0 <= i < ka): those (y, i) pairs are
+// handled together, so each key/value vector loaded from memory feeds up to NR rows' FMAs
+// (register tiles: NR rows x NB window columns x one vector of x). Columns are processed
+// in whole vectors (16 floats / 8 doubles) over a width padded up to the vector length;
+// the lanes past Wo compute values that are never stored to the outputs (queries and
+// output gradients are copied into zero-padded block buffers; softmax weights and their
+// gradients are zeroed past Wo, so the scatters add exact zeros there).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
-#include <type_traits>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <limits>
+#include <memory>
+#include <type_traits>
 #include <vector>
+
+// a*b + c as one fused multiply-add (the torch build uses ISO C++, where GCC would not contract)
+#pragma GCC optimize("fp-contract=fast")
 
 namespace {
 
+template <typename T> struct Vec;
+template <> struct Vec<float> {
+  typedef float V __attribute__((vector_size(64), aligned(4)));
+  typedef int32_t I __attribute__((vector_size(64), aligned(4)));
+  static constexpr int L = 16;
+};
+template <> struct Vec<double> {
+  typedef double V __attribute__((vector_size(64), aligned(8)));
+  static constexpr int L = 8;
+};
+
+template <typename T> using V_t = typename Vec<T>::V;
+template <typename T> inline V_t<T> ld(const T* p) { return *reinterpret_cast<const V_t<T>*>(p); }
+template <typename T> inline void st(T* p, V_t<T> v) { *reinterpret_cast<V_t<T>*>(p) = v; }
+
 // exp on the non-positive arguments of a max-shifted softmax. float: Cody-Waite range
-// reduction and a degree-7 Taylor polynomial (relative error ~1e-7), written so the
-// compiler vectorises it; double: the library exp (used for float64 checks).
-inline float softmax_exp(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const float n = std::floor(x * 1.4426950408889634f + 0.5f);
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.0f / 5040.0f;
+// reduction (n = x log2 e rounded to nearest) and a degree-7 Taylor polynomial (relative error
+// ~1e-7) on whole vectors; double: the library exp per lane (used for float64 checks).
+inline Vec<float>::V softmax_exp(Vec<float>::V x) {
+  using V = Vec<float>::V;
+  using I = Vec<float>::I;
+  const V lo = V{} - 87.0f;
+  x = x < lo ? lo : x;
+  const V magic = V{} + 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+  const V n = (x * 1.4426950408889634f + magic) - magic;
+  const V r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  V p = V{} + 1.0f / 5040.0f;
   p = p * r + 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
   p = p * r + 1.0f / 24.0f;
@@ -40,12 +74,15 @@ inline float softmax_exp(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
+  const I bits = (__builtin_convertvector(n, I) + 127) << 23;
+  V scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
 }
-inline double softmax_exp(double x) { return std::exp(x); }
+inline Vec<double>::V softmax_exp(Vec<double>::V x) {
+  for (int l = 0; l < Vec<double>::L; ++l) x[l] = std::exp(x[l]);
+  return x;
+}
 
 struct Geometry {
   int64_t BN, Cq, Ck, Cv, G, Ho, Wo, Hp, S, Wq, ka, dil;
@@ -60,212 +97,398 @@ struct Geometry {
   }
 };
 
-// Register tiles: XB consecutive output columns x NB window columns b, fully unrolled so
-// the accumulators stay in vector registers. cols[b] = offset of window column b in a
-// padded row.
-constexpr int kMaxNB = 8;
+constexpr int kMaxNB = 7;   // window columns per register tile
+constexpr int kMaxNR = 4;   // output rows per register tile
+constexpr int kMaxAcc = 24; // NR * NB accumulators (of 32 vector registers)
+constexpr int max_nr(int nb) { return std::min(kMaxNR, kMaxAcc / nb); }
 
-// acc[b][xx] += sum_{c < C} a[c*as + xx] * k[c*ks + cols[b] + xx]
-template <typename T, int XB, int NB>
-inline void corr_tile(const T* a, int64_t as, const T* k, int64_t ks, int64_t C, const int64_t* cols, T* acc) {
-  T r[NB][XB];
+// Keeps a loaded vector in a register: without it GCC folds the load into every FMA that uses
+// it (one load per FMA instead of one per NR FMAs).
+template <typename V> inline void in_reg(V& v) { asm("" : "+v"(v)); }
+
+// acc[p][b] = sum_{c < C1} a[p][c*as] * k1[c*ks + cols[b]] + sum_{c < C2} a[p][(C1+c)*as] * k2[c*ks + cols[b]],
+// stored to o[p] + b*os; where mx is given, mx[p] = max(mx[p], max_b acc[p][b]) (the running softmax max).
+template <typename T, int NR, int NB>
+inline void corr_tile(const T* const* a, int64_t as, const T* k1, int64_t C1, const T* k2, int64_t C2, int64_t ks,
+                      const int64_t* cols, T* const* o, int64_t os, T* const* mx) {
+  using V = V_t<T>;
+  V acc[NR][NB];
 #pragma GCC unroll 8
-  for (int b = 0; b < NB; ++b)
-#pragma GCC unroll 16
-    for (int xx = 0; xx < XB; ++xx) r[b][xx] = acc[b * XB + xx];
-  for (int64_t c = 0; c < C; ++c) {
-    const T* ap = a + c * as;
-    const T* kp = k + c * ks;
-    T av[XB];
-#pragma GCC unroll 16
-    for (int xx = 0; xx < XB; ++xx) av[xx] = ap[xx];
+  for (int p = 0; p < NR; ++p)
 #pragma GCC unroll 8
-    for (int b = 0; b < NB; ++b) {
-      const T* kb = kp + cols[b];
-#pragma GCC unroll 16
-      for (int xx = 0; xx < XB; ++xx) r[b][xx] += av[xx] * kb[xx];
+    for (int b = 0; b < NB; ++b) acc[p][b] = V{};
+  int64_t cb[NB];
+#pragma GCC unroll 8
+  for (int b = 0; b < NB; ++b) cb[b] = cols[b];
+  auto run = [&](const T* const* aa, int64_t a_off, const T* k, int64_t C) {
+    const T* ap[NR];
+#pragma GCC unroll 8
+    for (int p = 0; p < NR; ++p) ap[p] = aa[p] + a_off;
+    for (int64_t c = 0; c < C; ++c) {
+      V av[NR];
+#pragma GCC unroll 8
+      for (int p = 0; p < NR; ++p) av[p] = ld(ap[p] + c * as);
+      const T* kc = k + c * ks;
+#pragma GCC unroll 8
+      for (int b = 0; b < NB; ++b) {
+        V kv = ld(kc + cb[b]);
+        in_reg(kv);
+#pragma GCC unroll 8
+        for (int p = 0; p < NR; ++p) acc[p][b] += av[p] * kv;
+      }
+    }
+  };
+  run(a, 0, k1, C1);
+  if (C2) run(a, C1 * as, k2, C2);
+#pragma GCC unroll 8
+  for (int p = 0; p < NR; ++p)
+#pragma GCC unroll 8
+    for (int b = 0; b < NB; ++b) st(o[p] + b * os, acc[p][b]);
+  if (mx) {
+#pragma GCC unroll 8
+    for (int p = 0; p < NR; ++p) {
+      V m = ld(mx[p]);
+#pragma GCC unroll 8
+      for (int b = 0; b < NB; ++b) m = acc[p][b] > m ? acc[p][b] : m;
+      st(mx[p], m);
     }
   }
-#pragma GCC unroll 8
-  for (int b = 0; b < NB; ++b)
-#pragma GCC unroll 16
-    for (int xx = 0; xx < XB; ++xx) acc[b * XB + xx] = r[b][xx];
 }
 
-// out[c*os + xx] += sum_b w[b*ws + xx] * v[c*vs + cols[b] + xx], c < C
-template <typename T, int XB, int NB>
-inline void agg_tile(const T* w, int64_t ws, const T* v, int64_t vs, int64_t C, const int64_t* cols,
-                     T* out, int64_t os) {
-  T wr[NB][XB];
+// o[p][c*os] += sum_b w[p][b*ws] * val(c)[cols[b]], c < C1 + C2; val(c) = v1 + c*vs for c < C1, else
+// v2 + (c - C1)*vs.
+template <typename T, int NR, int NB>
+inline void agg_tile(const T* const* w, int64_t ws, const T* v1, int64_t C1, const T* v2, int64_t C2, int64_t vs,
+                     const int64_t* cols, T* const* o, int64_t os) {
+  using V = V_t<T>;
+  V wr[NR][NB];
 #pragma GCC unroll 8
-  for (int b = 0; b < NB; ++b)
-#pragma GCC unroll 16
-    for (int xx = 0; xx < XB; ++xx) wr[b][xx] = w[b * ws + xx];
-  for (int64_t c = 0; c < C; ++c) {
-    const T* vp = v + c * vs;
-    T* op = out + c * os;
-    T o[XB];
-#pragma GCC unroll 16
-    for (int xx = 0; xx < XB; ++xx) o[xx] = op[xx];
+  for (int p = 0; p < NR; ++p)
 #pragma GCC unroll 8
-    for (int b = 0; b < NB; ++b) {
-      const T* vb = vp + cols[b];
-#pragma GCC unroll 16
-      for (int xx = 0; xx < XB; ++xx) o[xx] += wr[b][xx] * vb[xx];
+    for (int b = 0; b < NB; ++b) wr[p][b] = ld(w[p] + b * ws);
+  int64_t cb[NB];
+#pragma GCC unroll 8
+  for (int b = 0; b < NB; ++b) cb[b] = cols[b];
+  auto run = [&](int64_t o_off, const T* v, int64_t C) {
+    T* op[NR];
+#pragma GCC unroll 8
+    for (int p = 0; p < NR; ++p) op[p] = o[p] + o_off;
+    for (int64_t c = 0; c < C; ++c) {
+      V ov[NR];
+#pragma GCC unroll 8
+      for (int p = 0; p < NR; ++p) ov[p] = ld(op[p] + c * os);
+      const T* vc = v + c * vs;
+#pragma GCC unroll 8
+      for (int b = 0; b < NB; ++b) {
+        V vv = ld(vc + cb[b]);
+        in_reg(vv);
+#pragma GCC unroll 8
+        for (int p = 0; p < NR; ++p) ov[p] += wr[p][b] * vv;
+      }
+#pragma GCC unroll 8
+      for (int p = 0; p < NR; ++p) st(op[p] + c * os, ov[p]);
     }
-#pragma GCC unroll 16
-    for (int xx = 0; xx < XB; ++xx) op[xx] = o[xx];
-  }
+  };
+  run(0, v1, C1);
+  if (C2) run(C1 * os, v2, C2);
 }
 
-// d[c*ds + cols[b] + xx] += w[b*ws + xx] * a[c*as + xx], c < C (the transpose of agg_tile).
+// d[c*ds + cols[b]] += sum_p w[p][b*ws] * a[p][c*as], c < C, b < nb (the transpose of agg_tile).
 // b outer, c inner: consecutive read-modify-writes hit different channels, so the
-// overlapping windows of neighbouring b never wait on store forwarding.
-template <typename T, int XB, int NB>
-inline void scatter_tile(const T* w, int64_t ws, const T* a, int64_t as, int64_t C, const int64_t* cols,
-                         T* d, int64_t ds) {
+// overlapping vectors of neighbouring b never wait on store forwarding.
+template <typename T, int NR>
+inline void scatter_tile(const T* const* w, int64_t ws, const T* const* a, int64_t as, int64_t C,
+                         const int64_t* cols, int nb, T* d, int64_t ds) {
+  using V = V_t<T>;
+  const T* ap[NR];
 #pragma GCC unroll 8
-  for (int b = 0; b < NB; ++b) {
-    T wr[XB];
-#pragma GCC unroll 16
-    for (int xx = 0; xx < XB; ++xx) wr[xx] = w[b * ws + xx];
+  for (int p = 0; p < NR; ++p) ap[p] = a[p];
+  for (int b = 0; b < nb; ++b) {
+    V wr[NR];
+#pragma GCC unroll 8
+    for (int p = 0; p < NR; ++p) wr[p] = ld(w[p] + b * ws);
     T* db = d + cols[b];
     for (int64_t c = 0; c < C; ++c) {
-      const T* ap = a + c * as;
-      T* dp = db + c * ds;
-#pragma GCC unroll 16
-      for (int xx = 0; xx < XB; ++xx) dp[xx] += wr[xx] * ap[xx];
+      V t = ld(db + c * ds);
+#pragma GCC unroll 8
+      for (int p = 0; p < NR; ++p) t += wr[p] * ld(ap[p] + c * as);
+      st(db + c * ds, t);
     }
   }
 }
 
-enum class Tile { Corr, Agg, Scatter };
-
-template <Tile K, typename T, int XB, int NB>
-inline void run_tile(const T* p0, int64_t s0, const T* p1, int64_t s1, int64_t C, const int64_t* cols, T* p2,
-                     int64_t s2) {
-  if constexpr (K == Tile::Corr) corr_tile<T, XB, NB>(p0, s0, p1, s1, C, cols, p2);
-  else if constexpr (K == Tile::Agg) agg_tile<T, XB, NB>(p0, s0, p1, s1, C, cols, p2, s2);
-  else scatter_tile<T, XB, NB>(p0, s0, p1, s1, C, cols, p2, s2);
+template <typename T, int NB>
+inline void corr_nr(int nr, const T* const* a, int64_t as, const T* k1, int64_t C1, const T* k2, int64_t C2,
+                    int64_t ks, const int64_t* cols, T* const* o, int64_t os, T* const* mx) {
+  switch (nr) {
+    case 1: corr_tile<T, 1, NB>(a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
+    case 2: if constexpr (max_nr(NB) >= 2) corr_tile<T, 2, NB>(a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
+    case 3: if constexpr (max_nr(NB) >= 3) corr_tile<T, 3, NB>(a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
+    default: if constexpr (max_nr(NB) >= 4) corr_tile<T, 4, NB>(a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
+  }
 }
 
-template <Tile K, typename T, int XB>
-inline void dispatch_nb(int nb, const T* p0, int64_t s0, const T* p1, int64_t s1, int64_t C, const int64_t* cols,
-                        T* p2, int64_t s2) {
+template <typename T>
+inline void corr(int nr, int nb, const T* const* a, int64_t as, const T* k1, int64_t C1, const T* k2, int64_t C2,
+                 int64_t ks, const int64_t* cols, T* const* o, int64_t os, T* const* mx) {
   switch (nb) {
-    case 1: run_tile<K, T, XB, 1>(p0, s0, p1, s1, C, cols, p2, s2); break;
-    case 2: run_tile<K, T, XB, 2>(p0, s0, p1, s1, C, cols, p2, s2); break;
-    case 3: run_tile<K, T, XB, 3>(p0, s0, p1, s1, C, cols, p2, s2); break;
-    case 4: run_tile<K, T, XB, 4>(p0, s0, p1, s1, C, cols, p2, s2); break;
-    case 5: run_tile<K, T, XB, 5>(p0, s0, p1, s1, C, cols, p2, s2); break;
-    case 6: run_tile<K, T, XB, 6>(p0, s0, p1, s1, C, cols, p2, s2); break;
-    case 7: run_tile<K, T, XB, 7>(p0, s0, p1, s1, C, cols, p2, s2); break;
-    default: run_tile<K, T, XB, 8>(p0, s0, p1, s1, C, cols, p2, s2); break;
+    case 1: corr_nr<T, 1>(nr, a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
+    case 2: corr_nr<T, 2>(nr, a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
+    case 3: corr_nr<T, 3>(nr, a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
+    case 4: corr_nr<T, 4>(nr, a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
+    case 5: corr_nr<T, 5>(nr, a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
+    case 6: corr_nr<T, 6>(nr, a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
+    default: corr_nr<T, 7>(nr, a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
   }
 }
 
-// Walk the columns x of one row in chunks of 16, 8, 4, 1 and the window columns in
-// blocks of up to kMaxNB; f(XB-tag, x0, b0, nb) is called per tile.
-template <typename F>
-inline void for_tiles(int64_t Wo, int64_t ka, F&& f) {
-  int64_t x0 = 0;
-  auto run = [&](auto xb) {
-    constexpr int XB = decltype(xb)::value;
-    for (; x0 + XB <= Wo; x0 += XB)
-      for (int64_t b0 = 0; b0 < ka; b0 += kMaxNB) f(xb, x0, b0, static_cast<int>(std::min<int64_t>(kMaxNB, ka - b0)));
-  };
-  run(std::integral_constant<int, 16>{});
-  run(std::integral_constant<int, 8>{});
-  run(std::integral_constant<int, 4>{});
-  run(std::integral_constant<int, 1>{});
-}
-
-// L[j][x] = sum_{c < Ca} a[c][y][x] * key(c)[y*S + i*dil][col(b) + x], j = i*ka + b;
-// key(c) = kd channel c for c < Ck, else extra channel c - Ck (the grid).
-template <typename T>
-void correlate_row(const Geometry& g, const T* a, int64_t Ca, const T* kd, int64_t Ck, const T* extra,
-                   int64_t y, T* L, const int64_t* cols) {
-  const int64_t Wo = g.Wo, HWo = g.Ho * g.Wo;
-  for (int64_t i = 0; i < g.ka; ++i) {
-    const int64_t roff = (y * g.S + i * g.dil) * g.row();
-    for_tiles(Wo, g.ka, [&](auto xb, int64_t x0, int64_t b0, int nb) {
-      constexpr int XB = decltype(xb)::value;
-      T acc[kMaxNB * XB] = {};
-      const T* arow = a + y * Wo + x0;
-      dispatch_nb<Tile::Corr, T, XB>(nb, arow, HWo, kd + roff + x0, g.plane(), std::min(Ca, Ck), cols + b0, acc, 0);
-      if (Ca > Ck)
-        dispatch_nb<Tile::Corr, T, XB>(nb, arow + Ck * HWo, HWo, extra + roff + x0, g.plane(), Ca - Ck, cols + b0,
-                                       acc, 0);
-      for (int b = 0; b < nb; ++b)
-        std::copy(acc + b * XB, acc + (b + 1) * XB, L + (i * g.ka + b0 + b) * Wo + x0);
-    });
-  }
-}
-
-// out[c][y][x] = sum_j w[j][x] * val(c)[y*S + i*dil][col(b) + x] for c < Cout; w row j at w + j*ws;
-// val(c) = vd channel c for c < Cv, else extra channel c - Cv.
-template <typename T>
-void aggregate_row(const Geometry& g, const T* w, int64_t ws, const T* vd, int64_t Cv, const T* extra,
-                   int64_t Cout, int64_t y, T* out, const int64_t* cols) {
-  const int64_t Wo = g.Wo, HWo = g.Ho * g.Wo;
-  for (int64_t c = 0; c < Cout; ++c) std::fill(out + c * HWo + y * Wo, out + c * HWo + (y + 1) * Wo, T(0));
-  for (int64_t i = 0; i < g.ka; ++i) {
-    const int64_t roff = (y * g.S + i * g.dil) * g.row();
-    for_tiles(Wo, g.ka, [&](auto xb, int64_t x0, int64_t b0, int nb) {
-      constexpr int XB = decltype(xb)::value;
-      const T* wp = w + (i * g.ka + b0) * ws + x0;
-      T* orow = out + y * Wo + x0;
-      dispatch_nb<Tile::Agg, T, XB>(nb, wp, ws, vd + roff + x0, g.plane(), std::min(Cout, Cv), cols + b0, orow, HWo);
-      if (Cout > Cv)
-        dispatch_nb<Tile::Agg, T, XB>(nb, wp, ws, extra + roff + x0, g.plane(), Cout - Cv, cols + b0,
-                                      orow + Cv * HWo, HWo);
-    });
+template <typename T, int NB>
+inline void agg_nr(int nr, const T* const* w, int64_t ws, const T* v1, int64_t C1, const T* v2, int64_t C2,
+                   int64_t vs, const int64_t* cols, T* const* o, int64_t os) {
+  switch (nr) {
+    case 1: agg_tile<T, 1, NB>(w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
+    case 2: if constexpr (max_nr(NB) >= 2) agg_tile<T, 2, NB>(w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
+    case 3: if constexpr (max_nr(NB) >= 3) agg_tile<T, 3, NB>(w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
+    default: if constexpr (max_nr(NB) >= 4) agg_tile<T, 4, NB>(w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
   }
 }
 
 template <typename T>
-void softmax_row(const Geometry& g, T* L, T* tmp) {
-  const int64_t Wo = g.Wo, K2 = g.K2();
-  T* __restrict__ m = tmp;
-  T* __restrict__ s = tmp + Wo;
-  std::copy(L, L + Wo, m);
-  for (int64_t j = 1; j < K2; ++j) {
-    const T* __restrict__ l = L + j * Wo;
-    for (int64_t x = 0; x < Wo; ++x) m[x] = l[x] > m[x] ? l[x] : m[x];
+inline void agg(int nr, int nb, const T* const* w, int64_t ws, const T* v1, int64_t C1, const T* v2, int64_t C2,
+                int64_t vs, const int64_t* cols, T* const* o, int64_t os) {
+  switch (nb) {
+    case 1: agg_nr<T, 1>(nr, w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
+    case 2: agg_nr<T, 2>(nr, w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
+    case 3: agg_nr<T, 3>(nr, w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
+    case 4: agg_nr<T, 4>(nr, w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
+    case 5: agg_nr<T, 5>(nr, w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
+    case 6: agg_nr<T, 6>(nr, w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
+    default: agg_nr<T, 7>(nr, w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
   }
-  std::fill(s, s + Wo, T(0));
-  for (int64_t j = 0; j < K2; ++j) {
-    T* __restrict__ l = L + j * Wo;
-    for (int64_t x = 0; x < Wo; ++x) {
-      l[x] = softmax_exp(l[x] - m[x]);
-      s[x] += l[x];
+}
+
+template <typename T>
+inline void scatter(int nr, int nb, const T* const* w, int64_t ws, const T* const* a, int64_t as, int64_t C,
+                    const int64_t* cols, T* d, int64_t ds) {
+  switch (nr) {
+    case 1: scatter_tile<T, 1>(w, ws, a, as, C, cols, nb, d, ds); break;
+    case 2: scatter_tile<T, 2>(w, ws, a, as, C, cols, nb, d, ds); break;
+    case 3: scatter_tile<T, 3>(w, ws, a, as, C, cols, nb, d, ds); break;
+    default: scatter_tile<T, 4>(w, ws, a, as, C, cols, nb, d, ds); break;
+  }
+}
+
+// 64-byte aligned scratch owned by one thread.
+template <typename T>
+struct Scratch {
+  std::unique_ptr<T, decltype(&std::free)> p{nullptr, &std::free};
+  int64_t n = 0;
+  T* get(int64_t need) {
+    if (need > n) {
+      const size_t bytes = ((static_cast<size_t>(need) * sizeof(T) + 63) / 64) * 64;
+      p.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
+      TORCH_CHECK(p, "window attention: out of memory for a scratch buffer");
+      n = need;
+    }
+    return p.get();
+  }
+};
+
+// One block of output rows y0 .. y0 + nrows - 1 of one (b, n): the (y, i) pairs per padded row r,
+// in groups of at most max_nr(nb) rows, and the scratch layouts.
+struct Block {
+  struct Group { int64_t r; int n; int yy[kMaxNR]; int i[kMaxNR]; };
+  int64_t y0, nrows, R, Wp;
+  std::vector<Group> groups;
+  Block(const Geometry& g, int64_t y0_, int64_t nrows_, int64_t R_, int64_t Wp_, int nr_max)
+      : y0(y0_), nrows(nrows_), R(R_), Wp(Wp_) {
+    const int64_t rlo = y0 * g.S, rhi = (y0 + nrows - 1) * g.S + (g.ka - 1) * g.dil;
+    for (int64_t r = rlo; r <= rhi; ++r) {
+      Group cur{r, 0, {}, {}};
+      for (int64_t yy = 0; yy < nrows; ++yy) {
+        const int64_t d = r - (y0 + yy) * g.S;
+        if (d < 0 || d % g.dil != 0 || d / g.dil >= g.ka) continue;
+        cur.yy[cur.n] = static_cast<int>(yy);
+        cur.i[cur.n] = static_cast<int>(d / g.dil);
+        if (++cur.n == nr_max) { groups.push_back(cur); cur.n = 0; }
+      }
+      if (cur.n) groups.push_back(cur);
     }
   }
-  for (int64_t x = 0; x < Wo; ++x) s[x] = T(1) / s[x];
-  for (int64_t j = 0; j < K2; ++j) {
-    T* __restrict__ l = L + j * Wo;
-    for (int64_t x = 0; x < Wo; ++x) l[x] *= s[x];
+};
+
+// L[yy][j][x] = sum_{c < C1 + C2} a[c][yy][x] * key(c)[r][col(b) + x]: a (C1 + C2, R, Wp) block buffer,
+// key(c) channel c of key1 (C1, Hp, S, Wq) for c < C1, else channel c - C1 of key2; L (R, K2, Wp).
+// With M (R, Wp) given, M[yy][x] = max_j L[yy][j][x].
+template <typename T>
+void block_correlate(const Geometry& g, const Block& blk, const int64_t* cols, const T* a, const T* key1, int64_t C1,
+                     const T* key2, int64_t C2, T* L, T* M) {
+  if (M) std::fill(M, M + blk.R * blk.Wp, -std::numeric_limits<T>::infinity());
+  const int64_t K2 = g.K2(), Wp = blk.Wp, L_ = Vec<T>::L;
+  for (const auto& gr : blk.groups) {
+    const int64_t roff = gr.r * g.row();
+    for (int64_t x0 = 0; x0 < Wp; x0 += L_) {
+      for (int64_t b0 = 0; b0 < g.ka; b0 += kMaxNB) {
+        const int nb = static_cast<int>(std::min<int64_t>(kMaxNB, g.ka - b0));
+        const T* ap[kMaxNR];
+        T* op[kMaxNR];
+        T* mp[kMaxNR];
+        for (int p = 0; p < gr.n; ++p) {
+          ap[p] = a + gr.yy[p] * Wp + x0;
+          op[p] = L + (gr.yy[p] * K2 + gr.i[p] * g.ka + b0) * Wp + x0;
+          mp[p] = M ? M + gr.yy[p] * Wp + x0 : nullptr;
+        }
+        corr<T>(gr.n, nb, ap, blk.R * Wp, key1 + roff + x0, C1, key2 ? key2 + roff + x0 : nullptr, C2, g.plane(),
+                cols + b0, op, Wp, M ? mp : nullptr);
+      }
+    }
   }
 }
 
-// Rows are independent tasks, handed out dynamically: on a shared machine a descheduled
-// thread then delays only its own rows, not a static half of the work. Same OpenMP runtime
-// (and thread count) as torch.
-template <typename F>
-void parallel_rows(int64_t n, F&& f) {
-  const int nt = at::in_parallel_region() ? 1 : at::get_num_threads();
-#pragma omp parallel for schedule(dynamic, 2) num_threads(nt)
-  for (int64_t t = 0; t < n; ++t) f(t);
+// out[c][yy][x] = sum_j w[yy][j][x] * val(c)[r][col(b) + x]: w (R, K2, Wp), out (C1 + C2, R, Wp), zeroed
+// here; val(c) channel c of val1 for c < C1, else channel c - C1 of val2.
+template <typename T>
+void block_aggregate(const Geometry& g, const Block& blk, const int64_t* cols, const T* w, const T* val1, int64_t C1,
+                     const T* val2, int64_t C2, T* out) {
+  const int64_t C = C1 + C2;
+  const int64_t K2 = g.K2(), Wp = blk.Wp, L_ = Vec<T>::L;
+  std::fill(out, out + C * blk.R * Wp, T(0));
+  for (const auto& gr : blk.groups) {
+    const int64_t roff = gr.r * g.row();
+    for (int64_t x0 = 0; x0 < Wp; x0 += L_) {
+      for (int64_t b0 = 0; b0 < g.ka; b0 += kMaxNB) {
+        const int nb = static_cast<int>(std::min<int64_t>(kMaxNB, g.ka - b0));
+        const T* wp[kMaxNR];
+        T* op[kMaxNR];
+        for (int p = 0; p < gr.n; ++p) {
+          wp[p] = w + (gr.yy[p] * K2 + gr.i[p] * g.ka + b0) * Wp + x0;
+          op[p] = out + gr.yy[p] * Wp + x0;
+        }
+        agg<T>(gr.n, nb, wp, Wp, val1 + roff + x0, C1, val2 ? val2 + roff + x0 : nullptr, C2, g.plane(), cols + b0,
+               op, blk.R * Wp);
+      }
+    }
+  }
 }
 
-template <typename T, typename F>
-void parallel_rows_scratch(int64_t n, int64_t scratch, F&& f) {
-  const int nt = at::in_parallel_region() ? 1 : at::get_num_threads();
-#pragma omp parallel num_threads(nt)
+// dst(c)[r][col(b) + x] += sum over the block's (yy, i) of w[yy][j][x] * a[c][yy][x]; dst (C, Hp, S, Wq)
+// with at least one vector of slack after it.
+template <typename T>
+void block_scatter(const Geometry& g, const Block& blk, const int64_t* cols, const T* w, const T* a, int64_t C,
+                   T* dst) {
+  const int64_t K2 = g.K2(), Wp = blk.Wp, L_ = Vec<T>::L;
+  for (const auto& gr : blk.groups) {
+    T* drow = dst + gr.r * g.row();
+    for (int64_t x0 = 0; x0 < Wp; x0 += L_) {
+      for (int64_t b0 = 0; b0 < g.ka; b0 += kMaxNB) {
+        const int nb = static_cast<int>(std::min<int64_t>(kMaxNB, g.ka - b0));
+        const T* wp[kMaxNR];
+        const T* ap[kMaxNR];
+        for (int p = 0; p < gr.n; ++p) {
+          wp[p] = w + (gr.yy[p] * K2 + gr.i[p] * g.ka + b0) * Wp + x0;
+          ap[p] = a + gr.yy[p] * Wp + x0;
+        }
+        scatter<T>(gr.n, nb, wp, Wp, ap, blk.R * Wp, C, cols + b0, drow + x0, g.plane());
+      }
+    }
+  }
+}
+
+// Unnormalised softmax over j, in place: L[yy][j][x] = exp(L[yy][j][x] - M[yy][x]); M[yy][x] becomes
+// 1 / sum_j of them (M: the row maxima from block_correlate).
+template <typename T>
+void block_softmax_exp(const Geometry& g, const Block& blk, T* L, T* M) {
+  using V = V_t<T>;
+  const int64_t K2 = g.K2(), Wp = blk.Wp, L_ = Vec<T>::L;
+  for (int64_t yy = 0; yy < blk.nrows; ++yy) {
+    T* Ly = L + yy * K2 * Wp;
+    for (int64_t x0 = 0; x0 < Wp; x0 += L_) {
+      const V m = ld(M + yy * Wp + x0);
+      V s = V{};
+      for (int64_t j = 0; j < K2; ++j) {
+        const V e = softmax_exp(ld(Ly + j * Wp + x0) - m);
+        st(Ly + j * Wp + x0, e);
+        s += e;
+      }
+      st(M + yy * Wp + x0, T(1) / s);
+    }
+  }
+}
+
+// L[yy][j][x] *= inv[yy][x] (the softmax weights); lanes x >= Wo set to 0, so that scatters
+// from them add exact zeros.
+template <typename T>
+void block_normalise(const Geometry& g, const Block& blk, T* L, const T* inv) {
+  const int64_t K2 = g.K2(), Wp = blk.Wp, L_ = Vec<T>::L;
+  for (int64_t yy = 0; yy < blk.nrows; ++yy) {
+    T* Ly = L + yy * K2 * Wp;
+    for (int64_t x0 = 0; x0 < Wp; x0 += L_) {
+      const V_t<T> s = ld(inv + yy * Wp + x0);
+      for (int64_t j = 0; j < K2; ++j) st(Ly + j * Wp + x0, ld(Ly + j * Wp + x0) * s);
+    }
+    if (Wp > g.Wo)
+      for (int64_t j = 0; j < K2; ++j) std::fill(Ly + j * Wp + g.Wo, Ly + (j + 1) * Wp, T(0));
+  }
+}
+
+// n values from s to d: whole vectors, then a scalar tail.
+template <typename T>
+inline void copy_row(const T* s, int64_t n, T* d) {
+  int64_t x = 0;
+  for (; x + Vec<T>::L <= n; x += Vec<T>::L) st(d + x, ld(s + x));
+  for (; x < n; ++x) d[x] = s[x];
+}
+
+// src (BN-slice) rows y0 .. y0+nrows-1 of C channels (C, Ho, Wo) -> dst (C, R, Wp), zero-padded.
+template <typename T>
+void load_rows(const Geometry& g, const Block& blk, const T* src, int64_t C, T* dst) {
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t yy = 0; yy < blk.R; ++yy) {
+      T* d = dst + (c * blk.R + yy) * blk.Wp;
+      if (yy < blk.nrows) {
+        copy_row(src + (c * g.Ho + blk.y0 + yy) * g.Wo, g.Wo, d);
+        std::fill(d + g.Wo, d + blk.Wp, T(0));
+      } else {
+        std::fill(d, d + blk.Wp, T(0));
+      }
+    }
+}
+
+// (C, R, Wp) block buffer -> rows y0 .. of dst (C, Ho, Wo), times scale[yy][x] (R, Wp) where given.
+template <typename T>
+void store_rows(const Geometry& g, const Block& blk, T* src, int64_t C, T* dst, const T* scale) {
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t yy = 0; yy < blk.nrows; ++yy) {
+      T* s = src + (c * blk.R + yy) * blk.Wp;
+      if (scale)
+        for (int64_t x0 = 0; x0 < blk.Wp; x0 += Vec<T>::L) st(s + x0, ld(s + x0) * ld(scale + yy * blk.Wp + x0));
+      copy_row(s, g.Wo, dst + (c * g.Ho + blk.y0 + yy) * g.Wo);
+    }
+}
+
+// Reads of a padded row run up to one vector past its end; only the last channel of the
+// tensor has nothing after it, so the last (b, n) slice (and the grid) are read from a copy
+// with a vector of zeros after it.
+template <typename T>
+const T* with_slack(const T* src, int64_t n, std::vector<T>& buf) {
+  buf.assign(n + Vec<T>::L, T(0));
+  std::copy(src, src + n, buf.data());
+  return buf.data();
+}
+
+int64_t block_rows(const Geometry& g) {
+  // enough rows that a padded row is shared by several output rows; the per-block buffers
+  // (R x K2 x Wp) stay in L2.
+  return std::max<int64_t>(1, std::min<int64_t>(g.Ho, 6 / std::max<int64_t>(1, g.S) + 2));
+}
+
+template <typename F>
+void parallel_tasks(int64_t n, F&& f) {
+  const int nt = at::in_parallel_region() ? 1 : static_cast<int>(std::min<int64_t>(at::get_num_threads(), n));
+#pragma omp parallel num_threads(std::max(nt, 1))
   {
-    std::vector<T> buf(scratch);
-#pragma omp for schedule(dynamic, 2)
-    for (int64_t t = 0; t < n; ++t) f(t, buf.data());
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < n; ++t) f(t);
   }
 }
 
@@ -278,6 +501,7 @@ Geometry geometry(const at::Tensor& q, const at::Tensor& kd, const at::Tensor& g
     TORCH_CHECK(t->is_contiguous(), "window attention extension: contiguous tensors only");
     TORCH_CHECK(t->scalar_type() == q.scalar_type(), "window attention extension: one dtype for all inputs");
   }
+  TORCH_CHECK(ka >= 1 && dil >= 1, "window attention: kernel_att and dilation must be >= 1");
   Geometry g;
   g.BN = q.size(0); g.Cq = q.size(1); g.Ho = q.size(2); g.Wo = q.size(3);
   g.Ck = kd.size(1); g.Hp = kd.size(2); g.S = kd.size(3); g.Wq = kd.size(4);
@@ -294,118 +518,128 @@ Geometry geometry(const at::Tensor& q, const at::Tensor& kd, const at::Tensor& g
 
 }  // namespace
 
-// save_weights = false (inference): the softmax weights live only in a per-thread row buffer.
+// save_weights = false (inference / training): the softmax weights live only in per-block buffers.
 std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& kd, const at::Tensor& grid,
                                 const at::Tensor& vd, int64_t ka, int64_t dil, bool save_weights) {
   const Geometry g = geometry(q, kd, grid, vd, ka, dil);
   auto out = at::empty({g.BN, g.Cv, g.Ho, g.Wo}, q.options());
   auto weights = save_weights ? at::empty({g.BN, g.K2(), g.Ho, g.Wo}, q.options()) : at::empty({0}, q.options());
+  if (g.BN == 0 || g.Ho == 0 || g.Wo == 0) return {out, weights};
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "window_attention_forward", [&] {
-    const scalar_t* Q = q.data_ptr<scalar_t>();
-    const scalar_t* K = kd.data_ptr<scalar_t>();
-    const scalar_t* Gd = grid.data_ptr<scalar_t>();
-    const scalar_t* V = vd.data_ptr<scalar_t>();
-    scalar_t* O = out.data_ptr<scalar_t>();
-    scalar_t* Wt = weights.data_ptr<scalar_t>();
+    using T = scalar_t;
+    const int64_t K2 = g.K2(), HWo = g.Ho * g.Wo, L_ = Vec<T>::L;
+    const int64_t Wp = (g.Wo + L_ - 1) / L_ * L_, R = block_rows(g), nblk = (g.Ho + R - 1) / R;
+    const T* Q = q.data_ptr<T>();
+    const T* K = kd.data_ptr<T>();
+    const T* V = vd.data_ptr<T>();
+    T* O = out.data_ptr<T>();
+    T* Wt = save_weights ? weights.data_ptr<T>() : nullptr;
+    std::vector<T> grid_buf, klast, vlast;
+    const T* Gd = with_slack(grid.data_ptr<T>(), g.G * g.plane(), grid_buf);
+    const T* Klast = with_slack(K + (g.BN - 1) * g.Ck * g.plane(), g.Ck * g.plane(), klast);
+    const T* Vlast = with_slack(V + (g.BN - 1) * g.Cv * g.plane(), g.Cv * g.plane(), vlast);
     const std::vector<int64_t> cols = g.cols();
-    parallel_rows_scratch<scalar_t>(g.BN * g.Ho, (g.K2() + 2) * g.Wo, [&](int64_t t, scalar_t* L) {
-      const int64_t bn = t / g.Ho, y = t % g.Ho;
-      scalar_t* tmp = L + g.K2() * g.Wo;
-      correlate_row(g, Q + bn * g.Cq * g.Ho * g.Wo, g.Cq, K + bn * g.Ck * g.plane(), g.Ck, Gd, y, L, cols.data());
-      softmax_row(g, L, tmp);
-      if (save_weights) {
-        scalar_t* wout = Wt + bn * g.K2() * g.Ho * g.Wo;
-        for (int64_t j = 0; j < g.K2(); ++j) std::copy(L + j * g.Wo, L + (j + 1) * g.Wo, wout + (j * g.Ho + y) * g.Wo);
-      }
-      aggregate_row(g, L, g.Wo, V + bn * g.Cv * g.plane(), g.Cv, static_cast<const scalar_t*>(nullptr), g.Cv, y,
-                    O + bn * g.Cv * g.Ho * g.Wo, cols.data());
+    const int64_t n_qs = g.Cq * R * Wp, n_L = R * K2 * Wp, n_os = g.Cv * R * Wp, n_M = R * Wp;
+    parallel_tasks(g.BN * nblk, [&](int64_t t) {
+      thread_local Scratch<T> scratch;
+      T* qs = scratch.get(n_qs + n_L + n_os + n_M);
+      T* Lg = qs + n_qs;
+      T* os = Lg + n_L;
+      T* M = os + n_os;
+      const int64_t bn = t / nblk, y0 = (t % nblk) * R;
+      const Block blk(g, y0, std::min(R, g.Ho - y0), R, Wp, max_nr(static_cast<int>(std::min<int64_t>(g.ka, kMaxNB))));
+      const T* Kb = bn == g.BN - 1 ? Klast : K + bn * g.Ck * g.plane();
+      const T* Vb = bn == g.BN - 1 ? Vlast : V + bn * g.Cv * g.plane();
+      load_rows(g, blk, Q + bn * g.Cq * HWo, g.Cq, qs);
+      block_correlate(g, blk, cols.data(), qs, Kb, g.Ck, Gd, g.G, Lg, M);
+      block_softmax_exp(g, blk, Lg, M);  // M now holds 1 / sum_j exp: applied to the output
+      if (Wt)
+        for (int64_t yy = 0; yy < blk.nrows; ++yy)
+          for (int64_t j = 0; j < K2; ++j)
+            for (int64_t x = 0; x < g.Wo; ++x)
+              Wt[((bn * K2 + j) * g.Ho + y0 + yy) * g.Wo + x] = Lg[(yy * K2 + j) * Wp + x] * M[yy * Wp + x];
+      block_aggregate(g, blk, cols.data(), Lg, Vb, g.Cv, Vb, 0, os);
+      store_rows(g, blk, os, g.Cv, O + bn * g.Cv * HWo, M);
     });
   });
   return {out, weights};
 }
 
-// Backward. Nothing of size k_a^2 is saved by the forward: the softmax weights are
-// recomputed here (same code and order as the forward, so bitwise the same) into one buffer,
-// used for dv, then overwritten in place with d loss / d logits for dq and dk. The buffer
-// belongs to this call, so the graph can be differentiated any number of times.
+// Backward, one task per (b, n): its blocks of output rows run in order and scatter dk and dv
+// into a private buffer of that (b, n), so no two threads ever write the same element and no
+// global k_a^2-sized buffer exists. Per block, with everything hot in cache: the softmax
+// weights P are recomputed (same code as the forward: bitwise the same), dW_j = dout . v_j,
+// dlogit_j = P_j (dW_j - sum_i P_i dW_i), dq = sum_j dlogit_j key_j, dk += dlogit_j q,
+// dv += P_j dout.
 std::vector<at::Tensor> backward(const at::Tensor& dout_in, const at::Tensor& q, const at::Tensor& kd,
                                  const at::Tensor& grid, const at::Tensor& vd, int64_t ka, int64_t dil) {
   const Geometry g = geometry(q, kd, grid, vd, ka, dil);
   const at::Tensor dout = dout_in.contiguous();
-  TORCH_CHECK(dout.sizes() == at::IntArrayRef({g.BN, g.Cv, g.Ho, g.Wo}), "window attention: grad shape");
-  auto weights = at::empty({g.BN, g.K2(), g.Ho, g.Wo}, q.options());
+  TORCH_CHECK(dout.sizes() == at::IntArrayRef({g.BN, g.Cv, g.Ho, g.Wo}) && dout.scalar_type() == q.scalar_type(),
+              "window attention: the output gradient must match the output's shape and dtype");
   auto dq = at::empty_like(q);
-  auto dkd = at::zeros_like(kd);
-  auto dvd = at::zeros_like(vd);
-  const int64_t K2 = g.K2(), HWo = g.Ho * g.Wo;
+  auto dkd = at::empty_like(kd);
+  auto dvd = at::empty_like(vd);
+  if (g.BN == 0) return {dq, dkd, dvd};
+  if (g.Ho == 0 || g.Wo == 0) return {dq.zero_(), dkd.zero_(), dvd.zero_()};
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "window_attention_backward", [&] {
-    const scalar_t* Q = q.data_ptr<scalar_t>();
-    const scalar_t* K = kd.data_ptr<scalar_t>();
-    const scalar_t* Gd = grid.data_ptr<scalar_t>();
-    const scalar_t* V = vd.data_ptr<scalar_t>();
-    scalar_t* Wt = weights.data_ptr<scalar_t>();
-    const scalar_t* D = dout.data_ptr<scalar_t>();
-    scalar_t* DQ = dq.data_ptr<scalar_t>();
-    scalar_t* DK = dkd.data_ptr<scalar_t>();
-    scalar_t* DV = dvd.data_ptr<scalar_t>();
+    using T = scalar_t;
+    const int64_t K2 = g.K2(), HWo = g.Ho * g.Wo, L_ = Vec<T>::L;
+    const int64_t Wp = (g.Wo + L_ - 1) / L_ * L_, R = block_rows(g), nblk = (g.Ho + R - 1) / R;
+    const T* Q = q.data_ptr<T>();
+    const T* K = kd.data_ptr<T>();
+    const T* V = vd.data_ptr<T>();
+    const T* D = dout.data_ptr<T>();
+    T* DQ = dq.data_ptr<T>();
+    T* DK = dkd.data_ptr<T>();
+    T* DV = dvd.data_ptr<T>();
+    std::vector<T> grid_buf, klast, vlast;
+    const T* Gd = with_slack(grid.data_ptr<T>(), g.G * g.plane(), grid_buf);
+    const T* Klast = with_slack(K + (g.BN - 1) * g.Ck * g.plane(), g.Ck * g.plane(), klast);
+    const T* Vlast = with_slack(V + (g.BN - 1) * g.Cv * g.plane(), g.Cv * g.plane(), vlast);
     const std::vector<int64_t> cols = g.cols();
-    // Scatter phases run one padded row r at a time (each row owned by one task: no races):
-    // dst[r] += sum over (y, i) with y*S + i*dil = r of w_j(y) * src(y).
-    // src holds src_C channels per (b, n); the first C of them are scattered into dst (C per (b, n)).
-    auto scatter = [&](const scalar_t* Wsrc, const scalar_t* src, int64_t src_C, int64_t C, scalar_t* dst) {
-      parallel_rows(g.BN * g.Hp, [&](int64_t t) {
-        const int64_t bn = t / g.Hp, r = t % g.Hp;
-        for (int64_t i = 0; i < g.ka; ++i) {
-          const int64_t r0 = r - i * g.dil;
-          if (r0 < 0 || r0 % g.S != 0) continue;
-          const int64_t y = r0 / g.S;
-          if (y >= g.Ho) continue;
-          for_tiles(g.Wo, g.ka, [&](auto xb, int64_t x0, int64_t b0, int nb) {
-            constexpr int XB = decltype(xb)::value;
-            const int64_t woff = (bn * K2 + i * g.ka + b0) * HWo + y * g.Wo + x0;
-            dispatch_nb<Tile::Scatter, scalar_t, XB>(nb, Wsrc + woff, HWo, src + bn * src_C * HWo + y * g.Wo + x0, HWo,
-                                                     C, cols.data() + b0,
-                                                     dst + bn * C * g.plane() + r * g.row() + x0, g.plane());
-          });
-        }
-      });
-    };
-    // Phase 0: the softmax weights, one output row at a time.
-    parallel_rows_scratch<scalar_t>(g.BN * g.Ho, (K2 + 2) * g.Wo, [&](int64_t t, scalar_t* L) {
-      const int64_t bn = t / g.Ho, y = t % g.Ho;
-      correlate_row(g, Q + bn * g.Cq * HWo, g.Cq, K + bn * g.Ck * g.plane(), g.Ck, Gd, y, L, cols.data());
-      softmax_row(g, L, L + K2 * g.Wo);
-      scalar_t* wout = Wt + bn * K2 * HWo;
-      for (int64_t j = 0; j < K2; ++j) std::copy(L + j * g.Wo, L + (j + 1) * g.Wo, wout + (j * g.Ho + y) * g.Wo);
-    });
-    // Phase 1: dv from the softmax weights and dout.
-    scatter(Wt, D, g.Cv, g.Cv, DV);
-    // Phase 2, one output row at a time: dW_j = dout . v_j, softmax backward written over the
-    // weights (dlogit_j = w_j (dW_j - sum_i w_i dW_i)), dq = sum_j dlogit_j k_j.
-    parallel_rows_scratch<scalar_t>(g.BN * g.Ho, (K2 + 1) * g.Wo, [&](int64_t t, scalar_t* scratch) {
-      const int64_t bn = t / g.Ho, y = t % g.Ho;
-      scalar_t* dw = scratch;
-      scalar_t* dot = scratch + K2 * g.Wo;
-      correlate_row(g, D + bn * g.Cv * HWo, g.Cv, V + bn * g.Cv * g.plane(), g.Cv,
-                    static_cast<const scalar_t*>(nullptr), y, dw, cols.data());
-      scalar_t* w = Wt + bn * K2 * HWo + y * g.Wo;
-      std::fill(dot, dot + g.Wo, scalar_t(0));
-      for (int64_t j = 0; j < K2; ++j) {
-        const scalar_t* __restrict__ wj = w + j * HWo;
-        const scalar_t* __restrict__ dj = dw + j * g.Wo;
-        scalar_t* __restrict__ s = dot;
-        for (int64_t x = 0; x < g.Wo; ++x) s[x] += wj[x] * dj[x];
+    const int64_t n_qs = g.Cq * R * Wp, n_ds = g.Cv * R * Wp, n_L = R * K2 * Wp;
+    const int64_t n_dk = g.Ck * g.plane() + L_, n_dv = g.Cv * g.plane() + L_, n_M = R * Wp;
+    parallel_tasks(g.BN, [&](int64_t bn) {
+      thread_local Scratch<T> scratch;
+      T* qs = scratch.get(2 * n_qs + n_ds + 2 * n_L + n_M + n_dk + n_dv);
+      T* dqs = qs + n_qs;
+      T* ds = dqs + n_qs;
+      T* P = ds + n_ds;
+      T* dW = P + n_L;
+      T* M = dW + n_L;
+      T* dK = M + n_M;
+      T* dV = dK + n_dk;
+      std::fill(dK, dK + n_dk + n_dv, T(0));
+      const T* Kb = bn == g.BN - 1 ? Klast : K + bn * g.Ck * g.plane();
+      const T* Vb = bn == g.BN - 1 ? Vlast : V + bn * g.Cv * g.plane();
+      for (int64_t blk_i = 0; blk_i < nblk; ++blk_i) {
+        const int64_t y0 = blk_i * R;
+        const Block blk(g, y0, std::min(R, g.Ho - y0), R, Wp, max_nr(static_cast<int>(std::min<int64_t>(g.ka, kMaxNB))));
+        load_rows(g, blk, Q + bn * g.Cq * HWo, g.Cq, qs);
+        load_rows(g, blk, D + bn * g.Cv * HWo, g.Cv, ds);
+        block_correlate(g, blk, cols.data(), qs, Kb, g.Ck, Gd, g.G, P, M);
+        block_softmax_exp(g, blk, P, M);
+        block_normalise(g, blk, P, M);
+        block_correlate(g, blk, cols.data(), ds, Vb, g.Cv, Vb, 0, dW, static_cast<T*>(nullptr));
+        // softmax backward, written over dW: dlogit_j = P_j (dW_j - sum_i P_i dW_i)
+        using Vt = V_t<T>;
+        for (int64_t yy = 0; yy < blk.nrows; ++yy)
+          for (int64_t x0 = 0; x0 < Wp; x0 += L_) {
+            const T* Py = P + yy * K2 * Wp + x0;
+            T* Dy = dW + yy * K2 * Wp + x0;
+            Vt s = Vt{};
+            for (int64_t j = 0; j < K2; ++j) s += ld(Py + j * Wp) * ld(Dy + j * Wp);
+            for (int64_t j = 0; j < K2; ++j) st(Dy + j * Wp, ld(Py + j * Wp) * (ld(Dy + j * Wp) - s));
+          }
+        block_aggregate(g, blk, cols.data(), dW, Kb, g.Ck, Gd, g.G, dqs);
+        store_rows(g, blk, dqs, g.Cq, DQ + bn * g.Cq * HWo, static_cast<const T*>(nullptr));
+        block_scatter(g, blk, cols.data(), dW, qs, g.Ck, dK);
+        block_scatter(g, blk, cols.data(), P, ds, g.Cv, dV);
       }
-      for (int64_t j = 0; j < K2; ++j) {
-        scalar_t* __restrict__ wj = w + j * HWo;
-        const scalar_t* __restrict__ dj = dw + j * g.Wo;
-        const scalar_t* __restrict__ s = dot;
-        for (int64_t x = 0; x < g.Wo; ++x) wj[x] = wj[x] * (dj[x] - s[x]);
-      }
-      aggregate_row(g, w, HWo, K + bn * g.Ck * g.plane(), g.Ck, Gd, g.Cq, y, DQ + bn * g.Cq * HWo, cols.data());
+      std::copy(dK, dK + g.Ck * g.plane(), DK + bn * g.Ck * g.plane());
+      std::copy(dV, dV + g.Cv * g.plane(), DV + bn * g.Cv * g.plane());
     });
-    // Phase 3: dk from dlogits and the queries (first Ck channels of q).
-    scatter(Wt, Q, g.Cq, g.Ck, DK);
   });
   return {dq, dkd, dvd};
 }

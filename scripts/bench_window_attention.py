@@ -1,0 +1,107 @@
+"""Time the C++ sliding-window attention kernel (modules/_fast/window_attention.cpp), forward and
+backward, at the issue's ResNet-ACmix shapes, optionally side by side with another version of the
+kernel source (e.g. an older commit), interleaved in one process so a shared machine's load hits
+both alike.
+
+    python scripts/bench_window_attention.py                      # this tree's kernel
+    git show HEAD~3:modules/_fast/window_attention.cpp > /tmp/old.cpp
+    python scripts/bench_window_attention.py --baseline /tmp/old.cpp --threads 2
+
+Prints one row per (shape, stride, pass): median ms (IQR) per kernel, and baseline / current.
+Inputs are built as local_attention_fast builds them (N = 4 heads, k_a = 7, float32 by default).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torch.utils.benchmark as tb
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from modules import _fast  # noqa: E402
+from modules.local_attention import position_grid  # noqa: E402
+
+SHAPES = [(8, 64, 56, 56), (8, 128, 28, 28), (8, 256, 14, 14), (32, 64, 32, 32)]
+
+
+def build_baseline(path: str):
+    from torch.utils import cpp_extension
+    src = Path(path).read_text()
+    key = hashlib.sha1((src + torch.__version__).encode()).hexdigest()[:12]
+    d = _fast.cache_dir() / f"bench_baseline_{key}"
+    d.mkdir(parents=True, exist_ok=True)
+    copy = d / "window_attention_baseline.cpp"
+    copy.write_text(src)
+    return cpp_extension.load(name=f"acmix_wa_baseline_{key}", sources=[str(copy)], extra_cflags=_fast._cflags(),
+                              extra_ldflags=["-fopenmp"], build_directory=str(d), verbose=False)
+
+
+def inputs(B, C, H, W, stride, heads=4, ka=7, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    d = C // heads
+    pad = (ka - 1) // 2
+    Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
+    q = torch.randn(B * heads, d + 2, Ho, Wo, generator=g, dtype=dtype) * 0.5
+    k = torch.randn(B * heads, d, H, W, generator=g, dtype=dtype)
+    v = torch.randn(B * heads, d, H, W, generator=g, dtype=dtype)
+    kd = _fast.split_phases(F.pad(k, (pad,) * 4, mode="reflect"), stride).contiguous()
+    vd = _fast.split_phases(F.pad(v, (pad,) * 4, mode="reflect"), stride).contiguous()
+    grid = _fast.split_phases(F.pad(position_grid(H, W, dtype), (pad,) * 4, mode="reflect")[0], stride).contiguous()
+    dout = torch.randn(B * heads, d, Ho, Wo, generator=g, dtype=dtype)
+    return q, kd, grid, vd, dout
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", help="another window_attention.cpp to time side by side")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--strides", default="1,2")
+    ap.add_argument("--shapes", default=";".join(",".join(map(str, s)) for s in SHAPES),
+                    help="B,C,H,W;B,C,H,W;...")
+    ap.add_argument("--min-run-time", type=float, default=1.0)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    cur = _fast.load_extension()
+    if cur is None:
+        raise SystemExit(f"the C++ kernel could not be built: {_fast.extension_error()}")
+    kernels = {"current": cur}
+    if a.baseline:
+        kernels = {"baseline": build_baseline(a.baseline), "current": cur}
+    dtype = getattr(torch, a.dtype)
+    print(f"torch {torch.__version__}, threads {a.threads}, {a.dtype}, k_a 7, 4 heads; median ms (IQR)")
+    names = list(kernels)
+    print("shape            stride pass " + " ".join(f"{n:>18}" for n in names) + ("  baseline/current" if a.baseline else ""))
+    for shape in [tuple(int(x) for x in s.split(",")) for s in a.shapes.split(";")]:
+        for stride in [int(s) for s in a.strides.split(",")]:
+            q, kd, grid, vd, dout = inputs(*shape, stride, dtype=dtype)
+            for pas in ("fwd", "bwd"):
+                stmts = {
+                    n: (lambda m=m: m.forward(q, kd, grid, vd, 7, 1, False)) if pas == "fwd"
+                    else (lambda m=m: m.backward(dout, q, kd, grid, vd, 7, 1))
+                    for n, m in kernels.items()}
+                res = {n: [] for n in names}
+                for _ in range(2):  # interleaved: A, B, A, B
+                    for n in names:
+                        t = tb.Timer("f()", globals={"f": stmts[n]}, num_threads=a.threads)
+                        res[n].append(t.blocked_autorange(min_run_time=a.min_run_time / 2))
+                meds = {}
+                cells = []
+                for n in names:
+                    times = [x for m in res[n] for x in m.times]
+                    tt = torch.tensor(times) * 1e3
+                    meds[n] = tt.median().item()
+                    iqr = (tt.quantile(0.75) - tt.quantile(0.25)).item()
+                    cells.append(f"{meds[n]:9.2f} ({iqr:6.2f})")
+                ratio = f"  {meds['baseline'] / meds['current']:8.2f}x" if a.baseline else ""
+                print(f"{','.join(map(str, shape)):16} {stride:6} {pas:4} " + " ".join(f"{c:>18}" for c in cells) + ratio,
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
