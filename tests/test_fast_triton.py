@@ -219,37 +219,52 @@ def test_unavailable_without_cuda_or_interpreter_says_why(monkeypatch):
 
 
 AOT = r"""
-import sys, triton, triton.language as tl
+import subprocess, sys, tempfile, torch, triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from modules._fast import triton_impl as ti
-for dt in ("fp32", "fp64", "fp16", "bf16"):
-    acc, buf = (tl.float64, "*fp64") if dt == "fp64" else (tl.float32, "*fp32")
-    for fn, ptrs in ((ti._fwd, [dt] * 5), (ti._bwd_q, [dt] * 6 + [buf[1:]] * 2),
-                     (ti._bwd_kv, [dt] * 2 + [buf[1:]] * 2 + [dt] * 2)):
-        names = fn.arg_names
-        sig = {n: "*" + t for n, t in zip(names, ptrs)} | {n: "i32" for n in names[len(ptrs):]}
-        consts = {"K2P": 64, "BLOCK_X": 32, "ACC": acc}
-        sig |= {k: "constexpr" for k in consts}
-        src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()})
-        k = triton.compile(src, target=GPUTarget("cuda", 90, 32))
-        print(dt, fn.__name__, len(k.asm["cubin"]))
+cuobjdump = sys.argv[1]
+for dt, widths in (("fp32", (56, 28, 14)), ("fp64", (56,)), ("fp16", (56,)), ("bf16", (56,))):
+    dtype = {"fp32": torch.float32, "fp64": torch.float64, "fp16": torch.float16, "bf16": torch.bfloat16}[dt]
+    acc, buf = (tl.float64, "fp64") if dt == "fp64" else (tl.float32, "fp32")
+    for wo in widths:
+        K2P, BX, nw = ti._config(7, wo, dtype)  # the launch configuration of k_a 7, output width wo
+        for fn, ptrs in ((ti._fwd, [dt] * 5), (ti._bwd_q, [dt] * 6 + [buf] * 2),
+                         (ti._bwd_kv, [dt] * 2 + [buf] * 2 + [dt] * 2)):
+            names = fn.arg_names
+            sig = {n: "*" + t for n, t in zip(names, ptrs)} | {n: "i32" for n in names[len(ptrs):]}
+            consts = {"K2P": K2P, "BLOCK_X": BX, "ACC": acc}
+            sig |= {k: "constexpr" for k in consts}
+            src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()})
+            k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": nw})
+            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+                f.write(k.asm["cubin"])
+                f.flush()
+                use = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True,
+                                     check=True).stdout
+            res = dict(t.split(":") for l in use.splitlines() if "REG:" in l for t in l.split() if ":" in t)
+            print(dt, wo, fn.__name__, BX, nw, res["REG"], res["STACK"], res["LOCAL"])
 """
 
 
 @needs_triton
-def test_kernels_compile_for_sm90(tmp_path):
-    """Ahead-of-time compile (Triton -> PTX -> cubin with the bundled ptxas) of every kernel and dtype."""
-    spec = importlib.util.find_spec("triton")
-    ptxas = Path(spec.submodule_search_locations[0]) / "backends" / "nvidia" / "bin" / "ptxas"
-    if not ptxas.exists():
-        pytest.skip(f"triton's bundled ptxas is missing ({ptxas})")
+def test_kernels_compile_for_sm90_without_spills(tmp_path):
+    """Ahead-of-time compile (Triton -> PTX -> cubin with the bundled ptxas; no GPU needed) of every kernel at
+    the launch configurations of k_a 7 (output widths 56, 28, 14; float32, float64, float16, bfloat16): each
+    compiles, and none has a stack frame or local memory (where ptxas puts register spills, which would slow
+    the kernel down: 4 warps on the 64x64 float32 tile spill 264 bytes in _bwd_q, hence _config's 8)."""
+    nvbin = Path(triton_impl.triton.__path__[0]) / "backends" / "nvidia" / "bin"
+    if not (nvbin / "ptxas").exists() or not (nvbin / "cuobjdump").exists():
+        pytest.skip(f"triton's bundled ptxas/cuobjdump are missing ({nvbin})")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env |= {"TRITON_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, "-c", AOT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, "-c", AOT, str(nvbin / "cuobjdump")], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    lines = p.stdout.split("\n")
-    assert sum(1 for l in lines if l.strip() and int(l.split()[-1]) > 0) == 12, p.stdout
+    rows = [l.split() for l in p.stdout.splitlines() if l.strip()]
+    assert len(rows) == 18, p.stdout
+    spilled = [r for r in rows if int(r[-1]) or int(r[-2])]
+    assert not spilled, f"kernels spilling (dtype width kernel BLOCK_X warps regs stack local): {spilled}"
 
 
 @pytest.mark.cuda

@@ -9,9 +9,10 @@ timing of it exists. What was checked (tests/test_fast_triton.py, triton 3.8.0):
     three accumulated in float32; a float64 gradcheck of forward/backward as an autograd Function;
     one-line ValueErrors for bad input.
   - compile: all three kernels for float32/float64/float16/bfloat16 compile ahead of time to sm_90
-    cubin with Triton's bundled ptxas (no GPU needed); at K2P=64, BLOCK_X=32, 4 warps they use 128-252
-    registers per thread and no local memory (no spills; cuobjdump --dump-resource-usage, checked by hand).
-Not checked: launching on a GPU, speed, the autotuning of BLOCK_X/num_warps (fixed here, not tuned).
+    cubin with Triton's bundled ptxas (no GPU needed), at the launch configurations of k_a 7 over
+    output widths 56, 28, 14 (_config); none spills registers (no stack frame, no local memory in
+    cuobjdump --dump-resource-usage), which the test asserts.
+Not checked: launching on a GPU, speed, the choice of BLOCK_X/num_warps (a heuristic, not tuned).
 The CUDA test in tests/test_fast_triton.py (marked cuda) and scripts/gpu_check.sh are what a session
 with a GPU should run first.
 
@@ -210,10 +211,16 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def _config(ka: int, Wo: int) -> tuple[int, int]:
-    """(K2P, BLOCK_X): the (K2P, BLOCK_X) tile holds at most 4096 elements, BLOCK_X in [16, 64]."""
+def _config(ka: int, Wo: int, dtype: torch.dtype = torch.float32) -> tuple[int, int, int]:
+    """(K2P, BLOCK_X, num_warps). The (K2P, BLOCK_X) tile holds at most 4096 elements (2048 for float64),
+    BLOCK_X in [16, 64];
+    num_warps keeps 16 tile elements per thread (8 for float64): at K2P=64 the kernels then compile for
+    sm_90 to 128-181 registers per thread (float32) without spills, where 4 warps on a 64x64 float32
+    tile use 255 and spill 264 bytes in _bwd_q (ptxas -v via Triton; never timed on a GPU)."""
     K2P = _next_pow2(ka * ka)
-    return K2P, max(16, min(64, _next_pow2(Wo), 4096 // K2P))
+    wide = dtype == torch.float64  # twice the registers per element: half the tile
+    bx = max(16, min(64, _next_pow2(Wo), (2048 if wide else 4096) // K2P))
+    return K2P, bx, max(1, min(8, K2P * bx // (32 * (8 if wide else 16))))
 
 
 def _check(q, kd, grid, vd, ka: int, dil: int, dout=None):
@@ -259,9 +266,9 @@ def forward(q, kd, grid, vd, ka: int, dil: int) -> torch.Tensor:
     out = torch.empty(BN, Cv, Ho, Wo, dtype=q.dtype, device=q.device)
     if out.numel() == 0:
         return out
-    K2P, BX = _config(ka, Wo)
+    K2P, BX, nw = _config(ka, Wo, q.dtype)
     _fwd[(BN, Ho, triton.cdiv(Wo, BX))](q, kd, grid, vd, out, Ck, G, Cv, Ho, Wo, Hp, S, Wq, ka, dil,
-                                         K2P=K2P, BLOCK_X=BX, ACC=acc)
+                                         K2P=K2P, BLOCK_X=BX, ACC=acc, num_warps=nw)
     return out
 
 
@@ -274,10 +281,10 @@ def backward(dout, q, kd, grid, vd, ka: int, dil: int):
     bdt = torch.float64 if q.dtype == torch.float64 else torch.float32
     w = torch.empty(BN, ka * ka, Ho, Wo, dtype=bdt, device=q.device)   # transient: freed on return
     dlog = torch.empty_like(w)
-    K2P, BX = _config(ka, Wo)
+    K2P, BX, nw = _config(ka, Wo, q.dtype)
     _bwd_q[(BN, Ho, triton.cdiv(Wo, BX))](dout, q, kd, grid, vd, dq, w, dlog, Ck, G, Cv, Ho, Wo, Hp, S, Wq,
-                                           ka, dil, K2P=K2P, BLOCK_X=BX, ACC=acc)
-    _, BM = _config(ka, Wq)
+                                           ka, dil, K2P=K2P, BLOCK_X=BX, ACC=acc, num_warps=nw)
+    _, BM, nw = _config(ka, Wq, q.dtype)
     _bwd_kv[(BN, Hp * S, triton.cdiv(Wq, BM))](dout, q, w, dlog, dkd, dvd, Ck, G, Cv, Ho, Wo, Hp, S, Wq,
-                                                ka, dil, K2P=K2P, BLOCK_X=BM, ACC=acc)
+                                                ka, dil, K2P=K2P, BLOCK_X=BM, ACC=acc, num_warps=nw)
     return dq, dkd, dvd
