@@ -219,10 +219,77 @@ void dots(const T* D, int64_t dstr, int64_t nout, const T* src, const int64_t* o
   }
 }
 
+template <typename T> struct IdxOf;
+template <> struct IdxOf<float> { typedef int32_t type __attribute__((vector_size(64))); };
+template <> struct IdxOf<double> { typedef int64_t type __attribute__((vector_size(64))); };
+
+// even[j] = src[2j], odd[j] = src[2j + 1] for 2j (+1) < n
+template <typename T>
+void deinterleave2(const T* src, int64_t n, T* even, T* odd) {
+  using V = vec_t<T>;
+  using I = typename IdxOf<T>::type;
+  constexpr int64_t VL = lanes<T>();
+  I ev, od;
+  for (int64_t l = 0; l < VL; ++l) { ev[l] = 2 * l; od[l] = 2 * l + 1; }
+  int64_t j = 0;
+  for (; 2 * (j + VL) <= n; j += VL) {
+    const V a = vload(src + 2 * j), b = vload(src + 2 * j + VL);
+    vstore(even + j, __builtin_shuffle(a, b, ev));
+    vstore(odd + j, __builtin_shuffle(a, b, od));
+  }
+  for (int64_t x = 2 * j; x < n; ++x) (x % 2 ? odd : even)[x / 2] = src[x];
+}
+
+// dst[2j] = even[j], dst[2j + 1] = odd[j] for 2j (+1) < n
+template <typename T>
+void interleave2(const T* even, const T* odd, int64_t n, T* dst) {
+  using V = vec_t<T>;
+  using I = typename IdxOf<T>::type;
+  constexpr int64_t VL = lanes<T>();
+  I lo, hi;
+  for (int64_t l = 0; l < VL; ++l) {
+    lo[l] = (l % 2) * VL + l / 2;
+    hi[l] = (l % 2) * VL + (l + VL) / 2;
+  }
+  int64_t j = 0;
+  for (; 2 * (j + VL) <= n; j += VL) {
+    const V a = vload(even + j), b = vload(odd + j);
+    vstore(dst + 2 * j, __builtin_shuffle(a, b, lo));
+    vstore(dst + 2 * j + VL, __builtin_shuffle(a, b, hi));
+  }
+  for (int64_t x = 2 * j; x < n; ++x) dst[x] = (x % 2 ? odd : even)[x / 2];
+}
+
+// Zero a plane of PLB values (row pitch Wq) except rows r0..r1, columns m0..m1 (inclusive),
+// which the caller fills.
+template <typename T>
+void zero_border(T* plane, int64_t PLB, int64_t Wq, int64_t r0, int64_t r1, int64_t m0, int64_t m1) {
+  if (r1 < r0 || m1 < m0) {
+    std::fill(plane, plane + PLB, T(0));
+    return;
+  }
+  std::fill(plane, plane + r0 * Wq + m0, T(0));
+  for (int64_t r = r0; r < r1; ++r) std::fill(plane + r * Wq + m1 + 1, plane + (r + 1) * Wq + m0, T(0));
+  std::fill(plane + r1 * Wq + m1 + 1, plane + PLB, T(0));
+}
+
+// first and last phase index q with q*S + ph in [lo, lo + n)
+inline void phase_range(int64_t lo, int64_t n, int64_t ph, int64_t S, int64_t& q0, int64_t& q1) {
+  q0 = lo - ph > 0 ? (lo - ph + S - 1) / S : 0;
+  q1 = lo + n - 1 - ph >= 0 ? (lo + n - 1 - ph) / S : -1;
+}
+
 // The C planes of group i of batch b into the zero-padded phase scratch P (C*S*S planes of PLB).
 template <typename T>
 void load_input(const Geo& g, const T* X, int64_t b, int64_t i, T* P) {
-  std::fill(P, P + g.C * g.S * g.S * g.PLB, T(0));
+  for (int64_t pr = 0; pr < g.S; ++pr)
+    for (int64_t pc = 0; pc < g.S; ++pc) {
+      int64_t r0, r1, m0, m1;
+      phase_range(g.p, g.H, pr, g.S, r0, r1);
+      phase_range(g.p, g.W, pc, g.S, m0, m1);
+      for (int64_t c = 0; c < g.C; ++c)
+        zero_border(P + ((c * g.S + pr) * g.S + pc) * g.PLB, g.PLB, g.Wq, r0, r1, m0, m1);
+    }
   const int64_t HW = g.H * g.W;
   for (int64_t c = 0; c < g.C; ++c) {
     const T* xs = X + ((b * g.C + c) * g.d + i) * HW;
@@ -234,9 +301,13 @@ void load_input(const Geo& g, const T* X, int64_t b, int64_t i, T* P) {
         std::memcpy(pc + Y * g.Wq + g.p, row, g.W * sizeof(T));
       } else {
         T* base = pc + (Y % g.S) * g.S * g.PLB + (Y / g.S) * g.Wq;
-        for (int64_t x = 0; x < g.W; ++x) {
-          const int64_t X2 = x + g.p;
-          base[(X2 % g.S) * g.PLB + X2 / g.S] = row[x];
+        if (g.S == 2) {  // x -> column phase (x + p) % 2, position (x + p) / 2
+          deinterleave2(row, g.W, base + (g.p % 2) * g.PLB + g.p / 2, base + ((g.p + 1) % 2) * g.PLB + (g.p + 1) / 2);
+        } else {
+          for (int64_t x = 0; x < g.W; ++x) {
+            const int64_t X2 = x + g.p;
+            base[(X2 % g.S) * g.PLB + X2 / g.S] = row[x];
+          }
         }
       }
     }
@@ -293,8 +364,8 @@ void backward_impl(const Geo& g, const at::Tensor& dout, const at::Tensor& x, co
       for (int64_t t = 0; t < g.B * g.d; ++t) {
         const int64_t b = t / g.d, i = t % g.d;
         // dout of this group: Q zero rows and columns in front, row pitch Wq
-        std::fill(Dp, Dp + g.N * g.PLB, scalar_t(0));
         for (int64_t n = 0; n < g.N; ++n) {
+          zero_border(Dp + n * g.PLB, g.PLB, g.Wq, g.Q, g.Q + g.Ho - 1, g.Q, g.Q + g.Wo - 1);
           const scalar_t* ds = D + ((b * g.d + i) * g.N + n) * HWo;
           for (int64_t y = 0; y < g.Ho; ++y)
             std::memcpy(Dp + n * g.PLB + (g.Q + y) * g.Wq + g.Q, ds + y * g.Wo, g.Wo * sizeof(scalar_t));
@@ -339,9 +410,14 @@ void backward_impl(const Geo& g, const at::Tensor& dout, const at::Tensor& x, co
                 std::memcpy(row, src + Y * g.Wq + g.p, g.W * sizeof(scalar_t));
               } else {
                 const scalar_t* base = src + (Y % S) * S * g.PLB + (Y / S) * g.Wq;
-                for (int64_t x = 0; x < g.W; ++x) {
-                  const int64_t X2 = x + g.p;
-                  row[x] = base[(X2 % S) * g.PLB + X2 / S];
+                if (S == 2) {
+                  interleave2(base + (g.p % 2) * g.PLB + g.p / 2, base + ((g.p + 1) % 2) * g.PLB + (g.p + 1) / 2, g.W,
+                              row);
+                } else {
+                  for (int64_t x = 0; x < g.W; ++x) {
+                    const int64_t X2 = x + g.p;
+                    row[x] = base[(X2 % S) * g.PLB + X2 / S];
+                  }
                 }
               }
             }
