@@ -67,6 +67,9 @@ def _worker() -> int:
     assert os.environ.get("TRITON_INTERPRET") == "1", "the worker runs in Triton's interpreter"
     from modules._fast import torch_impl
 
+    # torch.empty fills with NaN under deterministic mode: an output element a kernel forgets to write shows up
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
     ok, why = triton_impl.available()
     print(json.dumps({"available": ok, "why": why}), flush=True)
     if not ok:
@@ -79,7 +82,7 @@ def _worker() -> int:
         grads = triton_impl.backward(dout, q, kd, grid, vd, ka, dil)
         ref, w = torch_impl.forward(*(t.double() for t in (q, kd, grid, vd)), ka, dil)
         rgrads = torch_impl.backward(*(t.double() for t in (dout, q, kd, grid, vd)), w, ka, dil)
-        errs = {"out": (out.double() - ref).abs().max().item()}
+        errs = {"out": (out.double() - ref).abs().max().item()}  # NaN (an unwritten element) fails "< tol"
         for k, a, b in zip(("dq", "dkd", "dvd"), grads, rgrads):
             errs[k] = (a.double() - b).abs().max().item()
         dtypes_kept = all(t.dtype == q.dtype for t in (out, *grads))
