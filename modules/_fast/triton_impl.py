@@ -7,7 +7,9 @@ timing of it exists. What was checked (tests/test_fast_triton.py, triton 3.8.0):
     dilations 1, 2, 3; k_a 1, 3, 5, 7; batch 1 and 3 (BN up to 6); non-square maps; float64 (max error
     ~4e-15), float32 (~1e-6), float16 (~5e-4) and bfloat16 (~1.5e-2, input rounding) inputs, the last
     three accumulated in float32; a float64 gradcheck of forward/backward as an autograd Function;
-    one-line ValueErrors for bad input.
+    one-line ValueErrors for bad input; every output element written (torch's NaN fill of empty tensors);
+    and, once modules/_fast accepts ACMIX_FAST_BACKEND=triton, local_attention_fast through it against
+    the reference (float64 values and gradients).
   - compile: all three kernels for float32/float64/float16/bfloat16 compile ahead of time to sm_90
     cubin with Triton's bundled ptxas (no GPU needed), at the launch configurations of k_a 7 over
     output widths 56, 28, 14 (_config); none spills registers (no stack frame, no local memory in
@@ -40,8 +42,8 @@ channels are looped one at a time, each step a (K2P, BLOCK_X) gather of the wind
              dtype (no float16/bfloat16/float64 atomics, no float32 scratch for half inputs); the
              cost is the two transient buffers and a third kernel.
 Accumulation: float64 for float64 inputs, float32 for float32/float16/bfloat16 (outputs and gradients
-are stored in the input dtype). float64 runs in the interpreter; on a GPU Triton compiles float64
-arithmetic and exp (libdevice), untested here like everything else on a GPU.
+are stored in the input dtype). float64 runs in the interpreter and compiles for sm_90 (exp through
+libdevice); never run on a GPU, like everything else here.
 """
 from __future__ import annotations
 
