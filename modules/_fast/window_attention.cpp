@@ -101,6 +101,7 @@ constexpr int kMaxNB = 7;   // window columns per register tile
 constexpr int kMaxNR = 4;   // output rows per register tile
 constexpr int kMaxAcc = 24; // NR * NB accumulators (of 32 vector registers)
 constexpr int max_nr(int nb) { return std::min(kMaxNR, kMaxAcc / nb); }
+constexpr int kMaxScatterNR = 8;  // output rows per scatter tile (its registers: one weight vector per row)
 
 // Keeps a loaded vector in a register: without it GCC folds the load into every FMA that uses
 // it (one load per FMA instead of one per NR FMAs).
@@ -209,10 +210,15 @@ inline void scatter_tile(const T* const* w, int64_t ws, const T* const* a, int64
     for (int p = 0; p < NR; ++p) wr[p] = ld(w[p] + b * ws);
     T* db = d + cols[b];
     for (int64_t c = 0; c < C; ++c) {
-      V t = ld(db + c * ds);
+      // two partial sums, the destination added last: no chain of NR dependent FMAs behind its load
+      V s0 = wr[0] * ld(ap[0] + c * as);
+      V s1 = V{};
 #pragma GCC unroll 8
-      for (int p = 0; p < NR; ++p) t += wr[p] * ld(ap[p] + c * as);
-      st(db + c * ds, t);
+      for (int p = 1; p < NR; ++p) {
+        if (p % 2) s1 += wr[p] * ld(ap[p] + c * as);
+        else s0 += wr[p] * ld(ap[p] + c * as);
+      }
+      st(db + c * ds, ld(db + c * ds) + (s0 + s1));
     }
   }
 }
@@ -274,7 +280,11 @@ inline void scatter(int nr, int nb, const T* const* w, int64_t ws, const T* cons
     case 1: scatter_tile<T, 1>(w, ws, a, as, C, cols, nb, d, ds); break;
     case 2: scatter_tile<T, 2>(w, ws, a, as, C, cols, nb, d, ds); break;
     case 3: scatter_tile<T, 3>(w, ws, a, as, C, cols, nb, d, ds); break;
-    default: scatter_tile<T, 4>(w, ws, a, as, C, cols, nb, d, ds); break;
+    case 4: scatter_tile<T, 4>(w, ws, a, as, C, cols, nb, d, ds); break;
+    case 5: scatter_tile<T, 5>(w, ws, a, as, C, cols, nb, d, ds); break;
+    case 6: scatter_tile<T, 6>(w, ws, a, as, C, cols, nb, d, ds); break;
+    case 7: scatter_tile<T, 7>(w, ws, a, as, C, cols, nb, d, ds); break;
+    default: scatter_tile<T, 8>(w, ws, a, as, C, cols, nb, d, ds); break;
   }
 }
 
@@ -297,7 +307,7 @@ struct Scratch {
 // One block of output rows y0 .. y0 + nrows - 1 of one (b, n): the (y, i) pairs per padded row r,
 // in groups of at most max_nr(nb) rows, and the scratch layouts.
 struct Block {
-  struct Group { int64_t r; int n; int yy[kMaxNR]; int i[kMaxNR]; };
+  struct Group { int64_t r; int n; int yy[kMaxScatterNR]; int i[kMaxScatterNR]; };
   int64_t y0, nrows, R, Wp;
   std::vector<Group> groups;
   Block(const Geometry& g, int64_t y0_, int64_t nrows_, int64_t R_, int64_t Wp_, int nr_max)
@@ -382,8 +392,8 @@ void block_scatter(const Geometry& g, const Block& blk, const int64_t* cols, con
     for (int64_t x0 = 0; x0 < Wp; x0 += L_) {
       for (int64_t b0 = 0; b0 < g.ka; b0 += kMaxNB) {
         const int nb = static_cast<int>(std::min<int64_t>(kMaxNB, g.ka - b0));
-        const T* wp[kMaxNR];
-        const T* ap[kMaxNR];
+        const T* wp[kMaxScatterNR];
+        const T* ap[kMaxScatterNR];
         for (int p = 0; p < gr.n; ++p) {
           wp[p] = w + (gr.yy[p] * K2 + gr.i[p] * g.ka + b0) * Wp + x0;
           ap[p] = a + gr.yy[p] * Wp + x0;
@@ -464,6 +474,25 @@ void store_rows(const Geometry& g, const Block& blk, T* src, int64_t C, T* dst, 
         for (int64_t x0 = 0; x0 < blk.Wp; x0 += Vec<T>::L) st(s + x0, ld(s + x0) * ld(scale + yy * blk.Wp + x0));
       copy_row(s, g.Wo, dst + (c * g.Ho + blk.y0 + yy) * g.Wo);
     }
+}
+
+// Software prefetch of rows y0 .. y0 + n - 1 (of Ho) of C channels (C, Ho, Wo) and of the padded rows
+// r0 .. r0 + nr - 1 of C2 channels (C2, Hp, S, Wq): the block after this one reads some 60 rows of
+// different channels, more streams than the hardware prefetcher follows.
+template <typename T>
+inline void prefetch_span(const T* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t b = 0; b < n * static_cast<int64_t>(sizeof(T)); b += 64) __builtin_prefetch(c + b, 0, 2);
+}
+template <typename T>
+void prefetch_block(const Geometry& g, const T* src, int64_t C, int64_t y0, int64_t n, const T* pad, int64_t C2,
+                    int64_t r0, int64_t nr) {
+  n = std::min(n, g.Ho - y0);
+  if (src && n > 0)
+    for (int64_t c = 0; c < C; ++c) prefetch_span(src + (c * g.Ho + y0) * g.Wo, n * g.Wo);
+  nr = std::min(nr, g.Hp - r0);
+  if (pad && nr > 0)
+    for (int64_t c = 0; c < C2; ++c) prefetch_span(pad + c * g.plane() + r0 * g.row(), nr * g.row());
 }
 
 // Reads of a padded row run up to one vector past its end; only the last channel of the
@@ -550,6 +579,11 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& kd, const
       const Block blk(g, y0, std::min(R, g.Ho - y0), R, Wp, max_nr(static_cast<int>(std::min<int64_t>(g.ka, kMaxNB))));
       const T* Kb = bn == g.BN - 1 ? Klast : K + bn * g.Ck * g.plane();
       const T* Vb = bn == g.BN - 1 ? Vlast : V + bn * g.Cv * g.plane();
+      if (y0 + R < g.Ho) {  // the next block of this (b, n) (usually this thread's next task)
+        const int64_t y1 = y0 + R, r_new = (y1 - 1) * g.S + (g.ka - 1) * g.dil + 1;
+        prefetch_block(g, Q + bn * g.Cq * HWo, g.Cq, y1, R, Kb, g.Ck, r_new, R * g.S);
+        prefetch_block(g, static_cast<const T*>(nullptr), 0, y1, R, Vb, g.Cv, r_new, R * g.S);
+      }
       load_rows(g, blk, Q + bn * g.Cq * HWo, g.Cq, qs);
       block_correlate(g, blk, cols.data(), qs, Kb, g.Ck, Gd, g.G, Lg, M);
       block_softmax_exp(g, blk, Lg, M);  // M now holds 1 / sum_j exp: applied to the output
@@ -616,6 +650,12 @@ std::vector<at::Tensor> backward(const at::Tensor& dout_in, const at::Tensor& q,
       for (int64_t blk_i = 0; blk_i < nblk; ++blk_i) {
         const int64_t y0 = blk_i * R;
         const Block blk(g, y0, std::min(R, g.Ho - y0), R, Wp, max_nr(static_cast<int>(std::min<int64_t>(g.ka, kMaxNB))));
+        const Block sblk(g, y0, std::min(R, g.Ho - y0), R, Wp, kMaxScatterNR);  // larger groups for the scatters
+        if (blk_i + 1 < nblk) {  // the next block's new rows
+          const int64_t y1 = y0 + R, r_new = (y1 - 1) * g.S + (g.ka - 1) * g.dil + 1;
+          prefetch_block(g, Q + bn * g.Cq * HWo, g.Cq, y1, R, Kb, g.Ck, r_new, R * g.S);
+          prefetch_block(g, D + bn * g.Cv * HWo, g.Cv, y1, R, Vb, g.Cv, r_new, R * g.S);
+        }
         load_rows(g, blk, Q + bn * g.Cq * HWo, g.Cq, qs);
         load_rows(g, blk, D + bn * g.Cv * HWo, g.Cv, ds);
         block_correlate(g, blk, cols.data(), qs, Kb, g.Ck, Gd, g.G, P, M);
@@ -628,14 +668,18 @@ std::vector<at::Tensor> backward(const at::Tensor& dout_in, const at::Tensor& q,
           for (int64_t x0 = 0; x0 < Wp; x0 += L_) {
             const T* Py = P + yy * K2 * Wp + x0;
             T* Dy = dW + yy * K2 * Wp + x0;
-            Vt s = Vt{};
-            for (int64_t j = 0; j < K2; ++j) s += ld(Py + j * Wp) * ld(Dy + j * Wp);
+            Vt s4[4] = {};  // four partial sums: one chain of K2 dependent FMAs would wait on latency
+            int64_t j = 0;
+            for (; j + 4 <= K2; j += 4)
+              for (int u = 0; u < 4; ++u) s4[u] += ld(Py + (j + u) * Wp) * ld(Dy + (j + u) * Wp);
+            for (; j < K2; ++j) s4[0] += ld(Py + j * Wp) * ld(Dy + j * Wp);
+            const Vt s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
             for (int64_t j = 0; j < K2; ++j) st(Dy + j * Wp, ld(Py + j * Wp) * (ld(Dy + j * Wp) - s));
           }
         block_aggregate(g, blk, cols.data(), dW, Kb, g.Ck, Gd, g.G, dqs);
         store_rows(g, blk, dqs, g.Cq, DQ + bn * g.Cq * HWo, static_cast<const T*>(nullptr));
-        block_scatter(g, blk, cols.data(), dW, qs, g.Ck, dK);
-        block_scatter(g, blk, cols.data(), P, ds, g.Cv, dV);
+        block_scatter(g, sblk, cols.data(), dW, qs, g.Ck, dK);
+        block_scatter(g, sblk, cols.data(), P, ds, g.Cv, dV);
       }
       std::copy(dK, dK + g.Ck * g.plane(), DK + bn * g.Ck * g.plane());
       std::copy(dV, dV + g.Cv * g.plane(), DV + bn * g.Cv * g.plane());
