@@ -202,3 +202,87 @@ def test_graph_can_be_differentiated_twice(backend):
     first = torch.autograd.grad(out.sum(), inputs[:3], retain_graph=True)
     second = torch.autograd.grad(out.sum(), inputs[:3])
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+# The C++ kernel straight on its inputs (q, kd, grid, vd) against the torch twin, float64: shapes that
+# exercise its tiling. Columns run in whole vectors (8 doubles / 16 floats) with the lanes past W'
+# discarded (W' = 1, 7, 8, 9, 17, 33); output rows in blocks (8 rows at stride 1, 5 at stride 2, 4 at 3)
+# whose last block is short (H' = 1, 9, 11, 13); window columns in register tiles of at most 7
+# (k_a = 9: 7 + 2); no grid channels (G = 0); one (b, n) only (its reads come from the slack copy).
+KERNEL_CASES = [  # BN, Ck, G, Ho, Wo, ka, stride, dil
+    (1, 3, 2, 1, 1, 3, 1, 1),
+    (2, 4, 2, 9, 7, 7, 1, 1),
+    (3, 5, 0, 11, 17, 5, 2, 1),
+    (1, 2, 2, 13, 33, 9, 1, 1),
+    (2, 3, 2, 9, 8, 3, 3, 2),
+    (2, 4, 1, 6, 9, 7, 2, 1),
+    (1, 16, 2, 17, 16, 7, 1, 1),
+]
+
+
+def _kernel_inputs(BN, Ck, G, Ho, Wo, ka, S, dil, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    Hp = (Ho - 1) * S + (ka - 1) * dil + 1 + 1  # one spare row: the kernel must not depend on exact fits
+    Wq = Wo + ((ka - 1) * dil) // S + 1
+    q = torch.randn(BN, Ck + G, Ho, Wo, dtype=dtype, generator=g)
+    kd = torch.randn(BN, Ck, Hp, S, Wq, dtype=dtype, generator=g)
+    grid = torch.randn(G, Hp, S, Wq, dtype=dtype, generator=g)
+    vd = torch.randn(BN, Ck + 1, Hp, S, Wq, dtype=dtype, generator=g)  # Cv != Ck
+    dout = torch.randn(BN, Ck + 1, Ho, Wo, dtype=dtype, generator=g)
+    return q, kd, grid, vd, dout
+
+
+@pytest.mark.parametrize("BN,Ck,G,Ho,Wo,ka,S,dil", KERNEL_CASES)
+def test_cpp_kernel_tiling_edges_equal_torch_twin(BN, Ck, G, Ho, Wo, ka, S, dil):
+    _need("cpp")
+    ext = _fast.load_extension()
+    q, kd, grid, vd, dout = _kernel_inputs(BN, Ck, G, Ho, Wo, ka, S, dil)
+    out, weights = ext.forward(q, kd, grid, vd, ka, dil, True)
+    out_t, weights_t = _fast.torch_impl.forward(q, kd, grid, vd, ka, dil)
+    assert (out - out_t).abs().max().item() < 1e-12
+    assert (weights - weights_t).abs().max().item() < 1e-12
+    out_nw, _ = ext.forward(q, kd, grid, vd, ka, dil, False)
+    assert torch.equal(out, out_nw)
+    grads = ext.backward(dout, q, kd, grid, vd, ka, dil)
+    grads_t = _fast.torch_impl.backward(dout, q, kd, grid, vd, weights_t, ka, dil)
+    for name, a, b in zip(("q", "kd", "vd"), grads, grads_t):
+        assert a.shape == b.shape, name
+        assert (a - b).abs().max().item() < 1e-12, name
+
+
+@pytest.mark.parametrize("case", [KERNEL_CASES[2], KERNEL_CASES[6]])
+def test_cpp_kernel_float32_and_thread_count(case):
+    """float32 (16-lane vectors, the kernel's own exp) close to float64; results independent of threads."""
+    _need("cpp")
+    ext = _fast.load_extension()
+    BN, Ck, G, Ho, Wo, ka, S, dil = case
+    x64 = _kernel_inputs(*case)
+    x32 = [t.float() for t in x64]
+    out64, _ = ext.forward(*x64[:4], ka, dil, False)
+    g64 = ext.backward(x64[4], *x64[:4], ka, dil)
+    n = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            runs.append((ext.forward(*x32[:4], ka, dil, False)[0], ext.backward(x32[4], *x32[:4], ka, dil)))
+    finally:
+        torch.set_num_threads(n)
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+    out32, g32 = runs[0]
+    assert (out32.double() - out64).abs().max().item() < 1e-5
+    for a, b in zip(g32, g64):
+        assert (a.double() - b).abs().max().item() < 1e-4 * max(1.0, b.abs().max().item())
+
+
+def test_cpp_kernel_rejects_bad_shapes():
+    _need("cpp")
+    ext = _fast.load_extension()
+    q, kd, grid, vd, dout = _kernel_inputs(1, 3, 2, 5, 6, 3, 1, 1)
+    with pytest.raises(RuntimeError, match="key channels"):
+        ext.forward(q[:, :4], kd, grid, vd, 3, 1, False)
+    with pytest.raises(RuntimeError, match="padded rows"):
+        ext.forward(q, kd[:, :, :5].contiguous(), grid[:, :5].contiguous(), vd[:, :, :5].contiguous(), 3, 1, False)
+    with pytest.raises(RuntimeError, match="output gradient"):
+        ext.backward(dout[:, :2], q, kd, grid, vd, 3, 1)
