@@ -28,7 +28,7 @@ import torch
 
 from . import torch_impl
 
-BACKENDS = ("auto", "cpp", "torch")
+BACKENDS = ("auto", "cpp", "torch", "triton")
 _DIR = Path(__file__).parent
 # compiled kernels: name -> C++ source beside this file; each builds into its own extension
 KERNELS = ("window_attention", "conv_path")
@@ -129,6 +129,12 @@ def backend_for(t: torch.Tensor, backend: str | None = None, kernel: str = "wind
         raise ValueError(f"unknown fast backend {b!r}; allowed: {', '.join(BACKENDS)}")
     if b == "torch":
         return "torch"
+    if b == "triton":  # CUDA tensors (CPU tensors only under TRITON_INTERPRET=1, for tests)
+        from . import triton_impl
+        ok, why = triton_impl.available()
+        if not ok:
+            raise ValueError(f"the triton backend cannot run here ({why}); use ACMIX_FAST_BACKEND=torch or auto")
+        return "triton"
     cpu_ok = t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
     if b == "cpp":
         if not cpu_ok:
@@ -147,6 +153,10 @@ class _WindowAttention(torch.autograd.Function):
         if backend == "cpp":  # its backward recomputes the softmax weights: nothing k_a^2-sized is saved
             out, _ = _exts["window_attention"].forward(q, kd, grid, vd, ka, dil, False)
             saved = (q, kd, grid, vd)
+        elif backend == "triton":  # recomputes the softmax weights in backward, like cpp
+            from . import triton_impl
+            out = triton_impl.forward(q, kd, grid, vd, ka, dil)
+            saved = (q, kd, grid, vd)
         else:
             out, weights = torch_impl.forward(q, kd, grid, vd, ka, dil)
             saved = (q, kd, grid, vd, weights)
@@ -160,6 +170,9 @@ class _WindowAttention(torch.autograd.Function):
     def backward(ctx, dout):
         if ctx.backend == "cpp":
             dq, dkd, dvd = _exts["window_attention"].backward(dout.contiguous(), *ctx.saved_tensors, ctx.ka, ctx.dil)
+        elif ctx.backend == "triton":
+            from . import triton_impl
+            dq, dkd, dvd = triton_impl.backward(dout.contiguous(), *ctx.saved_tensors, ctx.ka, ctx.dil)
         else:
             dq, dkd, dvd = torch_impl.backward(dout.contiguous(), *ctx.saved_tensors, ctx.ka, ctx.dil)
         return dq, dkd, None, dvd, None, None, None
