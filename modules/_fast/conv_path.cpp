@@ -57,7 +57,7 @@ inline void pin(V& v) {
 #endif
 }
 
-constexpr int XT = 4;  // vectors per register tile along the flat pixel index
+constexpr int XT = 4;  // vectors per register tile along the flat pixel index (then single-vector tails)
 
 struct Geo {
   int64_t B, C, d, H, W, N, k, S, p, Q, Hq, Wq, Ho, Wo, PLB, L;
@@ -87,7 +87,7 @@ Geo geometry(const at::Tensor& x, const at::Tensor& w, int64_t S, int64_t vec) {
   g.Ho = (g.H - 1) / S + 1;
   g.Wo = (g.W - 1) / S + 1;
   const int64_t tile = XT * vec;
-  g.L = (g.Ho * g.Wq + tile - 1) / tile * tile;
+  g.L = (g.Ho * g.Wq + vec - 1) / vec * vec;
   // every read (forward, dx, dW) stays below Hq*Wq + tile + (Q+1)*Wq
   g.PLB = (g.Hq * g.Wq + tile + (g.Q + 1) * g.Wq + vec - 1) / vec * vec;
   return g;
@@ -95,7 +95,7 @@ Geo geometry(const at::Tensor& x, const at::Tensor& w, int64_t S, int64_t vec) {
 
 // dst[nb][f] = sum_j wm[j*ws + nb] * src[off[j] + f] for f in [f0, f1) (f1 - f0 a multiple of the
 // tile), nb < NB; dst rows dst + nb*ds.
-template <typename T, int NB>
+template <typename T, int NB, int XT>
 void corr_block(const T* src, const int64_t* off, int64_t J, const T* wm, int64_t ws, int64_t f0, int64_t f1,
                 T* dst, int64_t ds) {
   using V = vec_t<T>;
@@ -126,6 +126,16 @@ void corr_block(const T* src, const int64_t* off, int64_t J, const T* wm, int64_
   }
 }
 
+// [f0, f1) (a multiple of the vector length): tiles of XT vectors, then single vectors
+template <typename T, int NB>
+void corr_tiles(const T* src, const int64_t* off, int64_t J, const T* wm, int64_t ws, int64_t f0, int64_t f1,
+                T* dst, int64_t ds) {
+  const int64_t tile = XT * lanes<T>();
+  const int64_t fm = f0 + (f1 - f0) / tile * tile;
+  corr_block<T, NB, XT>(src, off, J, wm, ws, f0, fm, dst, ds);
+  corr_block<T, NB, 1>(src, off, J, wm, ws, fm, f1, dst, ds);
+}
+
 constexpr int kMaxNB = 6;
 
 template <typename T>
@@ -136,12 +146,12 @@ void corr(const T* src, const int64_t* off, int64_t J, const T* wm, int64_t ws, 
     const T* w0 = wm + n0;
     T* d0 = dst + n0 * ds;
     switch (nb) {
-      case 1: corr_block<T, 1>(src, off, J, w0, ws, f0, f1, d0, ds); break;
-      case 2: corr_block<T, 2>(src, off, J, w0, ws, f0, f1, d0, ds); break;
-      case 3: corr_block<T, 3>(src, off, J, w0, ws, f0, f1, d0, ds); break;
-      case 4: corr_block<T, 4>(src, off, J, w0, ws, f0, f1, d0, ds); break;
-      case 5: corr_block<T, 5>(src, off, J, w0, ws, f0, f1, d0, ds); break;
-      default: corr_block<T, 6>(src, off, J, w0, ws, f0, f1, d0, ds); break;
+      case 1: corr_tiles<T, 1>(src, off, J, w0, ws, f0, f1, d0, ds); break;
+      case 2: corr_tiles<T, 2>(src, off, J, w0, ws, f0, f1, d0, ds); break;
+      case 3: corr_tiles<T, 3>(src, off, J, w0, ws, f0, f1, d0, ds); break;
+      case 4: corr_tiles<T, 4>(src, off, J, w0, ws, f0, f1, d0, ds); break;
+      case 5: corr_tiles<T, 5>(src, off, J, w0, ws, f0, f1, d0, ds); break;
+      default: corr_tiles<T, 6>(src, off, J, w0, ws, f0, f1, d0, ds); break;
     }
   }
 }
@@ -223,21 +233,30 @@ template <typename T> struct IdxOf;
 template <> struct IdxOf<float> { typedef int32_t type __attribute__((vector_size(64))); };
 template <> struct IdxOf<double> { typedef int64_t type __attribute__((vector_size(64))); };
 
-// even[j] = src[2j], odd[j] = src[2j + 1] for 2j (+1) < n
+// even[j] = src[2j], odd[j] = src[2j + 1] for 2j (+1) < n. Rows go through small stack buffers
+// so that short rows (n < 2 vectors) use the vector shuffles too and nothing past them is touched.
+constexpr int64_t kMaxRow = 1024;
+
 template <typename T>
 void deinterleave2(const T* src, int64_t n, T* even, T* odd) {
   using V = vec_t<T>;
   using I = typename IdxOf<T>::type;
   constexpr int64_t VL = lanes<T>();
-  I ev, od;
-  for (int64_t l = 0; l < VL; ++l) { ev[l] = 2 * l; od[l] = 2 * l + 1; }
-  int64_t j = 0;
-  for (; 2 * (j + VL) <= n; j += VL) {
-    const V a = vload(src + 2 * j), b = vload(src + 2 * j + VL);
-    vstore(even + j, __builtin_shuffle(a, b, ev));
-    vstore(odd + j, __builtin_shuffle(a, b, od));
+  if (n > kMaxRow) {
+    for (int64_t x = 0; x < n; ++x) (x % 2 ? odd : even)[x / 2] = src[x];
+    return;
   }
-  for (int64_t x = 2 * j; x < n; ++x) (x % 2 ? odd : even)[x / 2] = src[x];
+  alignas(64) T in[kMaxRow + 2 * VL], ev[kMaxRow / 2 + VL], od[kMaxRow / 2 + VL];
+  I e, o;
+  for (int64_t l = 0; l < VL; ++l) { e[l] = 2 * l; o[l] = 2 * l + 1; }
+  std::memcpy(in, src, n * sizeof(T));
+  for (int64_t j = 0; 2 * j < n; j += VL) {
+    const V a = vload(in + 2 * j), b = vload(in + 2 * j + VL);
+    vstore(ev + j, __builtin_shuffle(a, b, e));
+    vstore(od + j, __builtin_shuffle(a, b, o));
+  }
+  std::memcpy(even, ev, (n + 1) / 2 * sizeof(T));
+  std::memcpy(odd, od, n / 2 * sizeof(T));
 }
 
 // dst[2j] = even[j], dst[2j + 1] = odd[j] for 2j (+1) < n
@@ -246,18 +265,24 @@ void interleave2(const T* even, const T* odd, int64_t n, T* dst) {
   using V = vec_t<T>;
   using I = typename IdxOf<T>::type;
   constexpr int64_t VL = lanes<T>();
+  if (n > kMaxRow) {
+    for (int64_t x = 0; x < n; ++x) dst[x] = (x % 2 ? odd : even)[x / 2];
+    return;
+  }
+  alignas(64) T out[kMaxRow + 2 * VL], ev[kMaxRow / 2 + VL], od[kMaxRow / 2 + VL];
   I lo, hi;
   for (int64_t l = 0; l < VL; ++l) {
     lo[l] = (l % 2) * VL + l / 2;
     hi[l] = (l % 2) * VL + (l + VL) / 2;
   }
-  int64_t j = 0;
-  for (; 2 * (j + VL) <= n; j += VL) {
-    const V a = vload(even + j), b = vload(odd + j);
-    vstore(dst + 2 * j, __builtin_shuffle(a, b, lo));
-    vstore(dst + 2 * j + VL, __builtin_shuffle(a, b, hi));
+  std::memcpy(ev, even, (n + 1) / 2 * sizeof(T));
+  std::memcpy(od, odd, n / 2 * sizeof(T));
+  for (int64_t j = 0; 2 * j < n; j += VL) {
+    const V a = vload(ev + j), b = vload(od + j);
+    vstore(out + 2 * j, __builtin_shuffle(a, b, lo));
+    vstore(out + 2 * j + VL, __builtin_shuffle(a, b, hi));
   }
-  for (int64_t x = 2 * j; x < n; ++x) dst[x] = (x % 2 ? odd : even)[x / 2];
+  std::memcpy(dst, out, n * sizeof(T));
 }
 
 // Zero a plane of PLB values (row pitch Wq) except rows r0..r1, columns m0..m1 (inclusive),
@@ -386,8 +411,7 @@ void backward_impl(const Geo& g, const at::Tensor& dout, const at::Tensor& x, co
               if (r_hi < r_lo) continue;
               const int64_t J = static_cast<int64_t>(ph_off[ph].size());
               const int64_t f0 = r_lo * g.Wq / vec * vec;
-              const int64_t tile = XT * vec;
-              const int64_t f1 = f0 + ((r_hi + 1) * g.Wq - f0 + tile - 1) / tile * tile;
+              const int64_t f1 = f0 + ((r_hi + 1) * g.Wq - f0 + vec - 1) / vec * vec;
               scalar_t* dst = DXP + ph * g.PLB;
               if (J == 0) {
                 for (int64_t c = 0; c < g.C; ++c) std::fill(dst + c * SS * g.PLB + f0, dst + c * SS * g.PLB + f1, scalar_t(0));
