@@ -7,7 +7,8 @@ both alike.
     git show HEAD~3:modules/_fast/window_attention.cpp > /tmp/old.cpp
     python scripts/bench_window_attention.py --baseline /tmp/old.cpp --threads 2
 
-Prints one row per (shape, stride, pass): median ms (IQR) per kernel, and baseline / current.
+Prints one row per (shape, stride, pass): median ms (IQR) over all runs of all rounds per kernel, and
+baseline / current.
 Inputs are built as local_attention_fast builds them (N = 4 heads, k_a = 7, float32 by default).
 """
 from __future__ import annotations
@@ -63,7 +64,8 @@ def main(argv=None):
     ap.add_argument("--strides", default="1,2")
     ap.add_argument("--shapes", default=";".join(",".join(map(str, s)) for s in SHAPES),
                     help="B,C,H,W;B,C,H,W;...")
-    ap.add_argument("--min-run-time", type=float, default=1.0)
+    ap.add_argument("--min-run-time", type=float, default=1.5, help="seconds per kernel and case, all rounds")
+    ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds per case")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -86,10 +88,10 @@ def main(argv=None):
                     else (lambda m=m: m.backward(dout, q, kd, grid, vd, 7, 1))
                     for n, m in kernels.items()}
                 res = {n: [] for n in names}
-                for _ in range(2):  # interleaved: A, B, A, B
+                for _ in range(a.rounds):  # interleaved rounds: A, B, A, B, ... so machine load hits both alike
                     for n in names:
                         t = tb.Timer("f()", globals={"f": stmts[n]}, num_threads=a.threads)
-                        res[n].append(t.blocked_autorange(min_run_time=a.min_run_time / 2))
+                        res[n].append(t.blocked_autorange(min_run_time=a.min_run_time / a.rounds))
                 meds = {}
                 cells = []
                 for n in names:

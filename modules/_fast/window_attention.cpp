@@ -314,15 +314,22 @@ struct Block {
       : y0(y0_), nrows(nrows_), R(R_), Wp(Wp_) {
     const int64_t rlo = y0 * g.S, rhi = (y0 + nrows - 1) * g.S + (g.ka - 1) * g.dil;
     for (int64_t r = rlo; r <= rhi; ++r) {
-      Group cur{r, 0, {}, {}};
-      for (int64_t yy = 0; yy < nrows; ++yy) {
+      int yys[64], is[64], n = 0;
+      for (int64_t yy = 0; yy < nrows && n < 64; ++yy) {
         const int64_t d = r - (y0 + yy) * g.S;
         if (d < 0 || d % g.dil != 0 || d / g.dil >= g.ka) continue;
-        cur.yy[cur.n] = static_cast<int>(yy);
-        cur.i[cur.n] = static_cast<int>(d / g.dil);
-        if (++cur.n == nr_max) { groups.push_back(cur); cur.n = 0; }
+        yys[n] = static_cast<int>(yy);
+        is[n++] = static_cast<int>(d / g.dil);
       }
-      if (cur.n) groups.push_back(cur);
+      // balanced groups (7 pairs at most 3 per group: 3 + 2 + 2, not 3 + 3 + 1): a one-row tile
+      // spends one load per FMA
+      const int ngroups = (n + nr_max - 1) / nr_max;
+      for (int k = 0, at = 0; k < ngroups; ++k) {
+        Group cur{r, (n - at) / (ngroups - k), {}, {}};
+        for (int p = 0; p < cur.n; ++p) { cur.yy[p] = yys[at + p]; cur.i[p] = is[at + p]; }
+        at += cur.n;
+        groups.push_back(cur);
+      }
     }
   }
 };
