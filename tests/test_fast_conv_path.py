@@ -171,7 +171,6 @@ def test_kernel_runs_in_conv_path_and_counters_see_the_conv(monkeypatch):
 def test_fallback_when_extension_cannot_build(monkeypatch):
     monkeypatch.setattr(_fast, "_exts", {})
     monkeypatch.setattr(_fast, "_errors", {})
-    monkeypatch.setattr(cp, "_exts", _fast._exts)
 
     def broken(kernel="window_attention"):
         raise RuntimeError("no compiler found (simulated)")
@@ -212,3 +211,14 @@ def test_bad_arguments(x_shape, w_shape, stride, match):
 def test_dtype_mismatch():
     with pytest.raises(ValueError, match="dtype"):
         cp.grouped_conv(torch.zeros(1, 3, 1, 4, 4), torch.zeros(1, 3, 3, 3, dtype=f64), 1)
+
+
+def test_inference_mode_and_no_grad():
+    _need("cpp")
+    x = _rand(2, 6, 3, 8, 7)
+    w = _rand(6, 6, 3, 3, seed=1)
+    ref = cp.grouped_conv_torch(x, w, 2)
+    with torch.inference_mode():
+        assert torch.allclose(cp.grouped_conv(x, w, 2, backend="cpp"), ref, atol=1e-12)
+    with torch.no_grad():
+        assert torch.allclose(cp.grouped_conv(x, w, 2, backend="cpp"), ref, atol=1e-12)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _exts, backend_for
+from . import backend_for, load_extension
 
 
 def grouped_conv_torch(x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:
@@ -34,7 +34,8 @@ def grouped_conv_torch(x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.T
 
 def _counting() -> bool:
     """Under a trace or a dispatch mode (FLOP counters): take the F.conv2d twin so it is seen."""
-    return torch.jit.is_tracing() or torch._C._len_torch_dispatch_stack() > 0
+    stack = getattr(torch._C, "_len_torch_dispatch_stack", None)
+    return torch.jit.is_tracing() or (stack is not None and stack() > 0)
 
 
 def kernel_backend(x: torch.Tensor, backend: str | None = None) -> str:
@@ -47,7 +48,7 @@ def kernel_backend(x: torch.Tensor, backend: str | None = None) -> str:
 class _GroupedConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, stride):
-        out = _exts["conv_path"].forward(x, w, stride)
+        out = load_extension("conv_path").forward(x, w, stride)
         if any(ctx.needs_input_grad[:2]):
             ctx.save_for_backward(x, w)  # x is a view of the Stage I output: no new activation
         ctx.stride = stride
@@ -58,7 +59,7 @@ class _GroupedConv(torch.autograd.Function):
     def backward(ctx, dout):
         x, w = ctx.saved_tensors
         need_dx, need_dw = ctx.needs_input_grad[:2]
-        dx, dwp = _exts["conv_path"].backward(dout.contiguous(), x, w, ctx.stride, need_dx, need_dw)
+        dx, dwp = load_extension("conv_path").backward(dout.contiguous(), x, w, ctx.stride, need_dx, need_dw)
         dw = dwp.sum(0).reshape(w.shape) if need_dw else None
         return (dx if need_dx else None), dw, None
 
