@@ -40,27 +40,59 @@
 
 namespace {
 
+// Full (64-byte) and half (32-byte) vectors; a row of W' columns runs in full vectors and, where
+// at most half a vector is left, one half vector (W' = 56 = 3 x 16 + 8, W' = 7 -> 8 lanes).
+// (Attributed vector types lose their alignment attribute when passed as template arguments, so
+// kernels take the vector width in bytes and name the type through VecB.)
+template <typename T, int VB> struct VecB;
+template <> struct VecB<float, 64> { typedef float type __attribute__((vector_size(64), aligned(4))); };
+template <> struct VecB<float, 32> { typedef float type __attribute__((vector_size(32), aligned(4))); };
+template <> struct VecB<double, 64> { typedef double type __attribute__((vector_size(64), aligned(8))); };
+template <> struct VecB<double, 32> { typedef double type __attribute__((vector_size(32), aligned(8))); };
 template <typename T> struct Vec;
 template <> struct Vec<float> {
-  typedef float V __attribute__((vector_size(64), aligned(4)));
+  typedef VecB<float, 64>::type V;
+  typedef VecB<float, 32>::type H;
   typedef int32_t I __attribute__((vector_size(64), aligned(4)));
+  typedef int32_t HI __attribute__((vector_size(32), aligned(4)));
   static constexpr int L = 16;
 };
 template <> struct Vec<double> {
-  typedef double V __attribute__((vector_size(64), aligned(8)));
+  typedef VecB<double, 64>::type V;
+  typedef VecB<double, 32>::type H;
   static constexpr int L = 8;
 };
 
 template <typename T> using V_t = typename Vec<T>::V;
-template <typename T> inline V_t<T> ld(const T* p) { return *reinterpret_cast<const V_t<T>*>(p); }
-template <typename T> inline void st(T* p, V_t<T> v) { *reinterpret_cast<V_t<T>*>(p) = v; }
+template <int VB, typename T> inline typename VecB<T, VB>::type ldv(const T* p) {
+  return *reinterpret_cast<const typename VecB<T, VB>::type*>(p);
+}
+template <int VB, typename T> inline void stv(T* p, typename VecB<T, VB>::type v) {
+  *reinterpret_cast<typename VecB<T, VB>::type*>(p) = v;
+}
+template <typename T> inline V_t<T> ld(const T* p) { return ldv<64>(p); }
+template <typename T> inline void st(T* p, V_t<T> v) { stv<64>(p, v); }
+template <int VB> struct Tag { static constexpr int bytes = VB; };
+
+// Row length of the block buffers: W' rounded up to half a vector.
+template <typename T> inline int64_t padded_width(int64_t Wo) {
+  const int64_t h = Vec<T>::L / 2;
+  return (Wo + h - 1) / h * h;
+}
+
+// f(x0, Tag<vector type>) for the tiles of a buffer row of Wp (a multiple of half a vector) columns.
+template <typename T, typename F>
+inline void for_x_tiles(int64_t Wp, F&& f) {
+  int64_t x0 = 0;
+  for (; x0 + Vec<T>::L <= Wp; x0 += Vec<T>::L) f(x0, Tag<64>{});
+  if (x0 < Wp) f(x0, Tag<32>{});
+}
 
 // exp on the non-positive arguments of a max-shifted softmax. float: Cody-Waite range
 // reduction (n = x log2 e rounded to nearest) and a degree-7 Taylor polynomial (relative error
 // ~1e-7) on whole vectors; double: the library exp per lane (used for float64 checks).
-inline Vec<float>::V softmax_exp(Vec<float>::V x) {
-  using V = Vec<float>::V;
-  using I = Vec<float>::I;
+template <typename V, typename I>
+inline V exp_float(V x) {
   const V lo = V{} - 87.0f;
   x = x < lo ? lo : x;
   const V magic = V{} + 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
@@ -79,10 +111,15 @@ inline Vec<float>::V softmax_exp(Vec<float>::V x) {
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
 }
-inline Vec<double>::V softmax_exp(Vec<double>::V x) {
-  for (int l = 0; l < Vec<double>::L; ++l) x[l] = std::exp(x[l]);
+inline Vec<float>::V softmax_exp(Vec<float>::V x) { return exp_float<Vec<float>::V, Vec<float>::I>(x); }
+inline Vec<float>::H softmax_exp(Vec<float>::H x) { return exp_float<Vec<float>::H, Vec<float>::HI>(x); }
+template <typename V>
+inline V exp_double(V x) {
+  for (size_t l = 0; l < sizeof(V) / sizeof(double); ++l) x[l] = std::exp(x[l]);
   return x;
 }
+inline Vec<double>::V softmax_exp(Vec<double>::V x) { return exp_double(x); }
+inline Vec<double>::H softmax_exp(Vec<double>::H x) { return exp_double(x); }
 
 struct Geometry {
   int64_t BN, Cq, Ck, Cv, G, Ho, Wo, Hp, S, Wq, ka, dil;
@@ -109,10 +146,10 @@ template <typename V> inline void in_reg(V& v) { asm("" : "+v"(v)); }
 
 // acc[p][b] = sum_{c < C1} a[p][c*as] * k1[c*ks + cols[b]] + sum_{c < C2} a[p][(C1+c)*as] * k2[c*ks + cols[b]],
 // stored to o[p] + b*os; where mx is given, mx[p] = max(mx[p], max_b acc[p][b]) (the running softmax max).
-template <typename T, int NR, int NB>
-inline void corr_tile(const T* const* a, int64_t as, const T* k1, int64_t C1, const T* k2, int64_t C2, int64_t ks,
+template <typename T, int VB, int NR, int NB>
+__attribute__((noinline)) void corr_tile(const T* const* a, int64_t as, const T* k1, int64_t C1, const T* k2, int64_t C2, int64_t ks,
                       const int64_t* cols, T* const* o, int64_t os, T* const* mx) {
-  using V = V_t<T>;
+  using V = typename VecB<T, VB>::type;
   V acc[NR][NB];
 #pragma GCC unroll 8
   for (int p = 0; p < NR; ++p)
@@ -128,11 +165,11 @@ inline void corr_tile(const T* const* a, int64_t as, const T* k1, int64_t C1, co
     for (int64_t c = 0; c < C; ++c) {
       V av[NR];
 #pragma GCC unroll 8
-      for (int p = 0; p < NR; ++p) av[p] = ld(ap[p] + c * as);
+      for (int p = 0; p < NR; ++p) av[p] = ldv<VB>(ap[p] + c * as);
       const T* kc = k + c * ks;
 #pragma GCC unroll 8
       for (int b = 0; b < NB; ++b) {
-        V kv = ld(kc + cb[b]);
+        V kv = ldv<VB>(kc + cb[b]);
         in_reg(kv);
 #pragma GCC unroll 8
         for (int p = 0; p < NR; ++p) acc[p][b] += av[p] * kv;
@@ -144,29 +181,29 @@ inline void corr_tile(const T* const* a, int64_t as, const T* k1, int64_t C1, co
 #pragma GCC unroll 8
   for (int p = 0; p < NR; ++p)
 #pragma GCC unroll 8
-    for (int b = 0; b < NB; ++b) st(o[p] + b * os, acc[p][b]);
+    for (int b = 0; b < NB; ++b) stv<VB>(o[p] + b * os, acc[p][b]);
   if (mx) {
 #pragma GCC unroll 8
     for (int p = 0; p < NR; ++p) {
-      V m = ld(mx[p]);
+      V m = ldv<VB>(mx[p]);
 #pragma GCC unroll 8
       for (int b = 0; b < NB; ++b) m = acc[p][b] > m ? acc[p][b] : m;
-      st(mx[p], m);
+      stv<VB>(mx[p], m);
     }
   }
 }
 
 // o[p][c*os] += sum_b w[p][b*ws] * val(c)[cols[b]], c < C1 + C2; val(c) = v1 + c*vs for c < C1, else
 // v2 + (c - C1)*vs.
-template <typename T, int NR, int NB>
-inline void agg_tile(const T* const* w, int64_t ws, const T* v1, int64_t C1, const T* v2, int64_t C2, int64_t vs,
+template <typename T, int VB, int NR, int NB>
+__attribute__((noinline)) void agg_tile(const T* const* w, int64_t ws, const T* v1, int64_t C1, const T* v2, int64_t C2, int64_t vs,
                      const int64_t* cols, T* const* o, int64_t os) {
-  using V = V_t<T>;
+  using V = typename VecB<T, VB>::type;
   V wr[NR][NB];
 #pragma GCC unroll 8
   for (int p = 0; p < NR; ++p)
 #pragma GCC unroll 8
-    for (int b = 0; b < NB; ++b) wr[p][b] = ld(w[p] + b * ws);
+    for (int b = 0; b < NB; ++b) wr[p][b] = ldv<VB>(w[p] + b * ws);
   int64_t cb[NB];
 #pragma GCC unroll 8
   for (int b = 0; b < NB; ++b) cb[b] = cols[b];
@@ -177,17 +214,17 @@ inline void agg_tile(const T* const* w, int64_t ws, const T* v1, int64_t C1, con
     for (int64_t c = 0; c < C; ++c) {
       V ov[NR];
 #pragma GCC unroll 8
-      for (int p = 0; p < NR; ++p) ov[p] = ld(op[p] + c * os);
+      for (int p = 0; p < NR; ++p) ov[p] = ldv<VB>(op[p] + c * os);
       const T* vc = v + c * vs;
 #pragma GCC unroll 8
       for (int b = 0; b < NB; ++b) {
-        V vv = ld(vc + cb[b]);
+        V vv = ldv<VB>(vc + cb[b]);
         in_reg(vv);
 #pragma GCC unroll 8
         for (int p = 0; p < NR; ++p) ov[p] += wr[p][b] * vv;
       }
 #pragma GCC unroll 8
-      for (int p = 0; p < NR; ++p) st(op[p] + c * os, ov[p]);
+      for (int p = 0; p < NR; ++p) stv<VB>(op[p] + c * os, ov[p]);
     }
   };
   run(0, v1, C1);
@@ -197,94 +234,94 @@ inline void agg_tile(const T* const* w, int64_t ws, const T* v1, int64_t C1, con
 // d[c*ds + cols[b]] += sum_p w[p][b*ws] * a[p][c*as], c < C, b < nb (the transpose of agg_tile).
 // b outer, c inner: consecutive read-modify-writes hit different channels, so the
 // overlapping vectors of neighbouring b never wait on store forwarding.
-template <typename T, int NR>
-inline void scatter_tile(const T* const* w, int64_t ws, const T* const* a, int64_t as, int64_t C,
+template <typename T, int VB, int NR>
+__attribute__((noinline)) void scatter_tile(const T* const* w, int64_t ws, const T* const* a, int64_t as, int64_t C,
                          const int64_t* cols, int nb, T* d, int64_t ds) {
-  using V = V_t<T>;
+  using V = typename VecB<T, VB>::type;
   const T* ap[NR];
 #pragma GCC unroll 8
   for (int p = 0; p < NR; ++p) ap[p] = a[p];
   for (int b = 0; b < nb; ++b) {
     V wr[NR];
 #pragma GCC unroll 8
-    for (int p = 0; p < NR; ++p) wr[p] = ld(w[p] + b * ws);
+    for (int p = 0; p < NR; ++p) wr[p] = ldv<VB>(w[p] + b * ws);
     T* db = d + cols[b];
     for (int64_t c = 0; c < C; ++c) {
       // two partial sums, the destination added last: no chain of NR dependent FMAs behind its load
-      V s0 = wr[0] * ld(ap[0] + c * as);
+      V s0 = wr[0] * ldv<VB>(ap[0] + c * as);
       V s1 = V{};
 #pragma GCC unroll 8
       for (int p = 1; p < NR; ++p) {
-        if (p % 2) s1 += wr[p] * ld(ap[p] + c * as);
-        else s0 += wr[p] * ld(ap[p] + c * as);
+        if (p % 2) s1 += wr[p] * ldv<VB>(ap[p] + c * as);
+        else s0 += wr[p] * ldv<VB>(ap[p] + c * as);
       }
-      st(db + c * ds, ld(db + c * ds) + (s0 + s1));
+      stv<VB>(db + c * ds, ldv<VB>(db + c * ds) + (s0 + s1));
     }
   }
 }
 
-template <typename T, int NB>
+template <typename T, int VB, int NB>
 inline void corr_nr(int nr, const T* const* a, int64_t as, const T* k1, int64_t C1, const T* k2, int64_t C2,
                     int64_t ks, const int64_t* cols, T* const* o, int64_t os, T* const* mx) {
   switch (nr) {
-    case 1: corr_tile<T, 1, NB>(a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
-    case 2: if constexpr (max_nr(NB) >= 2) corr_tile<T, 2, NB>(a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
-    case 3: if constexpr (max_nr(NB) >= 3) corr_tile<T, 3, NB>(a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
-    default: if constexpr (max_nr(NB) >= 4) corr_tile<T, 4, NB>(a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
+    case 1: corr_tile<T, VB, 1, NB>(a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
+    case 2: if constexpr (max_nr(NB) >= 2) corr_tile<T, VB, 2, NB>(a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
+    case 3: if constexpr (max_nr(NB) >= 3) corr_tile<T, VB, 3, NB>(a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
+    default: if constexpr (max_nr(NB) >= 4) corr_tile<T, VB, 4, NB>(a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
   }
 }
 
-template <typename T>
+template <typename T, int VB>
 inline void corr(int nr, int nb, const T* const* a, int64_t as, const T* k1, int64_t C1, const T* k2, int64_t C2,
                  int64_t ks, const int64_t* cols, T* const* o, int64_t os, T* const* mx) {
   switch (nb) {
-    case 1: corr_nr<T, 1>(nr, a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
-    case 2: corr_nr<T, 2>(nr, a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
-    case 3: corr_nr<T, 3>(nr, a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
-    case 4: corr_nr<T, 4>(nr, a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
-    case 5: corr_nr<T, 5>(nr, a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
-    case 6: corr_nr<T, 6>(nr, a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
-    default: corr_nr<T, 7>(nr, a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
+    case 1: corr_nr<T, VB, 1>(nr, a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
+    case 2: corr_nr<T, VB, 2>(nr, a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
+    case 3: corr_nr<T, VB, 3>(nr, a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
+    case 4: corr_nr<T, VB, 4>(nr, a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
+    case 5: corr_nr<T, VB, 5>(nr, a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
+    case 6: corr_nr<T, VB, 6>(nr, a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
+    default: corr_nr<T, VB, 7>(nr, a, as, k1, C1, k2, C2, ks, cols, o, os, mx); break;
   }
 }
 
-template <typename T, int NB>
+template <typename T, int VB, int NB>
 inline void agg_nr(int nr, const T* const* w, int64_t ws, const T* v1, int64_t C1, const T* v2, int64_t C2,
                    int64_t vs, const int64_t* cols, T* const* o, int64_t os) {
   switch (nr) {
-    case 1: agg_tile<T, 1, NB>(w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
-    case 2: if constexpr (max_nr(NB) >= 2) agg_tile<T, 2, NB>(w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
-    case 3: if constexpr (max_nr(NB) >= 3) agg_tile<T, 3, NB>(w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
-    default: if constexpr (max_nr(NB) >= 4) agg_tile<T, 4, NB>(w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
+    case 1: agg_tile<T, VB, 1, NB>(w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
+    case 2: if constexpr (max_nr(NB) >= 2) agg_tile<T, VB, 2, NB>(w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
+    case 3: if constexpr (max_nr(NB) >= 3) agg_tile<T, VB, 3, NB>(w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
+    default: if constexpr (max_nr(NB) >= 4) agg_tile<T, VB, 4, NB>(w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
   }
 }
 
-template <typename T>
+template <typename T, int VB>
 inline void agg(int nr, int nb, const T* const* w, int64_t ws, const T* v1, int64_t C1, const T* v2, int64_t C2,
                 int64_t vs, const int64_t* cols, T* const* o, int64_t os) {
   switch (nb) {
-    case 1: agg_nr<T, 1>(nr, w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
-    case 2: agg_nr<T, 2>(nr, w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
-    case 3: agg_nr<T, 3>(nr, w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
-    case 4: agg_nr<T, 4>(nr, w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
-    case 5: agg_nr<T, 5>(nr, w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
-    case 6: agg_nr<T, 6>(nr, w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
-    default: agg_nr<T, 7>(nr, w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
+    case 1: agg_nr<T, VB, 1>(nr, w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
+    case 2: agg_nr<T, VB, 2>(nr, w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
+    case 3: agg_nr<T, VB, 3>(nr, w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
+    case 4: agg_nr<T, VB, 4>(nr, w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
+    case 5: agg_nr<T, VB, 5>(nr, w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
+    case 6: agg_nr<T, VB, 6>(nr, w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
+    default: agg_nr<T, VB, 7>(nr, w, ws, v1, C1, v2, C2, vs, cols, o, os); break;
   }
 }
 
-template <typename T>
+template <typename T, int VB>
 inline void scatter(int nr, int nb, const T* const* w, int64_t ws, const T* const* a, int64_t as, int64_t C,
                     const int64_t* cols, T* d, int64_t ds) {
   switch (nr) {
-    case 1: scatter_tile<T, 1>(w, ws, a, as, C, cols, nb, d, ds); break;
-    case 2: scatter_tile<T, 2>(w, ws, a, as, C, cols, nb, d, ds); break;
-    case 3: scatter_tile<T, 3>(w, ws, a, as, C, cols, nb, d, ds); break;
-    case 4: scatter_tile<T, 4>(w, ws, a, as, C, cols, nb, d, ds); break;
-    case 5: scatter_tile<T, 5>(w, ws, a, as, C, cols, nb, d, ds); break;
-    case 6: scatter_tile<T, 6>(w, ws, a, as, C, cols, nb, d, ds); break;
-    case 7: scatter_tile<T, 7>(w, ws, a, as, C, cols, nb, d, ds); break;
-    default: scatter_tile<T, 8>(w, ws, a, as, C, cols, nb, d, ds); break;
+    case 1: scatter_tile<T, VB, 1>(w, ws, a, as, C, cols, nb, d, ds); break;
+    case 2: scatter_tile<T, VB, 2>(w, ws, a, as, C, cols, nb, d, ds); break;
+    case 3: scatter_tile<T, VB, 3>(w, ws, a, as, C, cols, nb, d, ds); break;
+    case 4: scatter_tile<T, VB, 4>(w, ws, a, as, C, cols, nb, d, ds); break;
+    case 5: scatter_tile<T, VB, 5>(w, ws, a, as, C, cols, nb, d, ds); break;
+    case 6: scatter_tile<T, VB, 6>(w, ws, a, as, C, cols, nb, d, ds); break;
+    case 7: scatter_tile<T, VB, 7>(w, ws, a, as, C, cols, nb, d, ds); break;
+    default: scatter_tile<T, VB, 8>(w, ws, a, as, C, cols, nb, d, ds); break;
   }
 }
 
@@ -341,10 +378,11 @@ template <typename T>
 void block_correlate(const Geometry& g, const Block& blk, const int64_t* cols, const T* a, const T* key1, int64_t C1,
                      const T* key2, int64_t C2, T* L, T* M) {
   if (M) std::fill(M, M + blk.R * blk.Wp, -std::numeric_limits<T>::infinity());
-  const int64_t K2 = g.K2(), Wp = blk.Wp, L_ = Vec<T>::L;
+  const int64_t K2 = g.K2(), Wp = blk.Wp;
   for (const auto& gr : blk.groups) {
     const int64_t roff = gr.r * g.row();
-    for (int64_t x0 = 0; x0 < Wp; x0 += L_) {
+    for_x_tiles<T>(Wp, [&](int64_t x0, auto tag) {
+      constexpr int VB = decltype(tag)::bytes;
       for (int64_t b0 = 0; b0 < g.ka; b0 += kMaxNB) {
         const int nb = static_cast<int>(std::min<int64_t>(kMaxNB, g.ka - b0));
         const T* ap[kMaxNR];
@@ -355,10 +393,10 @@ void block_correlate(const Geometry& g, const Block& blk, const int64_t* cols, c
           op[p] = L + (gr.yy[p] * K2 + gr.i[p] * g.ka + b0) * Wp + x0;
           mp[p] = M ? M + gr.yy[p] * Wp + x0 : nullptr;
         }
-        corr<T>(gr.n, nb, ap, blk.R * Wp, key1 + roff + x0, C1, key2 ? key2 + roff + x0 : nullptr, C2, g.plane(),
+        corr<T, VB>(gr.n, nb, ap, blk.R * Wp, key1 + roff + x0, C1, key2 ? key2 + roff + x0 : nullptr, C2, g.plane(),
                 cols + b0, op, Wp, M ? mp : nullptr);
       }
-    }
+    });
   }
 }
 
@@ -368,11 +406,12 @@ template <typename T>
 void block_aggregate(const Geometry& g, const Block& blk, const int64_t* cols, const T* w, const T* val1, int64_t C1,
                      const T* val2, int64_t C2, T* out) {
   const int64_t C = C1 + C2;
-  const int64_t K2 = g.K2(), Wp = blk.Wp, L_ = Vec<T>::L;
+  const int64_t K2 = g.K2(), Wp = blk.Wp;
   std::fill(out, out + C * blk.R * Wp, T(0));
   for (const auto& gr : blk.groups) {
     const int64_t roff = gr.r * g.row();
-    for (int64_t x0 = 0; x0 < Wp; x0 += L_) {
+    for_x_tiles<T>(Wp, [&](int64_t x0, auto tag) {
+      constexpr int VB = decltype(tag)::bytes;
       for (int64_t b0 = 0; b0 < g.ka; b0 += kMaxNB) {
         const int nb = static_cast<int>(std::min<int64_t>(kMaxNB, g.ka - b0));
         const T* wp[kMaxNR];
@@ -381,10 +420,10 @@ void block_aggregate(const Geometry& g, const Block& blk, const int64_t* cols, c
           wp[p] = w + (gr.yy[p] * K2 + gr.i[p] * g.ka + b0) * Wp + x0;
           op[p] = out + gr.yy[p] * Wp + x0;
         }
-        agg<T>(gr.n, nb, wp, Wp, val1 + roff + x0, C1, val2 ? val2 + roff + x0 : nullptr, C2, g.plane(), cols + b0,
+        agg<T, VB>(gr.n, nb, wp, Wp, val1 + roff + x0, C1, val2 ? val2 + roff + x0 : nullptr, C2, g.plane(), cols + b0,
                op, blk.R * Wp);
       }
-    }
+    });
   }
 }
 
@@ -393,10 +432,11 @@ void block_aggregate(const Geometry& g, const Block& blk, const int64_t* cols, c
 template <typename T>
 void block_scatter(const Geometry& g, const Block& blk, const int64_t* cols, const T* w, const T* a, int64_t C,
                    T* dst) {
-  const int64_t K2 = g.K2(), Wp = blk.Wp, L_ = Vec<T>::L;
+  const int64_t K2 = g.K2(), Wp = blk.Wp;
   for (const auto& gr : blk.groups) {
     T* drow = dst + gr.r * g.row();
-    for (int64_t x0 = 0; x0 < Wp; x0 += L_) {
+    for_x_tiles<T>(Wp, [&](int64_t x0, auto tag) {
+      constexpr int VB = decltype(tag)::bytes;
       for (int64_t b0 = 0; b0 < g.ka; b0 += kMaxNB) {
         const int nb = static_cast<int>(std::min<int64_t>(kMaxNB, g.ka - b0));
         const T* wp[kMaxScatterNR];
@@ -405,9 +445,9 @@ void block_scatter(const Geometry& g, const Block& blk, const int64_t* cols, con
           wp[p] = w + (gr.yy[p] * K2 + gr.i[p] * g.ka + b0) * Wp + x0;
           ap[p] = a + gr.yy[p] * Wp + x0;
         }
-        scatter<T>(gr.n, nb, wp, Wp, ap, blk.R * Wp, C, cols + b0, drow + x0, g.plane());
+        scatter<T, VB>(gr.n, nb, wp, Wp, ap, blk.R * Wp, C, cols + b0, drow + x0, g.plane());
       }
-    }
+    });
   }
 }
 
@@ -415,20 +455,21 @@ void block_scatter(const Geometry& g, const Block& blk, const int64_t* cols, con
 // 1 / sum_j of them (M: the row maxima from block_correlate).
 template <typename T>
 void block_softmax_exp(const Geometry& g, const Block& blk, T* L, T* M) {
-  using V = V_t<T>;
-  const int64_t K2 = g.K2(), Wp = blk.Wp, L_ = Vec<T>::L;
+  const int64_t K2 = g.K2(), Wp = blk.Wp;
   for (int64_t yy = 0; yy < blk.nrows; ++yy) {
     T* Ly = L + yy * K2 * Wp;
-    for (int64_t x0 = 0; x0 < Wp; x0 += L_) {
-      const V m = ld(M + yy * Wp + x0);
+    for_x_tiles<T>(Wp, [&](int64_t x0, auto tag) {
+      constexpr int VB = decltype(tag)::bytes;
+      using V = typename VecB<T, VB>::type;
+      const V m = ldv<VB>(M + yy * Wp + x0);
       V s = V{};
       for (int64_t j = 0; j < K2; ++j) {
-        const V e = softmax_exp(ld(Ly + j * Wp + x0) - m);
-        st(Ly + j * Wp + x0, e);
+        const V e = softmax_exp(ldv<VB>(Ly + j * Wp + x0) - m);
+        stv<VB>(Ly + j * Wp + x0, e);
         s += e;
       }
-      st(M + yy * Wp + x0, T(1) / s);
-    }
+      stv<VB>(M + yy * Wp + x0, T(1) / s);
+    });
   }
 }
 
@@ -436,13 +477,15 @@ void block_softmax_exp(const Geometry& g, const Block& blk, T* L, T* M) {
 // from them add exact zeros.
 template <typename T>
 void block_normalise(const Geometry& g, const Block& blk, T* L, const T* inv) {
-  const int64_t K2 = g.K2(), Wp = blk.Wp, L_ = Vec<T>::L;
+  const int64_t K2 = g.K2(), Wp = blk.Wp;
   for (int64_t yy = 0; yy < blk.nrows; ++yy) {
     T* Ly = L + yy * K2 * Wp;
-    for (int64_t x0 = 0; x0 < Wp; x0 += L_) {
-      const V_t<T> s = ld(inv + yy * Wp + x0);
-      for (int64_t j = 0; j < K2; ++j) st(Ly + j * Wp + x0, ld(Ly + j * Wp + x0) * s);
-    }
+    for_x_tiles<T>(Wp, [&](int64_t x0, auto tag) {
+      constexpr int VB = decltype(tag)::bytes;
+      using V = typename VecB<T, VB>::type;
+      const V s = ldv<VB>(inv + yy * Wp + x0);
+      for (int64_t j = 0; j < K2; ++j) stv<VB>(Ly + j * Wp + x0, ldv<VB>(Ly + j * Wp + x0) * s);
+    });
     if (Wp > g.Wo)
       for (int64_t j = 0; j < K2; ++j) std::fill(Ly + j * Wp + g.Wo, Ly + (j + 1) * Wp, T(0));
   }
@@ -478,7 +521,11 @@ void store_rows(const Geometry& g, const Block& blk, T* src, int64_t C, T* dst, 
     for (int64_t yy = 0; yy < blk.nrows; ++yy) {
       T* s = src + (c * blk.R + yy) * blk.Wp;
       if (scale)
-        for (int64_t x0 = 0; x0 < blk.Wp; x0 += Vec<T>::L) st(s + x0, ld(s + x0) * ld(scale + yy * blk.Wp + x0));
+        for_x_tiles<T>(blk.Wp, [&](int64_t x0, auto tag) {
+          constexpr int VB = decltype(tag)::bytes;
+      using V = typename VecB<T, VB>::type;
+          stv<VB>(s + x0, ldv<VB>(s + x0) * ldv<VB>(scale + yy * blk.Wp + x0));
+        });
       copy_row(s, g.Wo, dst + (c * g.Ho + blk.y0 + yy) * g.Wo);
     }
 }
@@ -563,8 +610,8 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& kd, const
   if (g.BN == 0 || g.Ho == 0 || g.Wo == 0) return {out, weights};
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "window_attention_forward", [&] {
     using T = scalar_t;
-    const int64_t K2 = g.K2(), HWo = g.Ho * g.Wo, L_ = Vec<T>::L;
-    const int64_t Wp = (g.Wo + L_ - 1) / L_ * L_, R = block_rows(g), nblk = (g.Ho + R - 1) / R;
+    const int64_t K2 = g.K2(), HWo = g.Ho * g.Wo;
+    const int64_t Wp = padded_width<T>(g.Wo), R = block_rows(g), nblk = (g.Ho + R - 1) / R;
     const T* Q = q.data_ptr<T>();
     const T* K = kd.data_ptr<T>();
     const T* V = vd.data_ptr<T>();
@@ -626,7 +673,7 @@ std::vector<at::Tensor> backward(const at::Tensor& dout_in, const at::Tensor& q,
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "window_attention_backward", [&] {
     using T = scalar_t;
     const int64_t K2 = g.K2(), HWo = g.Ho * g.Wo, L_ = Vec<T>::L;
-    const int64_t Wp = (g.Wo + L_ - 1) / L_ * L_, R = block_rows(g), nblk = (g.Ho + R - 1) / R;
+    const int64_t Wp = padded_width<T>(g.Wo), R = block_rows(g), nblk = (g.Ho + R - 1) / R;
     const T* Q = q.data_ptr<T>();
     const T* K = kd.data_ptr<T>();
     const T* V = vd.data_ptr<T>();
@@ -670,19 +717,20 @@ std::vector<at::Tensor> backward(const at::Tensor& dout_in, const at::Tensor& q,
         block_normalise(g, blk, P, M);
         block_correlate(g, blk, cols.data(), ds, Vb, g.Cv, Vb, 0, dW, static_cast<T*>(nullptr));
         // softmax backward, written over dW: dlogit_j = P_j (dW_j - sum_i P_i dW_i)
-        using Vt = V_t<T>;
         for (int64_t yy = 0; yy < blk.nrows; ++yy)
-          for (int64_t x0 = 0; x0 < Wp; x0 += L_) {
+          for_x_tiles<T>(Wp, [&](int64_t x0, auto tag) {
+            constexpr int VB = decltype(tag)::bytes;
+            using Vt = typename VecB<T, VB>::type;
             const T* Py = P + yy * K2 * Wp + x0;
             T* Dy = dW + yy * K2 * Wp + x0;
             Vt s4[4] = {};  // four partial sums: one chain of K2 dependent FMAs would wait on latency
             int64_t j = 0;
             for (; j + 4 <= K2; j += 4)
-              for (int u = 0; u < 4; ++u) s4[u] += ld(Py + (j + u) * Wp) * ld(Dy + (j + u) * Wp);
-            for (; j < K2; ++j) s4[0] += ld(Py + j * Wp) * ld(Dy + j * Wp);
+              for (int u = 0; u < 4; ++u) s4[u] += ldv<VB>(Py + (j + u) * Wp) * ldv<VB>(Dy + (j + u) * Wp);
+            for (; j < K2; ++j) s4[0] += ldv<VB>(Py + j * Wp) * ldv<VB>(Dy + j * Wp);
             const Vt s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
-            for (int64_t j = 0; j < K2; ++j) st(Dy + j * Wp, ld(Py + j * Wp) * (ld(Dy + j * Wp) - s));
-          }
+            for (j = 0; j < K2; ++j) stv<VB>(Dy + j * Wp, ldv<VB>(Py + j * Wp) * (ldv<VB>(Dy + j * Wp) - s));
+          });
         block_aggregate(g, blk, cols.data(), dW, Kb, g.Ck, Gd, g.G, dqs);
         store_rows(g, blk, dqs, g.Cq, DQ + bn * g.Cq * HWo, static_cast<const T*>(nullptr));
         block_scatter(g, sblk, cols.data(), dW, qs, g.Ck, dK);
