@@ -17,8 +17,9 @@
 // every output row y of the block with r = y*S + i*dil (0 <= i < ka): those (y, i) pairs are
 // handled together, so each key/value vector loaded from memory feeds up to NR rows' FMAs
 // (register tiles: NR rows x NB window columns x one vector of x). Columns are processed
-// in whole vectors (16 floats / 8 doubles) over a width padded up to the vector length;
-// the lanes past Wo compute values that are never stored to the outputs (queries and
+// in whole vectors (AVX-512: 16 floats / 8 doubles; else 8 / 4) and at most one half vector,
+// over a width padded up to half a vector; the lanes past Wo compute values that are never
+// stored to the outputs (queries and
 // output gradients are copied into zero-padded block buffers; softmax weights and their
 // gradients are zeroed past Wo, so the scatters add exact zeros there).
 #include <torch/extension.h>
@@ -47,20 +48,27 @@ namespace {
 template <typename T, int VB> struct VecB;
 template <> struct VecB<float, 64> { typedef float type __attribute__((vector_size(64), aligned(4))); };
 template <> struct VecB<float, 32> { typedef float type __attribute__((vector_size(32), aligned(4))); };
+template <> struct VecB<float, 16> { typedef float type __attribute__((vector_size(16), aligned(4))); };
 template <> struct VecB<double, 64> { typedef double type __attribute__((vector_size(64), aligned(8))); };
 template <> struct VecB<double, 32> { typedef double type __attribute__((vector_size(32), aligned(8))); };
-template <typename T> struct Vec;
-template <> struct Vec<float> {
-  typedef VecB<float, 64>::type V;
-  typedef VecB<float, 32>::type H;
-  typedef int32_t I __attribute__((vector_size(64), aligned(4)));
-  typedef int32_t HI __attribute__((vector_size(32), aligned(4)));
-  static constexpr int L = 16;
-};
-template <> struct Vec<double> {
-  typedef VecB<double, 64>::type V;
-  typedef VecB<double, 32>::type H;
-  static constexpr int L = 8;
+template <> struct VecB<double, 16> { typedef double type __attribute__((vector_size(16), aligned(8))); };
+template <typename T, int VB> struct IntVecB;
+template <> struct IntVecB<float, 64> { typedef int32_t type __attribute__((vector_size(64), aligned(4))); };
+template <> struct IntVecB<float, 32> { typedef int32_t type __attribute__((vector_size(32), aligned(4))); };
+template <> struct IntVecB<float, 16> { typedef int32_t type __attribute__((vector_size(16), aligned(4))); };
+
+// Full vector: one AVX-512 register where the CPU has them, else one AVX register (a 64-byte
+// vector would take two registers and the register tiles would spill).
+#if defined(__AVX512F__)
+constexpr int kFullBytes = 64;
+#else
+constexpr int kFullBytes = 32;
+#endif
+constexpr int kHalfBytes = kFullBytes / 2;
+
+template <typename T> struct Vec {
+  typedef typename VecB<T, kFullBytes>::type V;
+  static constexpr int L = kFullBytes / static_cast<int>(sizeof(T));
 };
 
 template <typename T> using V_t = typename Vec<T>::V;
@@ -70,8 +78,8 @@ template <int VB, typename T> inline typename VecB<T, VB>::type ldv(const T* p) 
 template <int VB, typename T> inline void stv(T* p, typename VecB<T, VB>::type v) {
   *reinterpret_cast<typename VecB<T, VB>::type*>(p) = v;
 }
-template <typename T> inline V_t<T> ld(const T* p) { return ldv<64>(p); }
-template <typename T> inline void st(T* p, V_t<T> v) { stv<64>(p, v); }
+template <typename T> inline V_t<T> ld(const T* p) { return ldv<kFullBytes>(p); }
+template <typename T> inline void st(T* p, V_t<T> v) { stv<kFullBytes>(p, v); }
 template <int VB> struct Tag { static constexpr int bytes = VB; };
 
 // Row length of the block buffers: W' rounded up to half a vector.
@@ -84,8 +92,8 @@ template <typename T> inline int64_t padded_width(int64_t Wo) {
 template <typename T, typename F>
 inline void for_x_tiles(int64_t Wp, F&& f) {
   int64_t x0 = 0;
-  for (; x0 + Vec<T>::L <= Wp; x0 += Vec<T>::L) f(x0, Tag<64>{});
-  if (x0 < Wp) f(x0, Tag<32>{});
+  for (; x0 + Vec<T>::L <= Wp; x0 += Vec<T>::L) f(x0, Tag<kFullBytes>{});
+  if (x0 < Wp) f(x0, Tag<kHalfBytes>{});
 }
 
 // exp on the non-positive arguments of a max-shifted softmax. float: Cody-Waite range
@@ -111,15 +119,23 @@ inline V exp_float(V x) {
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
 }
-inline Vec<float>::V softmax_exp(Vec<float>::V x) { return exp_float<Vec<float>::V, Vec<float>::I>(x); }
-inline Vec<float>::H softmax_exp(Vec<float>::H x) { return exp_float<Vec<float>::H, Vec<float>::HI>(x); }
+inline VecB<float, 64>::type softmax_exp(VecB<float, 64>::type x) {
+  return exp_float<VecB<float, 64>::type, IntVecB<float, 64>::type>(x);
+}
+inline VecB<float, 32>::type softmax_exp(VecB<float, 32>::type x) {
+  return exp_float<VecB<float, 32>::type, IntVecB<float, 32>::type>(x);
+}
+inline VecB<float, 16>::type softmax_exp(VecB<float, 16>::type x) {
+  return exp_float<VecB<float, 16>::type, IntVecB<float, 16>::type>(x);
+}
 template <typename V>
 inline V exp_double(V x) {
   for (size_t l = 0; l < sizeof(V) / sizeof(double); ++l) x[l] = std::exp(x[l]);
   return x;
 }
-inline Vec<double>::V softmax_exp(Vec<double>::V x) { return exp_double(x); }
-inline Vec<double>::H softmax_exp(Vec<double>::H x) { return exp_double(x); }
+inline VecB<double, 64>::type softmax_exp(VecB<double, 64>::type x) { return exp_double(x); }
+inline VecB<double, 32>::type softmax_exp(VecB<double, 32>::type x) { return exp_double(x); }
+inline VecB<double, 16>::type softmax_exp(VecB<double, 16>::type x) { return exp_double(x); }
 
 struct Geometry {
   int64_t BN, Cq, Ck, Cv, G, Ho, Wo, Hp, S, Wq, ka, dil;
@@ -136,7 +152,11 @@ struct Geometry {
 
 constexpr int kMaxNB = 7;   // window columns per register tile
 constexpr int kMaxNR = 4;   // output rows per register tile
+#if defined(__AVX512F__)
 constexpr int kMaxAcc = 24; // NR * NB accumulators (of 32 vector registers)
+#else
+constexpr int kMaxAcc = 12; // (of 16)
+#endif
 constexpr int max_nr(int nb) { return std::min(kMaxNR, kMaxAcc / nb); }
 constexpr int kMaxScatterNR = 8;  // output rows per scatter tile (its registers: one weight vector per row)
 
