@@ -96,8 +96,9 @@ def local_attention_fast(q, k, v, pe_weight, pe_bias, heads: int, kernel_att: in
 
     logits_j(p) = scale q[p].K[p+o_j] - (W_p^T scale q[p]).P~[p+o_j] + const(p); the
     constant (and pe_bias) leave the softmax. The windowed softmax-aggregation runs in
-    modules/_fast (C++ kernel, or its pure-PyTorch twin) with a hand-written backward that
-    saves only the softmax weights (B*N, k_a^2, H', W') besides q, padded k and padded v.
+    modules/_fast (C++ kernel, or its pure-PyTorch twin) with a hand-written backward: the C++
+    backward saves only q, padded k and padded v and recomputes the softmax weights block by
+    block; the torch twin also saves the weights (B*N, k_a^2, H', W').
     """
     from ._fast import split_phases, window_attention
 
