@@ -233,57 +233,72 @@ template <typename T> struct IdxOf;
 template <> struct IdxOf<float> { typedef int32_t type __attribute__((vector_size(64))); };
 template <> struct IdxOf<double> { typedef int64_t type __attribute__((vector_size(64))); };
 
-// even[j] = src[2j], odd[j] = src[2j + 1] for 2j (+1) < n. Rows go through small stack buffers
-// so that short rows (n < 2 vectors) use the vector shuffles too and nothing past them is touched.
-constexpr int64_t kMaxRow = 1024;
-
+// Stride 2: a whole plane (n = H*W values) split by the parity of its flat index, and merged
+// back: ev[j] = src[2j], od[j] = src[2j + 1]. Row y (flat start y*W) then finds its even and odd
+// columns as two runs of ev/od (which swap where y*W is odd): one shuffle pass per plane, not per
+// row (rows of 14 or 28 values are too short for it). ev and od need VL values of slack.
 template <typename T>
-void deinterleave2(const T* src, int64_t n, T* even, T* odd) {
+void split_flat(const T* src, int64_t n, T* ev, T* od) {
   using V = vec_t<T>;
   using I = typename IdxOf<T>::type;
   constexpr int64_t VL = lanes<T>();
-  if (n > kMaxRow) {
-    for (int64_t x = 0; x < n; ++x) (x % 2 ? odd : even)[x / 2] = src[x];
-    return;
-  }
-  alignas(64) T in[kMaxRow + 2 * VL], ev[kMaxRow / 2 + VL], od[kMaxRow / 2 + VL];
   I e, o;
   for (int64_t l = 0; l < VL; ++l) { e[l] = 2 * l; o[l] = 2 * l + 1; }
-  std::memcpy(in, src, n * sizeof(T));
-  for (int64_t j = 0; 2 * j < n; j += VL) {
-    const V a = vload(in + 2 * j), b = vload(in + 2 * j + VL);
+  int64_t j = 0;
+  for (; 2 * (j + VL) <= n; j += VL) {
+    const V a = vload(src + 2 * j), b = vload(src + 2 * j + VL);
     vstore(ev + j, __builtin_shuffle(a, b, e));
     vstore(od + j, __builtin_shuffle(a, b, o));
   }
-  std::memcpy(even, ev, (n + 1) / 2 * sizeof(T));
-  std::memcpy(odd, od, n / 2 * sizeof(T));
+  if (2 * j < n) {
+    alignas(64) T tmp[2 * VL] = {};
+    std::memcpy(tmp, src + 2 * j, (n - 2 * j) * sizeof(T));
+    const V a = vload(tmp), b = vload(tmp + VL);
+    vstore(ev + j, __builtin_shuffle(a, b, e));
+    vstore(od + j, __builtin_shuffle(a, b, o));
+  }
 }
 
-// dst[2j] = even[j], dst[2j + 1] = odd[j] for 2j (+1) < n
 template <typename T>
-void interleave2(const T* even, const T* odd, int64_t n, T* dst) {
+void merge_flat(const T* ev, const T* od, int64_t n, T* dst) {
   using V = vec_t<T>;
   using I = typename IdxOf<T>::type;
   constexpr int64_t VL = lanes<T>();
-  if (n > kMaxRow) {
-    for (int64_t x = 0; x < n; ++x) dst[x] = (x % 2 ? odd : even)[x / 2];
-    return;
-  }
-  alignas(64) T out[kMaxRow + 2 * VL], ev[kMaxRow / 2 + VL], od[kMaxRow / 2 + VL];
   I lo, hi;
   for (int64_t l = 0; l < VL; ++l) {
     lo[l] = (l % 2) * VL + l / 2;
     hi[l] = (l % 2) * VL + (l + VL) / 2;
   }
-  std::memcpy(ev, even, (n + 1) / 2 * sizeof(T));
-  std::memcpy(od, odd, n / 2 * sizeof(T));
-  for (int64_t j = 0; 2 * j < n; j += VL) {
+  int64_t j = 0;
+  for (; 2 * (j + VL) <= n; j += VL) {
     const V a = vload(ev + j), b = vload(od + j);
-    vstore(out + 2 * j, __builtin_shuffle(a, b, lo));
-    vstore(out + 2 * j + VL, __builtin_shuffle(a, b, hi));
+    vstore(dst + 2 * j, __builtin_shuffle(a, b, lo));
+    vstore(dst + 2 * j + VL, __builtin_shuffle(a, b, hi));
   }
-  std::memcpy(dst, out, n * sizeof(T));
+  if (2 * j < n) {
+    alignas(64) T tmp[2 * VL];
+    const V a = vload(ev + j), b = vload(od + j);
+    vstore(tmp, __builtin_shuffle(a, b, lo));
+    vstore(tmp + VL, __builtin_shuffle(a, b, hi));
+    std::memcpy(dst + 2 * j, tmp, (n - 2 * j) * sizeof(T));
+  }
 }
+
+// where row y's even and odd columns sit in the flat split (ev, od) of its plane
+template <typename T>
+inline void row_runs(T* ev, T* od, int64_t y, int64_t W, T*& even_cols, T*& odd_cols) {
+  const int64_t s = y * W;
+  if (s % 2 == 0) {
+    even_cols = ev + s / 2;
+    odd_cols = od + s / 2;
+  } else {
+    even_cols = od + (s - 1) / 2;
+    odd_cols = ev + (s + 1) / 2;
+  }
+}
+
+// scratch values split_flat / merge_flat need for one plane
+inline int64_t flat_scratch(const Geo& g, int64_t vec) { return g.S == 2 ? 2 * ((g.H * g.W + 1) / 2 + 2 * vec) : 0; }
 
 // Zero a plane of PLB values (row pitch Wq) except rows r0..r1, columns m0..m1 (inclusive),
 // which the caller fills.
@@ -306,7 +321,7 @@ inline void phase_range(int64_t lo, int64_t n, int64_t ph, int64_t S, int64_t& q
 
 // The C planes of group i of batch b into the zero-padded phase scratch P (C*S*S planes of PLB).
 template <typename T>
-void load_input(const Geo& g, const T* X, int64_t b, int64_t i, T* P) {
+void load_input(const Geo& g, const T* X, int64_t b, int64_t i, T* P, T* flat) {
   for (int64_t pr = 0; pr < g.S; ++pr)
     for (int64_t pc = 0; pc < g.S; ++pc) {
       int64_t r0, r1, m0, m1;
@@ -316,9 +331,23 @@ void load_input(const Geo& g, const T* X, int64_t b, int64_t i, T* P) {
         zero_border(P + ((c * g.S + pr) * g.S + pc) * g.PLB, g.PLB, g.Wq, r0, r1, m0, m1);
     }
   const int64_t HW = g.H * g.W;
+  T* ev = flat;
+  T* od = flat + (HW + 1) / 2 + 2 * lanes<T>();
   for (int64_t c = 0; c < g.C; ++c) {
     const T* xs = X + ((b * g.C + c) * g.d + i) * HW;
     T* pc = P + c * g.S * g.S * g.PLB;
+    if (g.S == 2) {  // column x -> phase (x + p) % 2, position (x + p) / 2
+      split_flat(xs, HW, ev, od);
+      for (int64_t y = 0; y < g.H; ++y) {
+        const int64_t Y = y + g.p;
+        T* base = pc + (Y % 2) * 2 * g.PLB + (Y / 2) * g.Wq;
+        T *e, *o;
+        row_runs(ev, od, y, g.W, e, o);
+        std::memcpy(base + (g.p % 2) * g.PLB + g.p / 2, e, (g.W + 1) / 2 * sizeof(T));
+        std::memcpy(base + ((g.p + 1) % 2) * g.PLB + (g.p + 1) / 2, o, g.W / 2 * sizeof(T));
+      }
+      continue;
+    }
     for (int64_t y = 0; y < g.H; ++y) {
       const int64_t Y = y + g.p;
       const T* row = xs + y * g.W;
@@ -326,13 +355,9 @@ void load_input(const Geo& g, const T* X, int64_t b, int64_t i, T* P) {
         std::memcpy(pc + Y * g.Wq + g.p, row, g.W * sizeof(T));
       } else {
         T* base = pc + (Y % g.S) * g.S * g.PLB + (Y / g.S) * g.Wq;
-        if (g.S == 2) {  // x -> column phase (x + p) % 2, position (x + p) / 2
-          deinterleave2(row, g.W, base + (g.p % 2) * g.PLB + g.p / 2, base + ((g.p + 1) % 2) * g.PLB + (g.p + 1) / 2);
-        } else {
-          for (int64_t x = 0; x < g.W; ++x) {
-            const int64_t X2 = x + g.p;
-            base[(X2 % g.S) * g.PLB + X2 / g.S] = row[x];
-          }
+        for (int64_t x = 0; x < g.W; ++x) {
+          const int64_t X2 = x + g.p;
+          base[(X2 % g.S) * g.PLB + X2 / g.S] = row[x];
         }
       }
     }
@@ -348,12 +373,13 @@ void forward_impl(const Geo& g, const at::Tensor& x, const at::Tensor& wt, const
     const int64_t nt = at::in_parallel_region() ? 1 : at::get_num_threads();
 #pragma omp parallel num_threads(nt)
     {
-      std::vector<scalar_t> P(g.C * g.S * g.S * g.PLB + g.N * g.PLB);
+      std::vector<scalar_t> P(g.C * g.S * g.S * g.PLB + g.N * g.PLB + flat_scratch(g, lanes<scalar_t>()));
+      scalar_t* flat = P.data() + g.C * g.S * g.S * g.PLB + g.N * g.PLB;
       scalar_t* Ob = P.data() + g.C * g.S * g.S * g.PLB;
 #pragma omp for schedule(dynamic, 1)
       for (int64_t t = 0; t < g.B * g.d; ++t) {
         const int64_t b = t / g.d, i = t % g.d;
-        load_input(g, X, b, i, P.data());
+        load_input(g, X, b, i, P.data(), flat);
         corr(P.data(), off.data(), J, WT + i * J * g.N, g.N, g.N, 0, g.L, Ob, g.PLB);
         for (int64_t n = 0; n < g.N; ++n) {
           scalar_t* o = O + ((b * g.d + i) * g.N + n) * g.Ho * g.Wo;
@@ -380,7 +406,8 @@ void backward_impl(const Geo& g, const at::Tensor& dout, const at::Tensor& x, co
     {
       const int64_t inP = need_dw ? g.C * SS * g.PLB : 0;
       const int64_t dxP = need_dx ? g.C * SS * g.PLB : 0;
-      std::vector<scalar_t> buf(inP + dxP + g.N * g.PLB);
+      std::vector<scalar_t> buf(inP + dxP + g.N * g.PLB + flat_scratch(g, lanes<scalar_t>()));
+      scalar_t* flat = buf.data() + inP + dxP + g.N * g.PLB;
       scalar_t* P = buf.data();
       scalar_t* DXP = P + inP;
       scalar_t* Dp = DXP + dxP;
@@ -397,7 +424,7 @@ void backward_impl(const Geo& g, const at::Tensor& dout, const at::Tensor& x, co
         }
         const scalar_t* wg = Wt + i * g.N * g.C * K2;  // w[i*N + n][c][tap]
         if (need_dw) {
-          load_input(g, X, b, i, P);
+          load_input(g, X, b, i, P, flat);
           dots(Dp + g.Q * g.Wq + g.Q, g.PLB, g.N, P, off.data(), g.C * K2, g.L, DW + (b * g.d + i) * g.N * g.C * K2,
                g.C * K2);
         }
@@ -427,6 +454,20 @@ void backward_impl(const Geo& g, const at::Tensor& dout, const at::Tensor& x, co
           for (int64_t c = 0; c < g.C; ++c) {
             scalar_t* dxs = DX + ((b * g.C + c) * g.d + i) * HW;
             const scalar_t* src = DXP + c * SS * g.PLB;
+            if (S == 2) {  // the rows' even and odd columns into the flat split, merged in one pass
+              scalar_t* ev = flat;
+              scalar_t* od = flat + (HW + 1) / 2 + 2 * lanes<scalar_t>();
+              for (int64_t y = 0; y < g.H; ++y) {
+                const int64_t Y = y + g.p;
+                const scalar_t* base = src + (Y % 2) * 2 * g.PLB + (Y / 2) * g.Wq;
+                scalar_t *e, *o;
+                row_runs(ev, od, y, g.W, e, o);
+                std::memcpy(e, base + (g.p % 2) * g.PLB + g.p / 2, (g.W + 1) / 2 * sizeof(scalar_t));
+                std::memcpy(o, base + ((g.p + 1) % 2) * g.PLB + (g.p + 1) / 2, g.W / 2 * sizeof(scalar_t));
+              }
+              merge_flat(ev, od, HW, dxs);
+              continue;
+            }
             for (int64_t y = 0; y < g.H; ++y) {
               const int64_t Y = y + g.p;
               scalar_t* row = dxs + y * g.W;
@@ -434,14 +475,9 @@ void backward_impl(const Geo& g, const at::Tensor& dout, const at::Tensor& x, co
                 std::memcpy(row, src + Y * g.Wq + g.p, g.W * sizeof(scalar_t));
               } else {
                 const scalar_t* base = src + (Y % S) * S * g.PLB + (Y / S) * g.Wq;
-                if (S == 2) {
-                  interleave2(base + (g.p % 2) * g.PLB + g.p / 2, base + ((g.p + 1) % 2) * g.PLB + (g.p + 1) / 2, g.W,
-                              row);
-                } else {
-                  for (int64_t x = 0; x < g.W; ++x) {
-                    const int64_t X2 = x + g.p;
-                    row[x] = base[(X2 % S) * g.PLB + X2 / S];
-                  }
+                for (int64_t x = 0; x < g.W; ++x) {
+                  const int64_t X2 = x + g.p;
+                  row[x] = base[(X2 % S) * g.PLB + X2 / S];
                 }
               }
             }
