@@ -16,9 +16,9 @@
 // vectors per weight broadcast, the outputs of a block held in registers.
 // Backward, same task split: dout goes into a scratch with Q = (k-1)/S zero rows and columns in
 // front (pitch Wq), so dx (per phase, a correlation with the flipped taps of that phase) and dW
-// (dout x shifted input, summed over pixels) are unit-stride reads too. dW is summed per task
-// into its own slot (B, d, N, C, k, k); the caller sums over the batch: no atomics, and the
-// result does not depend on the thread count.
+// (dout x shifted input, summed over pixels) are unit-stride reads too. Backward tasks are
+// (chunk of images, group); dW is summed per task into its own slot (chunks, d, N, C, k, k); the
+// caller sums over the chunks: no atomics, and the result does not depend on the thread count.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <omp.h>
@@ -156,17 +156,19 @@ void corr(const T* src, const int64_t* off, int64_t J, const T* wm, int64_t ws, 
   }
 }
 
-// out[nb][tb] = sum_{f < L} D[nb*dstr + f] * src[off[tb] + f], nb < NB, tb < TB (L a multiple of
-// the vector length); written to out[nb*os + tb].
+// acc[nb][tb] += sum_{f < L} D[nb*dstr + f] * src[off[tb] + f] lane-wise, nb < NB, tb < TB (L a
+// multiple of the vector length); acc[nb][tb] is the vector at acc + (nb*os + tb)*VL. Lanes are
+// summed once per task (after all its images), not per call: for 7x7 maps a per-call
+// reduction cost more than the products.
 template <typename T, int NB, int TB>
-void dot_block(const T* D, int64_t dstr, const T* src, const int64_t* off, int64_t L, T* out, int64_t os) {
+void dot_block(const T* D, int64_t dstr, const T* src, const int64_t* off, int64_t L, T* acc_out, int64_t os) {
   using V = vec_t<T>;
   constexpr int64_t VL = lanes<T>();
   V acc[NB][TB];
 #pragma GCC unroll 8
   for (int nb = 0; nb < NB; ++nb)
 #pragma GCC unroll 8
-    for (int tb = 0; tb < TB; ++tb) acc[nb][tb] = V{};
+    for (int tb = 0; tb < TB; ++tb) acc[nb][tb] = vload(acc_out + (nb * os + tb) * VL);
   const T* s[TB];
 #pragma GCC unroll 8
   for (int tb = 0; tb < TB; ++tb) s[tb] = src + off[tb];
@@ -185,17 +187,10 @@ void dot_block(const T* D, int64_t dstr, const T* src, const int64_t* off, int64
       for (int nb = 0; nb < NB; ++nb) acc[nb][tb] += dv[nb] * in;
     }
   }
-  T part[NB * TB][VL];
 #pragma GCC unroll 8
   for (int nb = 0; nb < NB; ++nb)
 #pragma GCC unroll 8
-    for (int tb = 0; tb < TB; ++tb) vstore(part[nb * TB + tb], acc[nb][tb]);
-  for (int nb = 0; nb < NB; ++nb)
-    for (int tb = 0; tb < TB; ++tb) {
-      T sum = 0;
-      for (int64_t l = 0; l < VL; ++l) sum += part[nb * TB + tb][l];
-      out[nb * os + tb] = sum;
-    }
+    for (int tb = 0; tb < TB; ++tb) vstore(acc_out + (nb * os + tb) * VL, acc[nb][tb]);
 }
 
 template <typename T, int NB>
@@ -209,7 +204,8 @@ void dot_nb(int tb, const T* D, int64_t dstr, const T* src, const int64_t* off, 
   }
 }
 
-// out[n*os + j] = sum_f D[n*dstr + f] * src[off[j] + f] for n < nout, j < J
+// acc(n, j) += sum_f D[n*dstr + f] * src[off[j] + f] for n < nout, j < J (lane-wise vectors at
+// out + (n*os + j)*VL)
 template <typename T>
 void dots(const T* D, int64_t dstr, int64_t nout, const T* src, const int64_t* off, int64_t J, int64_t L, T* out,
           int64_t os) {
@@ -218,7 +214,7 @@ void dots(const T* D, int64_t dstr, int64_t nout, const T* src, const int64_t* o
     for (int64_t j0 = 0; j0 < J; j0 += 5) {
       const int tb = static_cast<int>(std::min<int64_t>(5, J - j0));
       const T* Dn = D + n0 * dstr;
-      T* o = out + n0 * os + j0;
+      T* o = out + (n0 * os + j0) * lanes<T>();
       switch (nb) {
         case 1: dot_nb<T, 1>(tb, Dn, dstr, src, off + j0, L, o, os); break;
         case 2: dot_nb<T, 2>(tb, Dn, dstr, src, off + j0, L, o, os); break;
@@ -299,6 +295,15 @@ inline void row_runs(T* ev, T* od, int64_t y, int64_t W, T*& even_cols, T*& odd_
 
 // scratch values split_flat / merge_flat need for one plane
 inline int64_t flat_scratch(const Geo& g, int64_t vec) { return g.S == 2 ? 2 * ((g.H * g.W + 1) / 2 + 2 * vec) : 0; }
+
+// Backward tasks: (chunk of bs images, group); dW is summed over a chunk's images in vector
+// accumulators, one slot per (chunk, group). The split depends on the shape only (never on the
+// thread count), so the summation order, hence the result, is fixed.
+inline void dw_chunks(const Geo& g, int64_t& bs, int64_t& nchunks) {
+  const int64_t want = std::min<int64_t>(g.B, std::max<int64_t>(1, (32 + g.d - 1) / g.d));
+  bs = (g.B + want - 1) / want;
+  nchunks = (g.B + bs - 1) / bs;
+}
 
 // Zero a plane of PLB values (row pitch Wq) except rows r0..r1, columns m0..m1 (inclusive),
 // which the caller fills.
@@ -395,6 +400,8 @@ void backward_impl(const Geo& g, const at::Tensor& dout, const at::Tensor& x, co
                    bool need_dw, at::Tensor& dx, at::Tensor& dwp, const std::vector<std::vector<int64_t>>& ph_off,
                    const std::vector<std::vector<int64_t>>& ph_tap, const std::vector<int64_t>& off, int64_t vec) {
   const int64_t S = g.S, K2 = g.K2(), SS = S * S;
+  int64_t bs, nchunks;
+  dw_chunks(g, bs, nchunks);
     const scalar_t* X = x.data_ptr<scalar_t>();
     const scalar_t* Wt = w.data_ptr<scalar_t>();
     const scalar_t* D = dout.data_ptr<scalar_t>();
@@ -412,75 +419,88 @@ void backward_impl(const Geo& g, const at::Tensor& dout, const at::Tensor& x, co
       scalar_t* DXP = P + inP;
       scalar_t* Dp = DXP + dxP;
       std::vector<scalar_t> wm;
+      std::vector<scalar_t> accv(need_dw ? g.N * g.C * K2 * lanes<scalar_t>() : 0);
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < g.B * g.d; ++t) {
-        const int64_t b = t / g.d, i = t % g.d;
-        // dout of this group: Q zero rows and columns in front, row pitch Wq
-        for (int64_t n = 0; n < g.N; ++n) {
-          zero_border(Dp + n * g.PLB, g.PLB, g.Wq, g.Q, g.Q + g.Ho - 1, g.Q, g.Q + g.Wo - 1);
-          const scalar_t* ds = D + ((b * g.d + i) * g.N + n) * HWo;
-          for (int64_t y = 0; y < g.Ho; ++y)
-            std::memcpy(Dp + n * g.PLB + (g.Q + y) * g.Wq + g.Q, ds + y * g.Wo, g.Wo * sizeof(scalar_t));
-        }
-        const scalar_t* wg = Wt + i * g.N * g.C * K2;  // w[i*N + n][c][tap]
-        if (need_dw) {
-          load_input(g, X, b, i, P, flat);
-          dots(Dp + g.Q * g.Wq + g.Q, g.PLB, g.N, P, off.data(), g.C * K2, g.L, DW + (b * g.d + i) * g.N * g.C * K2,
-               g.C * K2);
-        }
-        if (need_dx) {
-          for (int64_t pr = 0; pr < S; ++pr)
-            for (int64_t pc = 0; pc < S; ++pc) {
-              const int64_t ph = pr * S + pc;
-              // rows r of this phase that hold input rows: r*S + pr in [p, p + H)
-              const int64_t r_lo = std::max<int64_t>(0, (g.p - pr + S - 1) / S);
-              const int64_t r_hi = (g.p + g.H - 1 - pr) / S;  // inclusive
-              if (r_hi < r_lo) continue;
-              const int64_t J = static_cast<int64_t>(ph_off[ph].size());
-              const int64_t f0 = r_lo * g.Wq / vec * vec;
-              const int64_t f1 = f0 + ((r_hi + 1) * g.Wq - f0 + vec - 1) / vec * vec;
-              scalar_t* dst = DXP + ph * g.PLB;
-              if (J == 0) {
-                for (int64_t c = 0; c < g.C; ++c) std::fill(dst + c * SS * g.PLB + f0, dst + c * SS * g.PLB + f1, scalar_t(0));
+      for (int64_t t = 0; t < nchunks * g.d; ++t) {
+        const int64_t ci = t / g.d, i = t % g.d;
+        std::fill(accv.begin(), accv.end(), scalar_t(0));
+        for (int64_t b = ci * bs; b < std::min(g.B, (ci + 1) * bs); ++b) {
+          // dout of this group: Q zero rows and columns in front, row pitch Wq
+          for (int64_t n = 0; n < g.N; ++n) {
+            zero_border(Dp + n * g.PLB, g.PLB, g.Wq, g.Q, g.Q + g.Ho - 1, g.Q, g.Q + g.Wo - 1);
+            const scalar_t* ds = D + ((b * g.d + i) * g.N + n) * HWo;
+            for (int64_t y = 0; y < g.Ho; ++y)
+              std::memcpy(Dp + n * g.PLB + (g.Q + y) * g.Wq + g.Q, ds + y * g.Wo, g.Wo * sizeof(scalar_t));
+          }
+          const scalar_t* wg = Wt + i * g.N * g.C * K2;  // w[i*N + n][c][tap]
+          if (need_dw) {
+            load_input(g, X, b, i, P, flat);
+            dots(Dp + g.Q * g.Wq + g.Q, g.PLB, g.N, P, off.data(), g.C * K2, g.L, accv.data(), g.C * K2);
+          }
+          if (need_dx) {
+            for (int64_t pr = 0; pr < S; ++pr)
+              for (int64_t pc = 0; pc < S; ++pc) {
+                const int64_t ph = pr * S + pc;
+                // rows r of this phase that hold input rows: r*S + pr in [p, p + H)
+                const int64_t r_lo = std::max<int64_t>(0, (g.p - pr + S - 1) / S);
+                const int64_t r_hi = (g.p + g.H - 1 - pr) / S;  // inclusive
+                if (r_hi < r_lo) continue;
+                const int64_t J = static_cast<int64_t>(ph_off[ph].size());
+                const int64_t f0 = r_lo * g.Wq / vec * vec;
+                const int64_t f1 = f0 + ((r_hi + 1) * g.Wq - f0 + vec - 1) / vec * vec;
+                scalar_t* dst = DXP + ph * g.PLB;
+                if (J == 0) {
+                  for (int64_t c = 0; c < g.C; ++c)
+                    std::fill(dst + c * SS * g.PLB + f0, dst + c * SS * g.PLB + f1, scalar_t(0));
+                  continue;
+                }
+                wm.resize(J * g.C);
+                for (int64_t j = 0; j < J; ++j) {
+                  const int64_t n = ph_tap[ph][j] / K2, tap = ph_tap[ph][j] % K2;
+                  for (int64_t c = 0; c < g.C; ++c) wm[j * g.C + c] = wg[(n * g.C + c) * K2 + tap];
+                }
+                corr(Dp, ph_off[ph].data(), J, wm.data(), g.C, g.C, f0, f1, dst, SS * g.PLB);
+              }
+            for (int64_t c = 0; c < g.C; ++c) {
+              scalar_t* dxs = DX + ((b * g.C + c) * g.d + i) * HW;
+              const scalar_t* src = DXP + c * SS * g.PLB;
+              if (S == 2) {  // the rows' even and odd columns into the flat split, merged in one pass
+                scalar_t* ev = flat;
+                scalar_t* od = flat + (HW + 1) / 2 + 2 * lanes<scalar_t>();
+                for (int64_t y = 0; y < g.H; ++y) {
+                  const int64_t Y = y + g.p;
+                  const scalar_t* base = src + (Y % 2) * 2 * g.PLB + (Y / 2) * g.Wq;
+                  scalar_t *e, *o;
+                  row_runs(ev, od, y, g.W, e, o);
+                  std::memcpy(e, base + (g.p % 2) * g.PLB + g.p / 2, (g.W + 1) / 2 * sizeof(scalar_t));
+                  std::memcpy(o, base + ((g.p + 1) % 2) * g.PLB + (g.p + 1) / 2, g.W / 2 * sizeof(scalar_t));
+                }
+                merge_flat(ev, od, HW, dxs);
                 continue;
               }
-              wm.resize(J * g.C);
-              for (int64_t j = 0; j < J; ++j) {
-                const int64_t n = ph_tap[ph][j] / K2, tap = ph_tap[ph][j] % K2;
-                for (int64_t c = 0; c < g.C; ++c) wm[j * g.C + c] = wg[(n * g.C + c) * K2 + tap];
-              }
-              corr(Dp, ph_off[ph].data(), J, wm.data(), g.C, g.C, f0, f1, dst, SS * g.PLB);
-            }
-          for (int64_t c = 0; c < g.C; ++c) {
-            scalar_t* dxs = DX + ((b * g.C + c) * g.d + i) * HW;
-            const scalar_t* src = DXP + c * SS * g.PLB;
-            if (S == 2) {  // the rows' even and odd columns into the flat split, merged in one pass
-              scalar_t* ev = flat;
-              scalar_t* od = flat + (HW + 1) / 2 + 2 * lanes<scalar_t>();
               for (int64_t y = 0; y < g.H; ++y) {
                 const int64_t Y = y + g.p;
-                const scalar_t* base = src + (Y % 2) * 2 * g.PLB + (Y / 2) * g.Wq;
-                scalar_t *e, *o;
-                row_runs(ev, od, y, g.W, e, o);
-                std::memcpy(e, base + (g.p % 2) * g.PLB + g.p / 2, (g.W + 1) / 2 * sizeof(scalar_t));
-                std::memcpy(o, base + ((g.p + 1) % 2) * g.PLB + (g.p + 1) / 2, g.W / 2 * sizeof(scalar_t));
-              }
-              merge_flat(ev, od, HW, dxs);
-              continue;
-            }
-            for (int64_t y = 0; y < g.H; ++y) {
-              const int64_t Y = y + g.p;
-              scalar_t* row = dxs + y * g.W;
-              if (S == 1) {
-                std::memcpy(row, src + Y * g.Wq + g.p, g.W * sizeof(scalar_t));
-              } else {
-                const scalar_t* base = src + (Y % S) * S * g.PLB + (Y / S) * g.Wq;
-                for (int64_t x = 0; x < g.W; ++x) {
-                  const int64_t X2 = x + g.p;
-                  row[x] = base[(X2 % S) * g.PLB + X2 / S];
+                scalar_t* row = dxs + y * g.W;
+                if (S == 1) {
+                  std::memcpy(row, src + Y * g.Wq + g.p, g.W * sizeof(scalar_t));
+                } else {
+                  const scalar_t* base = src + (Y % S) * S * g.PLB + (Y / S) * g.Wq;
+                  for (int64_t x = 0; x < g.W; ++x) {
+                    const int64_t X2 = x + g.p;
+                    row[x] = base[(X2 % S) * g.PLB + X2 / S];
+                  }
                 }
               }
             }
+          }
+        }  // images of the chunk
+        if (need_dw) {  // lanes summed, into this (chunk, group)'s slot
+          scalar_t* dst = DW + (ci * g.d + i) * g.N * g.C * K2;
+          constexpr int64_t VL = lanes<scalar_t>();
+          for (int64_t q = 0; q < g.N * g.C * K2; ++q) {
+            scalar_t sum = 0;
+            for (int64_t l = 0; l < VL; ++l) sum += accv[q * VL + l];
+            dst[q] = sum;
           }
         }
       }
@@ -501,11 +521,12 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& w, int64_t stride) {
     for (int64_t a = 0; a < g.k; ++a)
       for (int64_t bb = 0; bb < g.k; ++bb)
         off[(c * g.k + a) * g.k + bb] = ((c * g.S + a % g.S) * g.S + bb % g.S) * g.PLB + (a / g.S) * g.Wq + bb / g.S;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_path_forward", [&] { forward_impl<scalar_t>(g, x, wt, off, J, out); });
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_path_forward",
+                             [&] { forward_impl<scalar_t>(g, x, wt, off, J, out); });
   return out;
 }
 
-// (dx (B, C, d, H, W), dw_partial (B, d, N, C, k, k)); dw = dw_partial.sum(0) reshaped (d*N, C, k, k).
+// (dx (B, C, d, H, W), dw_partial (chunks, d, N, C, k, k)); dw = dw_partial.sum(0) reshaped (d*N, C, k, k).
 std::vector<at::Tensor> backward(const at::Tensor& dout_in, const at::Tensor& x, const at::Tensor& w, int64_t stride,
                                  bool need_dx, bool need_dw) {
   const int64_t vec = x.scalar_type() == at::kDouble ? 8 : 16;
@@ -515,7 +536,9 @@ std::vector<at::Tensor> backward(const at::Tensor& dout_in, const at::Tensor& x,
   TORCH_CHECK(dout.sizes() == at::IntArrayRef({g.B, g.d * g.N, g.Ho, g.Wo}), "conv path kernel: grad shape ",
               dout.sizes(), " differs from the output shape");
   auto dx = need_dx ? at::empty_like(x) : at::empty({0}, x.options());
-  auto dwp = need_dw ? at::empty({g.B, g.d, g.N, g.C, g.k, g.k}, x.options()) : at::empty({0}, x.options());
+  int64_t bs, nchunks;
+  dw_chunks(g, bs, nchunks);
+  auto dwp = need_dw ? at::empty({nchunks, g.d, g.N, g.C, g.k, g.k}, x.options()) : at::empty({0}, x.options());
   const int64_t S = g.S, K2 = g.K2(), SS = S * S;
   // dx taps per phase (pr, pc): a % S == pr, b % S == pc; j = (n, tap), offset into the dout scratch
   std::vector<std::vector<int64_t>> ph_off(SS), ph_tap(SS);
