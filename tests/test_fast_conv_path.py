@@ -223,3 +223,12 @@ def test_inference_mode_and_no_grad():
         assert torch.allclose(cp.grouped_conv(x, w, 2, backend="cpp"), ref, atol=1e-12)
     with torch.no_grad():
         assert torch.allclose(cp.grouped_conv(x, w, 2, backend="cpp"), ref, atol=1e-12)
+
+
+def test_triton_backend_request_takes_the_twin(monkeypatch):
+    """ACMIX_FAST_BACKEND=triton selects Triton for the attention; the conv path has no Triton kernel."""
+    monkeypatch.setenv("ACMIX_FAST_BACKEND", "triton")
+    x = _rand(1, 6, 2, 5, 5)
+    w = _rand(4, 6, 3, 3, seed=1)
+    assert cp.kernel_backend(x) == "torch"
+    assert torch.allclose(cp.grouped_conv(x, w, 1), cp.grouped_conv_torch(x, w, 1), atol=1e-12)

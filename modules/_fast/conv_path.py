@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import backend_for, load_extension
+from . import backend_for, load_extension, requested_backend
 
 
 def grouped_conv_torch(x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:
@@ -39,10 +39,13 @@ def _counting() -> bool:
 
 
 def kernel_backend(x: torch.Tensor, backend: str | None = None) -> str:
-    """"cpp" where the C++ kernel runs for input x, else "torch"."""
+    """"cpp" where the C++ kernel runs for input x, else "torch" (the twin)."""
     if _counting():
         return "torch"
-    return backend_for(x, backend, kernel="conv_path")
+    b = backend or requested_backend()
+    if b == "triton":  # no Triton kernel for the conv path: its twin (cuDNN on CUDA)
+        return "torch"
+    return "cpp" if backend_for(x, b, kernel="conv_path") == "cpp" else "torch"
 
 
 class _GroupedConv(torch.autograd.Function):
