@@ -1,17 +1,26 @@
-"""Fast Stage II kernels: sliding-window attention with a hand-written backward.
+"""Fast Stage II kernels: sliding-window attention and the ACmix conv path's grouped conv.
 
-Two backends compute the same function with the same inputs:
+Compiled kernels (KERNELS), one C++ source each beside this file, built with torch's extension
+tooling at first use into a cache directory (ACMIX_BENCH_CACHE, default ~/.cache/acmix-bench),
+keyed by source, torch, Python, flags and CPU; `load_extension(name)`:
 
-  cpp    a C++ CPU kernel (window_attention.cpp) built with torch's extension
-         tooling at first use into a cache directory (ACMIX_BENCH_CACHE, default
-         ~/.cache/acmix-bench); OpenMP over output rows, loops vectorised over x.
-  torch  the same loops written with PyTorch tensor ops: any device (CUDA too),
-         any dtype; chosen automatically when the extension cannot be built.
+  window_attention  softmax attention over each query's k_a x k_a window (the attention path):
+                    blocks of output rows share every key/value vector load, explicit SIMD tiles;
+                    backward in one pass per (b, n) recomputing the softmax weights
+  conv_path         the conv path's grouped k x k conv read in place from the Stage I output
+                    (conv_path.py)
 
-ACMIX_FAST_BACKEND = auto (default: cpp for CPU float32/float64 when it builds,
-torch otherwise) | cpp | torch. Neither builds unfolded windows; the torch twin saves
-the softmax weights (BN, k_a^2, H', W') for its backward, the C++ backward recomputes them
-(one extra logits pass) so training keeps no k_a^2-sized activation between passes.
+Backends of the attention, same inputs and outputs (ACMIX_FAST_BACKEND):
+
+  auto    (default) cpp for CPU float32/float64 when it builds, torch otherwise (CUDA included)
+  cpp     the C++ kernels above (CPU float32/float64)
+  torch   the same loops as whole-tensor PyTorch ops (torch_impl.py): any device and dtype; the
+          automatic fallback where no compiler exists; saves the softmax weights for backward
+  triton  Triton kernels for CUDA (triton_impl.py), verified in Triton's interpreter and by an
+          sm_90 compile only (never launched on a GPU: see its docstring and scripts/gpu_check.sh)
+
+None builds unfolded windows; cpp and triton keep no k_a^2-sized activation between forward and
+backward (their backward recomputes the softmax weights).
 """
 from __future__ import annotations
 
