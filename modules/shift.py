@@ -84,20 +84,44 @@ def shift_aggregate_reference(x: torch.Tensor, kernel_size: int, copies: int, st
 # ----------------------------------------------------------------------------- fast
 
 
+def _shift_windows(t: torch.Tensor, j: int, k: int, s: int, Ho: int, Wo: int) -> torch.Tensor:
+    """View of the zero-padded maps t (B, d, k^2, Hp, Wp) that offset j reads for every output pixel."""
+    a, b = divmod(j, k)
+    return t[:, :, j, a:a + s * (Ho - 1) + 1:s, b:b + s * (Wo - 1) + 1:s]
+
+
+class _TensorShiftSum(torch.autograd.Function):
+    """Sum of the k^2 shifted slices of a zero-padded copy, with its adjoint as backward: each
+    offset's gradient is dout written into its own channel of one padded buffer (autograd's slice
+    backward would allocate and add a full padded buffer per offset)."""
+
+    @staticmethod
+    def forward(ctx, x, k, s):
+        B, ck, H, W = x.shape
+        d, c = ck // (k * k), k // 2
+        Ho, Wo = out_size(H, s), out_size(W, s)
+        xp = F.pad(x, (c, c, c, c)).reshape(B, d, k * k, H + 2 * c, W + 2 * c)
+        out = _shift_windows(xp, 0, k, s, Ho, Wo).clone()
+        for j in range(1, k * k):
+            out += _shift_windows(xp, j, k, s, Ho, Wo)
+        ctx.k, ctx.s, ctx.shape = k, s, (B, ck, H, W)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        k, s = ctx.k, ctx.s
+        B, ck, H, W = ctx.shape
+        d, c = ck // (k * k), k // 2
+        Ho, Wo = dout.shape[-2:]
+        dxp = dout.new_zeros(B, d, k * k, H + 2 * c, W + 2 * c)
+        for j in range(k * k):
+            _shift_windows(dxp, j, k, s, Ho, Wo).copy_(dout)
+        return dxp.reshape(B, ck, H + 2 * c, W + 2 * c)[..., c:c + H, c:c + W], None, None
+
+
 def tensor_shift_sum(x: torch.Tensor, kernel_size: int, stride: int = 1) -> torch.Tensor:
     """(B, d*k^2, H, W) -> (B, d, H', W') by slicing a zero-padded copy: no parameters."""
-    k, s = kernel_size, stride
-    B, ck, H, W = x.shape
-    d = ck // (k * k)
-    c = k // 2
-    xp = F.pad(x, (c, c, c, c)).reshape(B, d, k * k, H + 2 * c, W + 2 * c)
-    Ho, Wo = out_size(H, s), out_size(W, s)
-    out = None
-    for j in range(k * k):
-        a, b = divmod(j, k)
-        term = xp[:, :, j, a:a + s * (Ho - 1) + 1:s, b:b + s * (Wo - 1) + 1:s]
-        out = term if out is None else out + term
-    return out
+    return _TensorShiftSum.apply(x, int(kernel_size), int(stride))
 
 
 def _repeat_copies(y: torch.Tensor, copies: int) -> torch.Tensor:

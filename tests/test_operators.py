@@ -10,6 +10,7 @@ from torch.autograd import gradcheck
 from modules import (ACmix, Conv, ConvPath, DecomposedConv, LocalSelfAttention, SHIFT_IMPLS, ShiftAggregation,
                      WindowACmix, WindowSelfAttention, local_attention_fast, local_attention_reference,
                      set_stage2_impl, shift_aggregate_reference, window_attention_fast, window_attention_reference)
+from modules.shift import tensor_shift_sum
 from modules.window_attention import relative_position_index, shifted_window_mask
 
 f64 = torch.float64
@@ -115,6 +116,19 @@ def test_shift_fast_equals_reference(shift, stride, H, W, B):
     gr = torch.autograd.grad(ref.sin().sum(), [x] + list(op.parameters()))
     for a, b in zip(gf, gr):
         assert torch.allclose(a, b, atol=1e-12)
+
+
+@pytest.mark.parametrize("k,stride", [(1, 1), (5, 1), (5, 2), (3, 3)])
+def test_tensor_shift_adjoint_backward_equals_reference(k, stride):
+    """tensor_shift_sum's hand-written backward (dout written into one padded buffer) against autograd
+    through the reference's per-offset shifts."""
+    x = rand(2, 2 * k * k, 7, 6, requires_grad=True)
+    fast = tensor_shift_sum(x, k, stride)
+    ref = shift_aggregate_reference(x, k, 1, stride)
+    assert torch.allclose(fast, ref, atol=1e-12)
+    g = torch.randn_like(fast)
+    assert torch.allclose(torch.autograd.grad(fast, x, g)[0], torch.autograd.grad(ref, x, g)[0], atol=1e-12)
+    assert gradcheck(lambda t: tensor_shift_sum(t, k, stride), (x,), eps=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("shift", SHIFT_IMPLS)
