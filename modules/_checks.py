@@ -42,3 +42,10 @@ def input_4d(op: str, x: torch.Tensor, channels: int) -> None:
         raise ValueError(f"{op}: expected a 4-D input (B, C, H, W), got shape {tuple(x.shape)}")
     if x.shape[1] != channels:
         raise ValueError(f"{op}: expected {channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
+
+
+def under_counter() -> bool:
+    """True under torch.jit.trace or a TorchDispatchMode (fvcore, torch.utils.flop_counter, ptflops-aten):
+    fast paths built from autograd Functions then run their plain twins, whose ops the counters know."""
+    stack = getattr(torch._C, "_len_torch_dispatch_stack", None)
+    return torch.jit.is_tracing() or (stack is not None and stack() > 0)

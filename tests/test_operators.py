@@ -10,7 +10,7 @@ from torch.autograd import gradcheck
 from modules import (ACmix, Conv, ConvPath, DecomposedConv, LocalSelfAttention, SHIFT_IMPLS, ShiftAggregation,
                      WindowACmix, WindowSelfAttention, local_attention_fast, local_attention_reference,
                      set_stage2_impl, shift_aggregate_reference, window_attention_fast, window_attention_reference)
-from modules.shift import tensor_shift_sum
+from modules.shift import _tensor_shift_sum_traced, tensor_shift_sum
 from modules.window_attention import relative_position_index, shifted_window_mask
 
 f64 = torch.float64
@@ -129,6 +129,8 @@ def test_tensor_shift_adjoint_backward_equals_reference(k, stride):
     g = torch.randn_like(fast)
     assert torch.allclose(torch.autograd.grad(fast, x, g)[0], torch.autograd.grad(ref, x, g)[0], atol=1e-12)
     assert gradcheck(lambda t: tensor_shift_sum(t, k, stride), (x,), eps=1e-6, atol=1e-5)
+    # the plain twin that traces and FLOP counters see computes the same sum
+    assert torch.allclose(_tensor_shift_sum_traced(x, k, stride), fast, atol=1e-12)
 
 
 @pytest.mark.parametrize("shift", SHIFT_IMPLS)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._checks import under_counter
 from . import backend_for, load_extension, requested_backend
 
 
@@ -32,15 +33,9 @@ def grouped_conv_torch(x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.T
     return F.conv2d(xc, w, stride=stride, padding=k // 2, groups=d).contiguous()
 
 
-def _counting() -> bool:
-    """Under a trace or a dispatch mode (FLOP counters): take the F.conv2d twin so it is seen."""
-    stack = getattr(torch._C, "_len_torch_dispatch_stack", None)
-    return torch.jit.is_tracing() or (stack is not None and stack() > 0)
-
-
 def kernel_backend(x: torch.Tensor, backend: str | None = None) -> str:
     """"cpp" where the C++ kernel runs for input x, else "torch" (the twin)."""
-    if _counting():
+    if under_counter():  # FLOP counters see the F.conv2d twin
         return "torch"
     b = backend or requested_backend()
     if b == "triton":  # no Triton kernel for the conv path: its twin (cuDNN on CUDA)
