@@ -158,6 +158,9 @@ DDP_SCRIPT = textwrap.dedent("""
     if trainer.global_rank == 0:
         json.dump({{"top1": res["test/top1"], "world": trainer.world_size,
                    "seen": [len(trainer.test_dataloaders.sampler)]}}, open({out!r}, "w"))
+    # as the runner does (bench.runner.execute.close_distributed): without it gloo's threads can abort the
+    # interpreter at exit (SIGABRT, "terminate called without an active exception") after all the work is done
+    torch.distributed.destroy_process_group()
 """)
 
 

@@ -114,3 +114,17 @@ def test_events_log_appends_lines(tmp_path):
         R.log_event(str(tmp_path), "finish", f"c{i}", status="ok")
     lines = [json.loads(x) for x in open(tmp_path / "events.jsonl")]
     assert [x["cell_id"] for x in lines] == ["c0", "c1", "c2"]
+
+
+def test_close_distributed_tears_down_the_process_group(tmp_path):
+    """run_matrix ends by destroying the DDP process group: gloo's threads left alive at interpreter exit can
+    abort the process (exit -6) after every record is written."""
+    import torch.distributed as dist
+
+    from bench.runner.execute import close_distributed
+
+    close_distributed()  # no group: nothing to do
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    close_distributed()
+    assert not dist.is_initialized()

@@ -530,4 +530,15 @@ def run_matrix(cfg: dict, cells: list[dict], out: str, *, progress: bool = True,
             bar.close()
         if writer:
             R.rebuild_results(out)
+        close_distributed()
     return result
+
+
+def close_distributed() -> None:
+    """Tear down the process group Lightning's DDP opened, while the interpreter is still whole: gloo's worker
+    threads outliving it abort the process at exit ("terminate called without an active exception", exit -6)
+    after every result was written, which a scheduler would read as a failed job."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
