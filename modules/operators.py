@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _checks
+from ._fast.acmix_stage2 import acmix_stage2, applies as stage2_node_applies
 from ._fast.conv_path import grouped_conv, kernel_backend as conv_kernel_backend
 from .local_attention import LocalAttentionPath, QKVProjection, check_window
 from .pointwise import pointwise_conv
@@ -104,13 +105,10 @@ class ConvPath(nn.Module):
             # Light FC and grouped conv fused (exact: both are linear and the FC has no bias):
             # W'[i*N+n, t] = sum_j W[i*N+n, j] fc[j, t], one grouped conv (groups = d, 3N -> N per
             # group) on (B, d*3N, H, W): no (B, d*k^2, H, W) intermediate, never more MACs (fuses()).
-            k, N = self.kernel_conv, self.heads
-            wg = self.shift.weight.to(f_all.dtype).reshape(d * N, k2, k * k)
-            fused = torch.einsum("ojs,jt->ots", wg, self.fc.weight.to(f_all.dtype).reshape(k2, T))
             # grouped_conv reads f_all in place (C++ kernel, modules/_fast/conv_path.cpp); its
             # pure-PyTorch twin (other devices/dtypes, tracing, no compiler) is F.conv2d on a
             # channels-last copy
-            return grouped_conv(f_all, fused.reshape(d * N, T, k, k), self.shift.stride)
+            return grouped_conv(f_all, self.fused_weight(f_all.dtype), self.shift.stride)
         fc_w = self.fc.weight.to(f_all.dtype)
         fc_b = None if self.fc.bias is None else self.fc.bias.to(f_all.dtype)
         if self.shift.shift == "multigroup" and self.shift.impl == "fast" and conv_kernel_backend(f_all) == "cpp":
@@ -121,6 +119,13 @@ class ConvPath(nn.Module):
         y = F.conv2d(f_all.reshape(B, T, d, H * W), fc_w, fc_b)
         y = y.reshape(B, k2, d, H, W).transpose(1, 2).reshape(B, d * k2, H, W)
         return self.shift(y)
+
+    def fused_weight(self, dtype) -> torch.Tensor:
+        """(d*N, 3N, k, k): the light FC folded into the grouped conv (see forward; valid where fuses())."""
+        k, N, d, k2 = self.kernel_conv, self.heads, self.head_dim, self.kernel_conv ** 2
+        wg = self.shift.weight.to(dtype).reshape(d * N, k2, k * k)
+        fused = torch.einsum("ojs,jt->ots", wg, self.fc.weight.to(dtype).reshape(k2, 3 * N))
+        return fused.reshape(d * N, 3 * N, k, k)
 
     def fuses(self, H: int, W: int) -> bool:
         """Whether the fast path folds the light FC into the grouped conv for an H x W input.
@@ -202,9 +207,24 @@ class ACmix(nn.Module):
         att = None
         if hasattr(s2, "attention"):
             check_window("ACmix", H, W, self.kernel_att, self.dilation)
+            if self.stage2_one_node(qkv):
+                # both paths and the mixing as one autograd node (modules/_fast/acmix_stage2.py): one
+                # gradient buffer for qkv; the separate paths below stay its reference
+                a = s2.attention
+                return acmix_stage2(qkv, a.pe.weight, a.pe.bias, s2.conv.fused_weight(qkv.dtype), s2.alpha,
+                                    s2.beta, self.head, self.kernel_att, self.stride, self.dilation)
             att = s2.attention(qkv)
         conv = s2.conv(qkv.view(B, 3 * self.head, self.out_planes // self.head, H, W)) if hasattr(s2, "conv") else None
         return s2.mix(att, conv)
+
+    def stage2_one_node(self, qkv: torch.Tensor) -> bool:
+        """Whether Stage II runs as the one fused autograd node for this Stage I output (CPU C++ kernels)."""
+        s2 = self.stage2
+        if s2.mixing in (None, "att", "conv") or not (hasattr(s2, "attention") and hasattr(s2, "conv")):
+            return False
+        if s2.attention.impl != "fast" or not s2.conv.fuses(qkv.shape[-2], qkv.shape[-1]):
+            return False
+        return stage2_node_applies(qkv)
 
     def extra_repr(self) -> str:
         return (f"{self.in_planes} -> {self.out_planes}, head={self.head}, kernel_att={self.kernel_att}, "

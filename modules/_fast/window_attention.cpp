@@ -679,17 +679,69 @@ std::vector<at::Tensor> forward(const at::Tensor& q, const at::Tensor& kd, const
 // weights P are recomputed (same code as the forward: bitwise the same), dW_j = dout . v_j,
 // dlogit_j = P_j (dW_j - sum_i P_i dW_i), dq = sum_j dlogit_j key_j, dk += dlogit_j q,
 // dv += P_j dout.
-std::vector<at::Tensor> backward(const at::Tensor& dout_in, const at::Tensor& q, const at::Tensor& kd,
-                                 const at::Tensor& grid, const at::Tensor& vd, int64_t ka, int64_t dil) {
+namespace {
+
+// Where the backward's per-(b, n) key/value gradients go. Plain: copied out as the padded, phase-split
+// dkd / dvd. Folded (ACmix's Stage II node): the reflection padding's adjoint applied on the spot
+// and added into a (B, Ctot, H, W) gradient map (the Stage I output's), key channels at k_off + n*Ck,
+// value channels at v_off + n*Cv: no padded gradient is ever materialised.
+struct Fold {
+  bool on = false;
+  int64_t N = 1, Ctot = 0, k_off = 0, v_off = 0, H = 0, W = 0, pad = 0;
+};
+
+inline int64_t reflect_index(int64_t i, int64_t n) { return i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i); }
+
+// dst[reflect(r - pad), reflect(col - pad)] += src[r][p][m], col = m*S + p < W + 2 pad, for C channels.
+template <typename T>
+void fold_add(const Geometry& g, const Fold& f, const T* src, int64_t C, T* dst) {
+  const int64_t Wpad = f.W + 2 * f.pad, HW = f.H * f.W;
+  for (int64_t c = 0; c < C; ++c) {
+    const T* sp = src + c * g.plane();
+    T* dp = dst + c * HW;
+    for (int64_t r = 0; r < g.Hp; ++r) {
+      T* drow = dp + reflect_index(r - f.pad, f.H) * f.W;
+      for (int64_t p = 0; p < g.S; ++p) {
+        const T* srow = sp + (r * g.S + p) * g.Wq;
+        // interior columns pad <= m*S + p < pad + W: one contiguous (S = 1) or strided run
+        const int64_t m_lo = std::max<int64_t>(0, (f.pad - p + g.S - 1) / g.S);
+        const int64_t m_hi = std::min<int64_t>(g.Wq, (f.pad + f.W - p + g.S - 1) / g.S);
+        for (int64_t m = 0; m < m_lo; ++m) {
+          const int64_t col = m * g.S + p;
+          drow[reflect_index(col - f.pad, f.W)] += srow[m];
+        }
+        T* dshift = drow + p - f.pad;
+        if (g.S == 1) {
+#pragma GCC ivdep
+          for (int64_t m = m_lo; m < m_hi; ++m) dshift[m] += srow[m];
+        } else {
+          for (int64_t m = m_lo; m < m_hi; ++m) dshift[m * g.S] += srow[m];
+        }
+        for (int64_t m = std::max(m_hi, m_lo); m < g.Wq; ++m) {
+          const int64_t col = m * g.S + p;
+          if (col >= Wpad) break;
+          drow[reflect_index(col - f.pad, f.W)] += srow[m];
+        }
+      }
+    }
+  }
+}
+
+std::vector<at::Tensor> backward_impl(const at::Tensor& dout_in, const at::Tensor& q, const at::Tensor& kd,
+                                      const at::Tensor& grid, const at::Tensor& vd, int64_t ka, int64_t dil,
+                                      const Fold& fold, at::Tensor* dst) {
   const Geometry g = geometry(q, kd, grid, vd, ka, dil);
   const at::Tensor dout = dout_in.contiguous();
   TORCH_CHECK(dout.sizes() == at::IntArrayRef({g.BN, g.Cv, g.Ho, g.Wo}) && dout.scalar_type() == q.scalar_type(),
               "window attention: the output gradient must match the output's shape and dtype");
   auto dq = at::empty_like(q);
-  auto dkd = at::empty_like(kd);
-  auto dvd = at::empty_like(vd);
+  auto dkd = fold.on ? at::empty({0}, kd.options()) : at::empty_like(kd);
+  auto dvd = fold.on ? at::empty({0}, vd.options()) : at::empty_like(vd);
   if (g.BN == 0) return {dq, dkd, dvd};
-  if (g.Ho == 0 || g.Wo == 0) return {dq.zero_(), dkd.zero_(), dvd.zero_()};
+  if (g.Ho == 0 || g.Wo == 0) {
+    if (fold.on) return {dq.zero_(), dkd, dvd};  // nothing to add
+    return {dq.zero_(), dkd.zero_(), dvd.zero_()};
+  }
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "window_attention_backward", [&] {
     using T = scalar_t;
     const int64_t K2 = g.K2(), HWo = g.Ho * g.Wo, L_ = Vec<T>::L;
@@ -756,14 +808,50 @@ std::vector<at::Tensor> backward(const at::Tensor& dout_in, const at::Tensor& q,
         block_scatter(g, sblk, cols.data(), dW, qs, g.Ck, dK);
         block_scatter(g, sblk, cols.data(), P, ds, g.Cv, dV);
       }
-      std::copy(dK, dK + g.Ck * g.plane(), DK + bn * g.Ck * g.plane());
-      std::copy(dV, dV + g.Cv * g.plane(), DV + bn * g.Cv * g.plane());
+      if (fold.on) {
+        const int64_t b = bn / fold.N, n = bn % fold.N, HW = fold.H * fold.W;
+        T* base = dst->data_ptr<T>() + b * fold.Ctot * HW;
+        fold_add(g, fold, dK, g.Ck, base + (fold.k_off + n * g.Ck) * HW);
+        fold_add(g, fold, dV, g.Cv, base + (fold.v_off + n * g.Cv) * HW);
+      } else {
+        std::copy(dK, dK + g.Ck * g.plane(), DK + bn * g.Ck * g.plane());
+        std::copy(dV, dV + g.Cv * g.plane(), DV + bn * g.Cv * g.plane());
+      }
     });
   });
   return {dq, dkd, dvd};
 }
 
+}  // namespace
+
+std::vector<at::Tensor> backward(const at::Tensor& dout_in, const at::Tensor& q, const at::Tensor& kd,
+                                 const at::Tensor& grid, const at::Tensor& vd, int64_t ka, int64_t dil) {
+  return backward_impl(dout_in, q, kd, grid, vd, ka, dil, Fold{}, nullptr);
+}
+
+// The backward with the key/value gradients folded through the reflection padding (pad) and added
+// into dst (B, Ctot, H, W): keys of head n at channels k_off + n*Ck, values at v_off + n*Cv, with
+// BN = B * heads. Returns dq only. dst keeps whatever it held (e.g. the conv path's gradient).
+at::Tensor backward_fold(const at::Tensor& dout_in, const at::Tensor& q, const at::Tensor& kd,
+                         const at::Tensor& grid, const at::Tensor& vd, int64_t ka, int64_t dil, at::Tensor dst,
+                         int64_t heads, int64_t k_off, int64_t v_off, int64_t pad) {
+  TORCH_CHECK(dst.dim() == 4 && dst.is_contiguous() && dst.device().is_cpu() && dst.scalar_type() == q.scalar_type(),
+              "window attention fold: dst must be a contiguous CPU (B, C, H, W) map of the inputs' dtype");
+  Fold f;
+  f.on = true;
+  f.N = heads; f.Ctot = dst.size(1); f.H = dst.size(2); f.W = dst.size(3); f.pad = pad;
+  f.k_off = k_off; f.v_off = v_off;
+  TORCH_CHECK(heads >= 1 && q.size(0) == dst.size(0) * heads, "window attention fold: q batch must be B * heads");
+  TORCH_CHECK(pad >= 0 && pad < f.H && pad < f.W, "window attention fold: reflection needs pad < H and pad < W");
+  TORCH_CHECK(kd.size(2) == f.H + 2 * pad && kd.size(3) * kd.size(4) >= f.W + 2 * pad,
+              "window attention fold: padded key shape does not match dst and pad");
+  TORCH_CHECK(k_off >= 0 && v_off >= 0 && k_off + heads * kd.size(1) <= f.Ctot && v_off + heads * vd.size(1) <= f.Ctot,
+              "window attention fold: key/value channels leave dst");
+  return backward_impl(dout_in, q, kd, grid, vd, ka, dil, f, &dst)[0];
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "sliding-window attention forward: (out, softmax weights if save_weights)");
   m.def("backward", &backward, "sliding-window attention backward: (dq, dkd, dvd)");
+  m.def("backward_fold", &backward_fold, "backward adding the key/value gradients, reflection folded, into dst: dq");
 }

@@ -1,0 +1,125 @@
+"""ACmix Stage II (sliding window) as one autograd node on CPU: attention path, fused conv path, mixing.
+
+`acmix_stage2(qkv, pe_weight, pe_bias, conv_weight, alpha, beta, ...)` returns
+alpha * attention(q, k, v) + beta * grouped_conv(qkv) for the Stage I output qkv (B, 3C, H, W),
+the same maths as `local_attention_fast` plus the fused conv path in `ConvPath.forward`
+(modules/operators.py), which stay its reference on every other input.
+
+Why one node: as separate autograd ops, the glue between the two C++ kernels cost about a
+quarter of the block's fwd+bwd time at 8x128x28x28 (measured with torch.profiler, 2 threads):
+the gradient of qkv accumulated from the two paths by an out-of-place add of the whole map, the
+`cat` of dq, dk and dv, torch's reflection-padding backward, the mixing products and the `cat`
+building the extended query. Here the backward writes one gradient buffer: the conv kernel's
+dx is that buffer, the attention kernel adds its key and value gradients into it through the
+reflection padding's adjoint (`backward_fold` in window_attention.cpp, per (b, n), no padded
+gradient materialised), and the query gradient is added at the strided pixels.
+
+Runs only where both compiled kernels do (CPU float32/float64, contiguous qkv, not under a trace
+or FLOP counter, backend auto or cpp): `applies()` says so, and callers fall back otherwise.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._checks import under_counter
+from . import backend_for, load_extension, requested_backend, split_phases
+
+
+def applies(qkv: torch.Tensor) -> bool:
+    """Whether the one-node Stage II runs for this Stage I output."""
+    if under_counter() or qkv.device.type != "cpu" or qkv.dtype not in (torch.float32, torch.float64):
+        return False
+    if not qkv.is_contiguous() or torch.is_autocast_enabled("cpu"):
+        return False
+    b = requested_backend()
+    if b not in ("auto", "cpp"):
+        return False
+    return backend_for(qkv, b, "window_attention") == "cpp" and backend_for(qkv, b, "conv_path") == "cpp"
+
+
+def _grid(H, W, pad, s, dtype):
+    from ..local_attention import _reflect, position_grid
+    Hp, Wp = H + 2 * pad, W + 2 * pad
+    return split_phases(_reflect(position_grid(H, W, dtype), pad).reshape(2, Hp, Wp), s).contiguous()
+
+
+class _ACmixStage2(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qkv, pe_w, pe_b, wconv, alpha, beta, heads, ka, stride, dil):
+        att_ext, conv_ext = load_extension("window_attention"), load_extension("conv_path")
+        B, C3, H, W = qkv.shape
+        C, N, s = C3 // 3, heads, stride
+        d = C // N
+        pad = dil * (ka - 1) // 2
+        Ho, Wo = -(-H // s), -(-W // s)
+        P = Ho * Wo
+        scale = d ** -0.5
+        x5 = qkv.view(B, 3, N, d, H, W)
+        # extended query (B*N, d + 2, H', W'): scale * q at the strided pixels, then -W_p^T (scale q)
+        q_ext = qkv.new_empty(B, N, d + 2, Ho, Wo)
+        torch.mul(x5[:, 0, :, :, ::s, ::s], scale, out=q_ext[:, :, :d])
+        qs = q_ext[:, :, :d].reshape(B * N, d, P)
+        pw = pe_w.reshape(d, 2)
+        q_ext[:, :, d:].copy_(torch.matmul(pw.t().neg(), qs).view(B, N, 2, Ho, Wo))
+        q_ext = q_ext.view(B * N, d + 2, Ho, Wo)
+        Hp, Wp = H + 2 * pad, W + 2 * pad
+
+        def padded(t):
+            t = F.pad(t, (pad, pad, pad, pad), mode="reflect") if pad else t
+            return split_phases(t.reshape(B * N, d, Hp, Wp), s).contiguous()
+
+        kd, vd = padded(qkv[:, C:2 * C]), padded(qkv[:, 2 * C:])
+        grid = _grid(H, W, pad, s, qkv.dtype)
+        att = att_ext.forward(q_ext, kd, grid, vd, ka, dil, False)[0].view(B, C, Ho, Wo)
+        conv = conv_ext.forward(qkv.view(B, 3 * N, d, H, W), wconv, s)
+        out = torch.mul(att, alpha)
+        out.addcmul_(conv, beta)
+        need_mix = ctx.needs_input_grad[4] or ctx.needs_input_grad[5]
+        ctx.save_for_backward(qkv, q_ext, kd, grid, vd, pw, wconv, alpha, beta,
+                              att if need_mix else None, conv if need_mix else None)
+        ctx.geo = (B, C, N, d, H, W, Ho, Wo, ka, s, dil, pad, scale)
+        ctx.pe_shape = pe_w.shape
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        qkv, q_ext, kd, grid, vd, pw, wconv, alpha, beta, att, conv = ctx.saved_tensors
+        B, C, N, d, H, W, Ho, Wo, ka, s, dil, pad, scale = ctx.geo
+        need_x, need_pw, need_pb, need_w, need_a, need_b = ctx.needs_input_grad[:6]
+        g = g.contiguous()
+        # as the split paths' autograd computes them (torch.dot's BLAS reduction order varies with threads)
+        dalpha = (g * att).sum().reshape(1) if need_a else None
+        dbeta = (g * conv).sum().reshape(1) if need_b else None
+        # the conv kernel's dx is the Stage I output's gradient buffer; the attention adds into it
+        dx, dwp = load_extension("conv_path").backward(g * beta, qkv.view(B, 3 * N, d, H, W), wconv, s,
+                                                       True, bool(need_w))
+        dqkv = dx.view(B, 3 * C, H, W)
+        dq = load_extension("window_attention").backward_fold((g * alpha).view(B * N, d, Ho, Wo), q_ext, kd, grid, vd, ka, dil, dqkv,
+                                                              N, C, 2 * C, pad)
+        dqe = dq.view(B * N, d + 2, Ho * Wo)
+        drq = dqe[:, d:]
+        # q_ext[:, :d] = scale q (strided), q_ext[:, d:] = -W_p^T q_ext[:, :d]
+        dqs = torch.baddbmm(dqe[:, :d], pw.neg().expand(B * N, d, 2), drq)
+        dqkv[:, :C, ::s, ::s].add_(dqs.view(B, C, Ho, Wo), alpha=scale)
+        dpw = None
+        if need_pw:
+            qs = q_ext.view(B * N, d + 2, Ho * Wo)[:, :d]
+            dpw = torch.einsum("bdp,bcp->dc", qs, drq).neg().reshape(ctx.pe_shape)
+        dpb = torch.zeros(d, dtype=qkv.dtype) if need_pb else None  # exact: pe's bias cancels in the logits
+        dw = dwp.sum(0).reshape(wconv.shape) if need_w else None
+        return (dqkv if need_x else None), dpw, dpb, dw, dalpha, dbeta, None, None, None, None
+
+
+def acmix_stage2(qkv, pe_weight, pe_bias, conv_weight, alpha, beta, heads: int, kernel_att: int,
+                 stride: int = 1, dilation: int = 1) -> torch.Tensor:
+    """alpha * attention + beta * fused conv path of the Stage I output qkv (B, 3C, H, W) -> (B, C, H', W').
+
+    pe_weight (d, 2, 1, 1), pe_bias (d,) or None, conv_weight (d*N, 3N, k, k) (light FC folded into the
+    grouped conv), alpha and beta (1,) tensors. Call only where `applies(qkv)`.
+    """
+    dt = qkv.dtype
+    pe_b = pe_bias if pe_bias is not None else torch.zeros(pe_weight.shape[0], dtype=dt)
+    return _ACmixStage2.apply(qkv, pe_weight.to(dt), pe_b, conv_weight.to(dt).contiguous(), alpha.to(dt),
+                              beta.to(dt), int(heads), int(kernel_att), int(stride), int(dilation))

@@ -1,0 +1,211 @@
+"""ACmix Stage II as one autograd node (modules/_fast/acmix_stage2.py) against its references.
+
+The node runs by default for sliding-window ACmix on CPU float32/float64 with both C++ kernels; its
+references are the same block with the node switched off (the two paths as separate autograd ops)
+and `impl="reference"` (ACMIX.md's formulas). Values and the gradients of the input and of every
+parameter in float64 over strides, dilations, window sizes, odd maps, heads and fixed mixing;
+gradcheck of the node; the kernel's reflection-folded key/value gradient against torch's padding
+backward; when the node must not run (counters, other backends, dtypes, one path, other shifts).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck
+
+import modules.operators as ops
+from modules import _fast, set_stage2_impl
+from modules._fast import acmix_stage2 as node
+from modules.operators import ACmix
+
+f64 = torch.float64
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.skipif(
+    _fast.load_extension("window_attention") is None or _fast.load_extension("conv_path") is None,
+    reason=f"C++ extensions could not be built here: {_fast.extension_error()}")
+
+
+def _block(C, heads, ka, stride, dil, mixing="learnable", seed=0, dtype=f64):
+    torch.manual_seed(seed)
+    m = ACmix(C, C, kernel_att=ka, head=heads, stride=stride, dilation=dil, mixing=mixing).to(dtype)
+    with torch.no_grad():  # away from the symmetric init, so a swapped or dropped term shows
+        if mixing == "learnable":
+            m.stage2.alpha.fill_(0.7)
+            m.stage2.beta.fill_(-0.4)
+        m.stage2.attention.pe.weight.normal_()
+        m.stage2.attention.pe.bias.normal_()
+    return m
+
+
+def _run(m, x, gy):
+    m.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_(True)
+    y = m(x)
+    y.backward(gy)
+    grads = {"x": x.grad.clone()}
+    grads.update({n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad})
+    return y.detach(), grads
+
+
+def _without_node(monkeypatch):
+    monkeypatch.setattr(ops, "stage2_node_applies", lambda qkv: False)
+
+
+CASES = [  # (B, C, H, W), heads, k_a, stride, dilation
+    ((2, 16, 9, 11), 4, 7, 1, 1),
+    ((2, 16, 9, 11), 4, 7, 2, 1),
+    ((2, 16, 10, 12), 4, 5, 2, 1),
+    ((1, 8, 13, 9), 2, 3, 3, 2),
+    ((2, 16, 8, 8), 4, 1, 1, 1),
+    ((1, 24, 7, 15), 3, 3, 1, 3),
+    ((3, 8, 12, 12), 1, 7, 2, 1),
+]
+
+
+@pytest.mark.parametrize("shape,heads,ka,stride,dil", CASES)
+def test_node_equals_split_paths_and_reference_float64(shape, heads, ka, stride, dil, monkeypatch):
+    m = _block(shape[1], heads, ka, stride, dil)
+    x = torch.randn(*shape, dtype=f64)
+    assert m.stage2_one_node(m.stage1(x)), "the one-node Stage II should run here"
+    y, g = _run(m, x, gy := torch.randn_like(m(x)))
+    with monkeypatch.context() as mp:
+        _without_node(mp)
+        assert not m.stage2_one_node(m.stage1(x))
+        y_split, g_split = _run(m, x, gy)
+    set_stage2_impl(m, "reference")
+    y_ref, g_ref = _run(m, x, gy)
+    torch.testing.assert_close(y, y_split, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    assert set(g) == set(g_ref)
+    for name in g:
+        torch.testing.assert_close(g[name], g_split[name], rtol=1e-10, atol=1e-10, msg=lambda s: f"{name}: {s}")
+        torch.testing.assert_close(g[name], g_ref[name], rtol=1e-9, atol=1e-9, msg=lambda s: f"{name}: {s}")
+    assert g["stage2.attention.pe.bias"].abs().max() == 0  # cancels in the logits (ACMIX.md)
+
+
+@pytest.mark.parametrize("mixing", ["half", "alpha frozen"])
+def test_node_with_fixed_mixing(mixing):
+    m = _block(16, 4, 5, 1, 1, mixing="half" if mixing == "half" else "learnable")
+    if mixing == "alpha frozen":
+        m.stage2.alpha.requires_grad_(False)
+    x = torch.randn(2, 16, 9, 9, dtype=f64)
+    assert m.stage2_one_node(m.stage1(x))
+    y, g = _run(m, x, gy := torch.randn(2, 16, 9, 9, dtype=f64))
+    set_stage2_impl(m, "reference")
+    y_ref, g_ref = _run(m, x, gy)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    for name in g:
+        torch.testing.assert_close(g[name], g_ref[name], rtol=1e-9, atol=1e-9)
+
+
+def test_node_float32_close_to_reference():
+    m = _block(32, 4, 7, 1, 1, dtype=torch.float32)
+    x = torch.randn(2, 32, 14, 14)
+    y, g = _run(m, x, gy := torch.randn(2, 32, 14, 14))
+    set_stage2_impl(m, "reference")
+    y_ref, g_ref = _run(m, x, gy)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    for name in g:
+        torch.testing.assert_close(g[name], g_ref[name], rtol=2e-3, atol=2e-3, msg=lambda s: f"{name}: {s}")
+
+
+@pytest.mark.parametrize("stride,dil", [(1, 1), (2, 1), (1, 2)])
+def test_node_gradcheck(stride, dil):
+    torch.manual_seed(1)
+    B, N, d, H, W, ka, k = 1, 2, 3, 7, 6, 3, 3
+    C = N * d
+    qkv = torch.randn(B, 3 * C, H, W, dtype=f64, requires_grad=True)
+    pe_w = torch.randn(d, 2, 1, 1, dtype=f64, requires_grad=True)
+    pe_b = torch.randn(d, dtype=f64, requires_grad=True)
+    wc = torch.randn(d * N, 3 * N, k, k, dtype=f64, requires_grad=True)
+    a = torch.tensor([0.8], dtype=f64, requires_grad=True)
+    b = torch.tensor([-0.6], dtype=f64, requires_grad=True)
+    assert node.applies(qkv)
+    fn = lambda *t: node.acmix_stage2(*t, heads=N, kernel_att=ka, stride=stride, dilation=dil)  # noqa: E731
+    assert gradcheck(fn, (qkv, pe_w, pe_b, wc, a, b), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_backward_fold_equals_padding_backward(stride):
+    """backward_fold adds into dst exactly what the plain backward's padded dk/dv give through
+    torch's reflection padding (autograd of F.pad), at the right channels, keeping dst's contents."""
+    from modules.local_attention import _reflect, position_grid
+
+    ext = _fast.load_extension("window_attention")
+    torch.manual_seed(2)
+    B, N, d, H, W, ka, dil = 2, 3, 4, 9, 11, 5, 1
+    C, pad, s = N * d, dil * (ka - 1) // 2, stride
+    Ho, Wo = -(-H // s), -(-W // s)
+    k = torch.randn(B, C, H, W, dtype=f64, requires_grad=True)
+    v = torch.randn(B, C, H, W, dtype=f64, requires_grad=True)
+    Hp, Wp = H + 2 * pad, W + 2 * pad
+    kd = _fast.split_phases(_reflect(k, pad).reshape(B * N, d, Hp, Wp), s).contiguous()
+    vd = _fast.split_phases(_reflect(v, pad).reshape(B * N, d, Hp, Wp), s).contiguous()
+    grid = _fast.split_phases(_reflect(position_grid(H, W, f64), pad).reshape(2, Hp, Wp), s).contiguous()
+    q = torch.randn(B * N, d + 2, Ho, Wo, dtype=f64)
+    dout = torch.randn(B * N, d, Ho, Wo, dtype=f64)
+    dq, dkd, dvd = ext.backward(dout, q, kd.detach(), grid, vd.detach(), ka, dil)
+    dk, dv = torch.autograd.grad((kd, vd), (k, v), (dkd, dvd))
+    prior = torch.randn(B, 3 * C + 1, H, W, dtype=f64)
+    dst = prior.clone()
+    dq2 = ext.backward_fold(dout, q, kd.detach(), grid, vd.detach(), ka, dil, dst, N, 1, 1 + 2 * C, pad)
+    torch.testing.assert_close(dq2, dq, rtol=0, atol=0)
+    want = prior.clone()
+    want[:, 1:1 + C] += dk
+    want[:, 1 + 2 * C:] += dv
+    torch.testing.assert_close(dst, want, rtol=1e-12, atol=1e-12)
+
+
+def test_backward_fold_rejects_mismatched_destination():
+    ext = _fast.load_extension("window_attention")
+    q, kd = torch.zeros(2, 6, 4, 4), torch.zeros(2, 4, 8, 1, 8)
+    grid, vd, dout = torch.zeros(2, 8, 1, 8), torch.zeros(2, 4, 8, 1, 8), torch.zeros(2, 4, 4, 4)
+    with pytest.raises(RuntimeError, match="batch must be B \\* heads"):
+        ext.backward_fold(dout, q, kd, grid, vd, 5, 1, torch.zeros(3, 12, 4, 4), 1, 0, 4, 2)
+    with pytest.raises(RuntimeError, match="channels leave dst"):
+        ext.backward_fold(dout, q, kd, grid, vd, 5, 1, torch.zeros(1, 10, 4, 4), 2, 0, 4, 2)
+
+
+def test_node_does_not_run_where_its_references_must(monkeypatch):
+    x = torch.randn(1, 16, 9, 9)
+    m = _block(16, 4, 7, 1, 1, dtype=torch.float32)
+    assert m.stage2_one_node(m.stage1(x))
+    assert not _block(16, 4, 7, 1, 1, mixing="att", dtype=torch.float32).stage2_one_node(m.stage1(x))
+    tensor_shift = ACmix(16, 16, shift="tensor")  # per-offset shifts: the FC cannot fold into the conv
+    assert not tensor_shift.stage2_one_node(tensor_shift.stage1(x))
+    ref = _block(16, 4, 7, 1, 1, dtype=torch.float32)
+    set_stage2_impl(ref, "reference")
+    assert not ref.stage2_one_node(m.stage1(x))
+    assert not m.stage2_one_node(m.stage1(x).half())
+    assert not m.stage2_one_node(m.stage1(x)[:, :, :, :8])  # not contiguous
+    monkeypatch.setenv("ACMIX_FAST_BACKEND", "torch")
+    assert not m.stage2_one_node(m.stage1(x))
+    monkeypatch.setenv("ACMIX_FAST_BACKEND", "cpp")
+    assert m.stage2_one_node(m.stage1(x))
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False):
+        assert not m.stage2_one_node(m.stage1(x))
+
+
+def test_node_results_do_not_depend_on_the_thread_count():
+    code = (
+        "import sys, torch; sys.path.insert(0, {repo!r}); torch.set_num_threads(int(sys.argv[1]))\n"
+        "from modules.operators import ACmix\n"
+        "torch.manual_seed(0); m = ACmix(32, 32, stride=int(sys.argv[2])).double()\n"
+        "x = torch.randn(3, 32, 13, 11, dtype=torch.float64, requires_grad=True)\n"
+        "assert m.stage2_one_node(m.stage1(x))\n"
+        "y = m(x); y.backward(torch.randn_like(y))\n"
+        "print(repr([float(t.double().sum()) for t in [y, x.grad] + [p.grad for p in m.parameters()]]))\n"
+    ).format(repo=REPO)
+    for stride in ("1", "2"):
+        outs = [subprocess.run([sys.executable, "-c", code, n, stride], capture_output=True, text=True, timeout=300)
+                for n in ("1", "2")]
+        for o in outs:
+            assert o.returncode == 0, o.stderr[-2000:]
+        assert outs[0].stdout == outs[1].stdout
