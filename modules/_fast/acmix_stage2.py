@@ -57,12 +57,11 @@ class _ACmixStage2(torch.autograd.Function):
         scale = d ** -0.5
         x5 = qkv.view(B, 3, N, d, H, W)
         # extended query (B*N, d + 2, H', W'): scale * q at the strided pixels, then -W_p^T (scale q)
-        q_ext = qkv.new_empty(B, N, d + 2, Ho, Wo)
-        torch.mul(x5[:, 0, :, :, ::s, ::s], scale, out=q_ext[:, :, :d])
-        qs = q_ext[:, :, :d].reshape(B * N, d, P)
+        q_ext = qkv.new_empty(B * N, d + 2, Ho, Wo)
+        torch.mul(x5[:, 0, :, :, ::s, ::s], scale, out=q_ext.view(B, N, d + 2, Ho, Wo)[:, :, :d])
+        qe = q_ext.view(B * N, d + 2, P)
         pw = pe_w.reshape(d, 2)
-        q_ext[:, :, d:].copy_(torch.matmul(pw.t().neg(), qs).view(B, N, 2, Ho, Wo))
-        q_ext = q_ext.view(B * N, d + 2, Ho, Wo)
+        torch.bmm(pw.t().neg().expand(B * N, 2, d), qe[:, :d], out=qe[:, d:])
         Hp, Wp = H + 2 * pad, W + 2 * pad
 
         def padded(t):
@@ -72,43 +71,45 @@ class _ACmixStage2(torch.autograd.Function):
         kd, vd = padded(qkv[:, C:2 * C]), padded(qkv[:, 2 * C:])
         grid = _grid(H, W, pad, s, qkv.dtype)
         att = att_ext.forward(q_ext, kd, grid, vd, ka, dil, False)[0].view(B, C, Ho, Wo)
-        conv = conv_ext.forward(qkv.view(B, 3 * N, d, H, W), wconv, s)
-        out = torch.mul(att, alpha)
-        out.addcmul_(conv, beta)
-        need_mix = ctx.needs_input_grad[4] or ctx.needs_input_grad[5]
-        ctx.save_for_backward(qkv, q_ext, kd, grid, vd, pw, wconv, alpha, beta,
-                              att if need_mix else None, conv if need_mix else None)
-        ctx.geo = (B, C, N, d, H, W, Ho, Wo, ka, s, dil, pad, scale)
+        # beta rides in the conv weight (the conv path is linear in it) and alpha is one in-place add:
+        # out = conv(x; beta W) + alpha att, one pass over the output instead of three
+        a = float(alpha)
+        out = conv_ext.forward(qkv.view(B, 3 * N, d, H, W), wconv * beta, s)
+        out.add_(att, alpha=a)
+        ctx.save_for_backward(qkv, q_ext, kd, grid, vd, pw, wconv, beta, att if ctx.needs_input_grad[4] else None)
+        ctx.geo = (B, C, N, d, H, W, Ho, Wo, ka, s, dil, pad, scale, a)
         ctx.pe_shape = pe_w.shape
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        qkv, q_ext, kd, grid, vd, pw, wconv, alpha, beta, att, conv = ctx.saved_tensors
-        B, C, N, d, H, W, Ho, Wo, ka, s, dil, pad, scale = ctx.geo
+        qkv, q_ext, kd, grid, vd, pw, wconv, beta, att = ctx.saved_tensors
+        B, C, N, d, H, W, Ho, Wo, ka, s, dil, pad, scale, a = ctx.geo
         need_x, need_pw, need_pb, need_w, need_a, need_b = ctx.needs_input_grad[:6]
         g = g.contiguous()
-        # as the split paths' autograd computes them (torch.dot's BLAS reduction order varies with threads)
         dalpha = (g * att).sum().reshape(1) if need_a else None
-        dbeta = (g * conv).sum().reshape(1) if need_b else None
         # the conv kernel's dx is the Stage I output's gradient buffer; the attention adds into it
-        dx, dwp = load_extension("conv_path").backward(g * beta, qkv.view(B, 3 * N, d, H, W), wconv, s,
-                                                       True, bool(need_w))
+        dx, dwp = load_extension("conv_path").backward(g, qkv.view(B, 3 * N, d, H, W), wconv * beta, s,
+                                                       True, bool(need_w or need_b))
+        dw = dbeta = None
+        if need_w or need_b:
+            dw_eff = dwp.sum(0).reshape(wconv.shape)  # d loss / d (beta W)
+            dw = dw_eff * beta if need_w else None
+            dbeta = (dw_eff * wconv).sum().reshape(1) if need_b else None
         dqkv = dx.view(B, 3 * C, H, W)
-        dq = load_extension("window_attention").backward_fold((g * alpha).view(B * N, d, Ho, Wo), q_ext, kd, grid, vd, ka, dil, dqkv,
-                                                              N, C, 2 * C, pad)
+        dq = load_extension("window_attention").backward_fold(g.view(B * N, d, Ho, Wo), q_ext, kd, grid, vd, ka,
+                                                              dil, dqkv, N, C, 2 * C, pad, a)
         dqe = dq.view(B * N, d + 2, Ho * Wo)
         drq = dqe[:, d:]
-        # q_ext[:, :d] = scale q (strided), q_ext[:, d:] = -W_p^T q_ext[:, :d]
+        # q_ext[:, :d] = scale q (strided), q_ext[:, d:] = -W_p^T q_ext[:, :d]; the output carries alpha
         dqs = torch.baddbmm(dqe[:, :d], pw.neg().expand(B * N, d, 2), drq)
-        dqkv[:, :C, ::s, ::s].add_(dqs.view(B, C, Ho, Wo), alpha=scale)
+        dqkv[:, :C, ::s, ::s].add_(dqs.view(B, C, Ho, Wo), alpha=scale * a)
         dpw = None
-        if need_pw:
+        if need_pw:  # d/dW_p of -W_p^T qs: -sum over (b, n, pixels) of qs drq^T, times alpha
             qs = q_ext.view(B * N, d + 2, Ho * Wo)[:, :d]
-            dpw = torch.einsum("bdp,bcp->dc", qs, drq).neg().reshape(ctx.pe_shape)
+            dpw = torch.bmm(qs, drq.transpose(1, 2)).sum(0).mul_(-a).reshape(ctx.pe_shape)
         dpb = torch.zeros(d, dtype=qkv.dtype) if need_pb else None  # exact: pe's bias cancels in the logits
-        dw = dwp.sum(0).reshape(wconv.shape) if need_w else None
         return (dqkv if need_x else None), dpw, dpb, dw, dalpha, dbeta, None, None, None, None
 
 

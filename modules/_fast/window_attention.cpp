@@ -688,14 +688,16 @@ namespace {
 struct Fold {
   bool on = false;
   int64_t N = 1, Ctot = 0, k_off = 0, v_off = 0, H = 0, W = 0, pad = 0;
+  double scale = 1.0;  // the gradients added are scale * (dk, dv)
 };
 
 inline int64_t reflect_index(int64_t i, int64_t n) { return i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i); }
 
-// dst[reflect(r - pad), reflect(col - pad)] += src[r][p][m], col = m*S + p < W + 2 pad, for C channels.
+// dst[reflect(r - pad), reflect(col - pad)] += scale * src[r][p][m], col = m*S + p < W + 2 pad, for C channels.
 template <typename T>
 void fold_add(const Geometry& g, const Fold& f, const T* src, int64_t C, T* dst) {
   const int64_t Wpad = f.W + 2 * f.pad, HW = f.H * f.W;
+  const T sc = static_cast<T>(f.scale);
   for (int64_t c = 0; c < C; ++c) {
     const T* sp = src + c * g.plane();
     T* dp = dst + c * HW;
@@ -708,19 +710,19 @@ void fold_add(const Geometry& g, const Fold& f, const T* src, int64_t C, T* dst)
         const int64_t m_hi = std::min<int64_t>(g.Wq, (f.pad + f.W - p + g.S - 1) / g.S);
         for (int64_t m = 0; m < m_lo; ++m) {
           const int64_t col = m * g.S + p;
-          drow[reflect_index(col - f.pad, f.W)] += srow[m];
+          drow[reflect_index(col - f.pad, f.W)] += sc * srow[m];
         }
         T* dshift = drow + p - f.pad;
         if (g.S == 1) {
 #pragma GCC ivdep
-          for (int64_t m = m_lo; m < m_hi; ++m) dshift[m] += srow[m];
+          for (int64_t m = m_lo; m < m_hi; ++m) dshift[m] += sc * srow[m];
         } else {
-          for (int64_t m = m_lo; m < m_hi; ++m) dshift[m * g.S] += srow[m];
+          for (int64_t m = m_lo; m < m_hi; ++m) dshift[m * g.S] += sc * srow[m];
         }
         for (int64_t m = std::max(m_hi, m_lo); m < g.Wq; ++m) {
           const int64_t col = m * g.S + p;
           if (col >= Wpad) break;
-          drow[reflect_index(col - f.pad, f.W)] += srow[m];
+          drow[reflect_index(col - f.pad, f.W)] += sc * srow[m];
         }
       }
     }
@@ -831,16 +833,17 @@ std::vector<at::Tensor> backward(const at::Tensor& dout_in, const at::Tensor& q,
 
 // The backward with the key/value gradients folded through the reflection padding (pad) and added
 // into dst (B, Ctot, H, W): keys of head n at channels k_off + n*Ck, values at v_off + n*Cv, with
-// BN = B * heads. Returns dq only. dst keeps whatever it held (e.g. the conv path's gradient).
+// BN = B * heads, each scaled by `scale` (the output's weight in a mix). Returns dq only (unscaled).
+// dst keeps whatever it held (e.g. the conv path's gradient).
 at::Tensor backward_fold(const at::Tensor& dout_in, const at::Tensor& q, const at::Tensor& kd,
                          const at::Tensor& grid, const at::Tensor& vd, int64_t ka, int64_t dil, at::Tensor dst,
-                         int64_t heads, int64_t k_off, int64_t v_off, int64_t pad) {
+                         int64_t heads, int64_t k_off, int64_t v_off, int64_t pad, double scale) {
   TORCH_CHECK(dst.dim() == 4 && dst.is_contiguous() && dst.device().is_cpu() && dst.scalar_type() == q.scalar_type(),
               "window attention fold: dst must be a contiguous CPU (B, C, H, W) map of the inputs' dtype");
   Fold f;
   f.on = true;
   f.N = heads; f.Ctot = dst.size(1); f.H = dst.size(2); f.W = dst.size(3); f.pad = pad;
-  f.k_off = k_off; f.v_off = v_off;
+  f.k_off = k_off; f.v_off = v_off; f.scale = scale;
   TORCH_CHECK(heads >= 1 && q.size(0) == dst.size(0) * heads, "window attention fold: q batch must be B * heads");
   TORCH_CHECK(pad >= 0 && pad < f.H && pad < f.W, "window attention fold: reflection needs pad < H and pad < W");
   TORCH_CHECK(kd.size(2) == f.H + 2 * pad && kd.size(3) * kd.size(4) >= f.W + 2 * pad,
