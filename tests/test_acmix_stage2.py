@@ -228,3 +228,23 @@ def test_node_results_do_not_depend_on_the_thread_count():
         assert outs[0].keys() == outs[1].keys()
         for k in outs[0]:
             assert outs[0][k] == pytest.approx(outs[1][k], rel=1e-11, abs=1e-13), k
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("pad", [0, 1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, f64])
+def test_pad_split_equals_reflect_pad_then_phase_split(stride, pad, dtype):
+    ext = _fast.load_extension("window_attention")
+    src = torch.randn(2, 11, 7, 9, dtype=dtype)
+    got = ext.pad_split(src, 3, 6, pad, stride)
+    want = _fast.split_phases(F.pad(src[:, 3:9], (pad,) * 4, mode="reflect") if pad else src[:, 3:9], stride)
+    assert got.shape == want.shape
+    assert torch.equal(got, want.contiguous())  # a copy: bitwise, zeros beyond the padded width included
+
+
+def test_pad_split_rejects_bad_arguments():
+    ext = _fast.load_extension("window_attention")
+    with pytest.raises(RuntimeError, match="pad < H"):
+        ext.pad_split(torch.zeros(1, 4, 3, 8), 0, 4, 3, 1)
+    with pytest.raises(RuntimeError, match="channel range"):
+        ext.pad_split(torch.zeros(1, 4, 8, 8), 2, 3, 1, 1)

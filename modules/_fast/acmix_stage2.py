@@ -20,7 +20,6 @@ or FLOP counter, backend auto or cpp): `applies()` says so, and callers fall bac
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .._checks import under_counter
 from . import backend_for, load_extension, requested_backend, split_phases
@@ -62,13 +61,9 @@ class _ACmixStage2(torch.autograd.Function):
         qe = q_ext.view(B * N, d + 2, P)
         pw = pe_w.reshape(d, 2)
         torch.bmm(pw.t().neg().expand(B * N, 2, d), qe[:, :d], out=qe[:, d:])
-        Hp, Wp = H + 2 * pad, W + 2 * pad
-
-        def padded(t):
-            t = F.pad(t, (pad, pad, pad, pad), mode="reflect") if pad else t
-            return split_phases(t.reshape(B * N, d, Hp, Wp), s).contiguous()
-
-        kd, vd = padded(qkv[:, C:2 * C]), padded(qkv[:, 2 * C:])
+        # k and v reflection-padded and phase-split in one pass each, read in place from qkv
+        kd = att_ext.pad_split(qkv, C, C, pad, s).view(B * N, d, H + 2 * pad, s, -1)
+        vd = att_ext.pad_split(qkv, 2 * C, C, pad, s).view(B * N, d, H + 2 * pad, s, -1)
         grid = _grid(H, W, pad, s, qkv.dtype)
         att = att_ext.forward(q_ext, kd, grid, vd, ka, dil, False)[0].view(B, C, Ho, Wo)
         # beta rides in the conv weight (the conv path is linear in it) and alpha is one in-place add:

@@ -853,8 +853,52 @@ at::Tensor backward_fold(const at::Tensor& dout_in, const at::Tensor& q, const a
   return backward_impl(dout_in, q, kd, grid, vd, ka, dil, f, &dst)[0];
 }
 
+// Reflection padding and the phase split in one pass, read in place from a channel range of a map:
+// src (B, Ctot, H, W) -> (B, C, Hp, S, Wq), [b, c, r, p, m] = src[b, c_off + c] reflection-padded by pad
+// at row r, column m*S + p (zero beyond the padded width): the kernels' kd / vd layout for B*heads
+// planes of C / heads channels, without F.pad's output or the strided split copy.
+at::Tensor pad_split(const at::Tensor& src, int64_t c_off, int64_t C, int64_t pad, int64_t S) {
+  TORCH_CHECK(src.dim() == 4 && src.is_contiguous() && src.device().is_cpu(),
+              "pad_split: src must be a contiguous CPU (B, C, H, W) map");
+  const int64_t B = src.size(0), Ctot = src.size(1), H = src.size(2), W = src.size(3);
+  TORCH_CHECK(S >= 1 && pad >= 0 && pad < H && pad < W, "pad_split: reflection needs pad < H and pad < W, stride >= 1");
+  TORCH_CHECK(c_off >= 0 && C >= 0 && c_off + C <= Ctot, "pad_split: channel range leaves src");
+  const int64_t Hp = H + 2 * pad, Wp = W + 2 * pad, Wq = (Wp + S - 1) / S;
+  auto out = at::empty({B, C, Hp, S, Wq}, src.options());
+  if (B * C == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "pad_split", [&] {
+    using T = scalar_t;
+    const T* X = src.data_ptr<T>();
+    T* Y = out.data_ptr<T>();
+    parallel_tasks(B * C, [&](int64_t t) {
+      const int64_t b = t / C, c = t % C;
+      const T* sp = X + (b * Ctot + c_off + c) * H * W;
+      T* dp = Y + t * Hp * S * Wq;
+      for (int64_t r = 0; r < Hp; ++r) {
+        const T* srow = sp + reflect_index(r - pad, H) * W;
+        T* drow = dp + r * S * Wq;
+        if (S == 1) {
+          for (int64_t j = 0; j < pad; ++j) drow[j] = srow[pad - j];
+          std::copy(srow, srow + W, drow + pad);
+          for (int64_t j = 0; j < pad; ++j) drow[pad + W + j] = srow[W - 2 - j];
+          continue;
+        }
+        for (int64_t p = 0; p < S; ++p) {
+          T* dph = drow + p * Wq;
+          for (int64_t m = 0; m < Wq; ++m) {
+            const int64_t col = m * S + p;
+            dph[m] = col < Wp ? srow[reflect_index(col - pad, W)] : T(0);
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "sliding-window attention forward: (out, softmax weights if save_weights)");
   m.def("backward", &backward, "sliding-window attention backward: (dq, dkd, dvd)");
+  m.def("pad_split", &pad_split, "reflection pad + phase split of a channel range: (B, C, Hp, S, Wq)");
   m.def("backward_fold", &backward_fold, "backward adding the key/value gradients, reflection folded, into dst: dq");
 }
