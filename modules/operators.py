@@ -172,7 +172,15 @@ class LocalSelfAttention(nn.Module):
         _checks.input_4d(type(self).__name__, x, self.in_planes)
         path = self.stage2.attention
         check_window(type(self).__name__, x.shape[-2], x.shape[-1], path.kernel_att, path.dilation)
-        return path(self.stage1(x))
+        qkv = self.stage1(x)
+        if self.stage2_one_node(qkv):  # one autograd node, one gradient buffer (modules/_fast/acmix_stage2.py)
+            return acmix_stage2(qkv, path.pe.weight, path.pe.bias, None, None, None, path.heads, path.kernel_att,
+                                path.stride, path.dilation)
+        return path(qkv)
+
+    def stage2_one_node(self, qkv: torch.Tensor) -> bool:
+        """Whether the attention runs as the one-node Stage II (CPU C++ kernel) for this Stage I output."""
+        return self.stage2.attention.impl == "fast" and stage2_node_applies(qkv, conv=False)
 
     def extra_repr(self) -> str:
         return f"{self.in_planes} -> {self.out_planes}, head={self.head}, stride={self.stride}"
@@ -211,6 +219,9 @@ class ACmix(nn.Module):
                 # both paths and the mixing as one autograd node (modules/_fast/acmix_stage2.py): one
                 # gradient buffer for qkv; the separate paths below stay its reference
                 a = s2.attention
+                if not hasattr(s2, "conv"):  # mixing (1, 0): the attention path alone
+                    return acmix_stage2(qkv, a.pe.weight, a.pe.bias, None, None, None, self.head,
+                                        self.kernel_att, self.stride, self.dilation)
                 return acmix_stage2(qkv, a.pe.weight, a.pe.bias, s2.conv.fused_weight(qkv.dtype), s2.alpha,
                                     s2.beta, self.head, self.kernel_att, self.stride, self.dilation)
             att = s2.attention(qkv)
@@ -220,9 +231,11 @@ class ACmix(nn.Module):
     def stage2_one_node(self, qkv: torch.Tensor) -> bool:
         """Whether Stage II runs as the one fused autograd node for this Stage I output (CPU C++ kernels)."""
         s2 = self.stage2
-        if s2.mixing in (None, "att", "conv") or not (hasattr(s2, "attention") and hasattr(s2, "conv")):
+        if not hasattr(s2, "attention") or s2.attention.impl != "fast":
             return False
-        if s2.attention.impl != "fast" or not s2.conv.fuses(qkv.shape[-2], qkv.shape[-1]):
+        if not hasattr(s2, "conv"):  # mixing "att"
+            return stage2_node_applies(qkv, conv=False)
+        if s2.mixing in (None, "att", "conv") or not s2.conv.fuses(qkv.shape[-2], qkv.shape[-1]):
             return False
         return stage2_node_applies(qkv)
 

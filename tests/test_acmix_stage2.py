@@ -21,7 +21,7 @@ from torch.autograd import gradcheck
 import modules.operators as ops
 from modules import _fast, set_stage2_impl
 from modules._fast import acmix_stage2 as node
-from modules.operators import ACmix
+from modules.operators import ACmix, LocalSelfAttention
 
 f64 = torch.float64
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,7 +54,7 @@ def _run(m, x, gy):
 
 
 def _without_node(monkeypatch):
-    monkeypatch.setattr(ops, "stage2_node_applies", lambda qkv: False)
+    monkeypatch.setattr(ops, "stage2_node_applies", lambda qkv, conv=True: False)
 
 
 CASES = [  # (B, C, H, W), heads, k_a, stride, dilation
@@ -187,7 +187,8 @@ def test_node_does_not_run_where_its_references_must(monkeypatch):
     x = torch.randn(1, 16, 9, 9)
     m = _block(16, 4, 7, 1, 1, dtype=torch.float32)
     assert m.stage2_one_node(m.stage1(x))
-    assert not _block(16, 4, 7, 1, 1, mixing="att", dtype=torch.float32).stage2_one_node(m.stage1(x))
+    assert _block(16, 4, 7, 1, 1, mixing="att", dtype=torch.float32).stage2_one_node(m.stage1(x))  # attention alone
+    assert not ACmix(16, 16, mixing="conv").stage2_one_node(m.stage1(x))  # no attention: the conv kernel alone
     tensor_shift = ACmix(16, 16, shift="tensor")  # per-offset shifts: the FC cannot fold into the conv
     assert not tensor_shift.stage2_one_node(tensor_shift.stage1(x))
     ref = _block(16, 4, 7, 1, 1, dtype=torch.float32)
@@ -248,3 +249,43 @@ def test_pad_split_rejects_bad_arguments():
         ext.pad_split(torch.zeros(1, 4, 3, 8), 0, 4, 3, 1)
     with pytest.raises(RuntimeError, match="channel range"):
         ext.pad_split(torch.zeros(1, 4, 8, 8), 2, 3, 1, 1)
+
+
+@pytest.mark.parametrize("shape,heads,ka,stride,dil", CASES[:4])
+def test_attention_alone_node_sa_and_att_mixing(shape, heads, ka, stride, dil, monkeypatch):
+    """LocalSelfAttention and ACmix with mixing "att" run the node without the conv path: same values and
+    gradients as their split fast path and the reference."""
+    torch.manual_seed(3)
+    C = shape[1]
+    sa = LocalSelfAttention(C, C, kernel_att=ka, head=heads, stride=stride, dilation=dil).double()
+    att_only = _block(C, heads, ka, stride, dil, mixing="att")
+    for m in (sa, att_only):
+        with torch.no_grad():
+            m.stage2.attention.pe.weight.normal_()
+        x = torch.randn(*shape, dtype=f64)
+        assert m.stage2_one_node(m.stage1(x))
+        y, g = _run(m, x, gy := torch.randn_like(m(x)))
+        with monkeypatch.context() as mp:
+            _without_node(mp)
+            assert not m.stage2_one_node(m.stage1(x))
+            y_split, g_split = _run(m, x, gy)
+        set_stage2_impl(m, "reference")
+        y_ref, g_ref = _run(m, x, gy)
+        torch.testing.assert_close(y, y_split, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+        for name in g:
+            torch.testing.assert_close(g[name], g_split[name], rtol=1e-10, atol=1e-10, msg=lambda s: f"{name}: {s}")
+            torch.testing.assert_close(g[name], g_ref[name], rtol=1e-9, atol=1e-9, msg=lambda s: f"{name}: {s}")
+
+
+def test_attention_alone_node_gradcheck():
+    torch.manual_seed(4)
+    B, N, d, H, W = 1, 2, 3, 7, 6
+    qkv = torch.randn(B, 3 * N * d, H, W, dtype=f64, requires_grad=True)
+    pe_w = torch.randn(d, 2, 1, 1, dtype=f64, requires_grad=True)
+    a = torch.tensor([1.3], dtype=f64, requires_grad=True)
+    assert node.applies(qkv, conv=False)
+    plain = lambda q, w: node.acmix_stage2(q, w, None, None, None, None, heads=N, kernel_att=3, stride=2)  # noqa: E731
+    scaled = lambda q, w, al: node.acmix_stage2(q, w, None, None, al, None, heads=N, kernel_att=3, stride=2)  # noqa: E731
+    assert gradcheck(plain, (qkv, pe_w), eps=1e-6, atol=1e-7)
+    assert gradcheck(scaled, (qkv, pe_w, a), eps=1e-6, atol=1e-7)

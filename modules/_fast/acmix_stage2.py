@@ -1,4 +1,5 @@
 """ACmix Stage II (sliding window) as one autograd node on CPU: attention path, fused conv path, mixing.
+Also the attention path alone (SASA, `LocalSelfAttention`, and ACmix with mixing "att").
 
 `acmix_stage2(qkv, pe_weight, pe_bias, conv_weight, alpha, beta, ...)` returns
 alpha * attention(q, k, v) + beta * grouped_conv(qkv) for the Stage I output qkv (B, 3C, H, W),
@@ -25,8 +26,8 @@ from .._checks import under_counter
 from . import backend_for, load_extension, requested_backend, split_phases
 
 
-def applies(qkv: torch.Tensor) -> bool:
-    """Whether the one-node Stage II runs for this Stage I output."""
+def applies(qkv: torch.Tensor, conv: bool = True) -> bool:
+    """Whether the one-node Stage II runs for this Stage I output (conv: with the conv path)."""
     if under_counter() or qkv.device.type != "cpu" or qkv.dtype not in (torch.float32, torch.float64):
         return False
     if not qkv.is_contiguous() or torch.is_autocast_enabled("cpu"):
@@ -34,7 +35,7 @@ def applies(qkv: torch.Tensor) -> bool:
     b = requested_backend()
     if b not in ("auto", "cpp"):
         return False
-    return backend_for(qkv, b, "window_attention") == "cpp" and backend_for(qkv, b, "conv_path") == "cpp"
+    return backend_for(qkv, b, "window_attention") == "cpp" and (not conv or backend_for(qkv, b, "conv_path") == "cpp")
 
 
 def _grid(H, W, pad, s, dtype):
@@ -46,7 +47,7 @@ def _grid(H, W, pad, s, dtype):
 class _ACmixStage2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv, pe_w, pe_b, wconv, alpha, beta, heads, ka, stride, dil):
-        att_ext, conv_ext = load_extension("window_attention"), load_extension("conv_path")
+        att_ext = load_extension("window_attention")
         B, C3, H, W = qkv.shape
         C, N, s = C3 // 3, heads, stride
         d = C // N
@@ -68,9 +69,12 @@ class _ACmixStage2(torch.autograd.Function):
         att = att_ext.forward(q_ext, kd, grid, vd, ka, dil, False)[0].view(B, C, Ho, Wo)
         # beta rides in the conv weight (the conv path is linear in it) and alpha is one in-place add:
         # out = conv(x; beta W) + alpha att, one pass over the output instead of three
-        a = float(alpha)
-        out = conv_ext.forward(qkv.view(B, 3 * N, d, H, W), wconv * beta, s)
-        out.add_(att, alpha=a)
+        a = 1.0 if alpha is None else float(alpha)
+        if wconv is None:  # attention only (SASA, or ACmix with fixed mixing (1, 0))
+            out = att if a == 1.0 else att * a
+        else:
+            out = load_extension("conv_path").forward(qkv.view(B, 3 * N, d, H, W), wconv * beta, s)
+            out.add_(att, alpha=a)
         ctx.save_for_backward(qkv, q_ext, kd, grid, vd, pw, wconv, beta, att if ctx.needs_input_grad[4] else None)
         ctx.geo = (B, C, N, d, H, W, Ho, Wo, ka, s, dil, pad, scale, a)
         ctx.pe_shape = pe_w.shape
@@ -84,15 +88,17 @@ class _ACmixStage2(torch.autograd.Function):
         need_x, need_pw, need_pb, need_w, need_a, need_b = ctx.needs_input_grad[:6]
         g = g.contiguous()
         dalpha = (g * att).sum().reshape(1) if need_a else None
-        # the conv kernel's dx is the Stage I output's gradient buffer; the attention adds into it
-        dx, dwp = load_extension("conv_path").backward(g, qkv.view(B, 3 * N, d, H, W), wconv * beta, s,
-                                                       True, bool(need_w or need_b))
         dw = dbeta = None
-        if need_w or need_b:
-            dw_eff = dwp.sum(0).reshape(wconv.shape)  # d loss / d (beta W)
-            dw = dw_eff * beta if need_w else None
-            dbeta = (dw_eff * wconv).sum().reshape(1) if need_b else None
-        dqkv = dx.view(B, 3 * C, H, W)
+        if wconv is None:
+            dqkv = qkv.new_zeros(B, 3 * C, H, W)
+        else:  # the conv kernel's dx is the Stage I output's gradient buffer; the attention adds into it
+            dx, dwp = load_extension("conv_path").backward(g, qkv.view(B, 3 * N, d, H, W), wconv * beta, s,
+                                                           True, bool(need_w or need_b))
+            if need_w or need_b:
+                dw_eff = dwp.sum(0).reshape(wconv.shape)  # d loss / d (beta W)
+                dw = dw_eff * beta if need_w else None
+                dbeta = (dw_eff * wconv).sum().reshape(1) if need_b else None
+            dqkv = dx.view(B, 3 * C, H, W)
         dq = load_extension("window_attention").backward_fold(g.view(B * N, d, Ho, Wo), q_ext, kd, grid, vd, ka,
                                                               dil, dqkv, N, C, 2 * C, pad, a)
         dqe = dq.view(B * N, d + 2, Ho * Wo)
@@ -113,9 +119,13 @@ def acmix_stage2(qkv, pe_weight, pe_bias, conv_weight, alpha, beta, heads: int, 
     """alpha * attention + beta * fused conv path of the Stage I output qkv (B, 3C, H, W) -> (B, C, H', W').
 
     pe_weight (d, 2, 1, 1), pe_bias (d,) or None, conv_weight (d*N, 3N, k, k) (light FC folded into the
-    grouped conv), alpha and beta (1,) tensors. Call only where `applies(qkv)`.
+    grouped conv), alpha and beta (1,) tensors. conv_weight None: attention only (beta unused; alpha
+    None = 1). Call only where `applies(qkv, conv=conv_weight is not None)`.
     """
     dt = qkv.dtype
     pe_b = pe_bias if pe_bias is not None else torch.zeros(pe_weight.shape[0], dtype=dt)
-    return _ACmixStage2.apply(qkv, pe_weight.to(dt), pe_b, conv_weight.to(dt).contiguous(), alpha.to(dt),
-                              beta.to(dt), int(heads), int(kernel_att), int(stride), int(dilation))
+    wc = None if conv_weight is None else conv_weight.to(dt).contiguous()
+    a = None if alpha is None else alpha.to(dt)
+    b = None if (beta is None or wc is None) else beta.to(dt)
+    return _ACmixStage2.apply(qkv, pe_weight.to(dt), pe_b, wc, a, b, int(heads), int(kernel_att), int(stride),
+                              int(dilation))
