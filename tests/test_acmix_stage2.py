@@ -68,10 +68,8 @@ CASES = [  # (B, C, H, W), heads, k_a, stride, dilation
 ]
 
 
-@pytest.mark.parametrize("shape,heads,ka,stride,dil", CASES)
-def test_node_equals_split_paths_and_reference_float64(shape, heads, ka, stride, dil, monkeypatch):
-    m = _block(shape[1], heads, ka, stride, dil)
-    x = torch.randn(*shape, dtype=f64)
+def _node_equals_split_and_reference(m, x, monkeypatch):
+    """m's output and gradients with the node equal those of its split fast path and of the reference."""
     assert m.stage2_one_node(m.stage1(x)), "the one-node Stage II should run here"
     y, g = _run(m, x, gy := torch.randn_like(m(x)))
     with monkeypatch.context() as mp:
@@ -86,6 +84,13 @@ def test_node_equals_split_paths_and_reference_float64(shape, heads, ka, stride,
     for name in g:
         torch.testing.assert_close(g[name], g_split[name], rtol=1e-10, atol=1e-10, msg=lambda s: f"{name}: {s}")
         torch.testing.assert_close(g[name], g_ref[name], rtol=1e-9, atol=1e-9, msg=lambda s: f"{name}: {s}")
+    return g
+
+
+@pytest.mark.parametrize("shape,heads,ka,stride,dil", CASES)
+def test_node_equals_split_paths_and_reference_float64(shape, heads, ka, stride, dil, monkeypatch):
+    m = _block(shape[1], heads, ka, stride, dil)
+    g = _node_equals_split_and_reference(m, torch.randn(*shape, dtype=f64), monkeypatch)
     assert g["stage2.attention.pe.bias"].abs().max() == 0  # cancels in the logits (ACMIX.md)
 
 
@@ -262,20 +267,7 @@ def test_attention_alone_node_sa_and_att_mixing(shape, heads, ka, stride, dil, m
     for m in (sa, att_only):
         with torch.no_grad():
             m.stage2.attention.pe.weight.normal_()
-        x = torch.randn(*shape, dtype=f64)
-        assert m.stage2_one_node(m.stage1(x))
-        y, g = _run(m, x, gy := torch.randn_like(m(x)))
-        with monkeypatch.context() as mp:
-            _without_node(mp)
-            assert not m.stage2_one_node(m.stage1(x))
-            y_split, g_split = _run(m, x, gy)
-        set_stage2_impl(m, "reference")
-        y_ref, g_ref = _run(m, x, gy)
-        torch.testing.assert_close(y, y_split, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
-        for name in g:
-            torch.testing.assert_close(g[name], g_split[name], rtol=1e-10, atol=1e-10, msg=lambda s: f"{name}: {s}")
-            torch.testing.assert_close(g[name], g_ref[name], rtol=1e-9, atol=1e-9, msg=lambda s: f"{name}: {s}")
+        _node_equals_split_and_reference(m, torch.randn(*shape, dtype=f64), monkeypatch)
 
 
 def test_attention_alone_node_gradcheck():
