@@ -25,6 +25,9 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <omp.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -516,6 +519,18 @@ template <typename T>
 inline void copy_row(const T* s, int64_t n, T* d) {
   int64_t x = 0;
   for (; x + Vec<T>::L <= n; x += Vec<T>::L) st(d + x, ld(s + x));
+  if (x == n) return;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same<T, float>::value) {  // short tails (W' = 14): one masked move, not a scalar loop
+    const __mmask16 k = static_cast<__mmask16>((1u << (n - x)) - 1);
+    _mm512_mask_storeu_ps(d + x, k, _mm512_maskz_loadu_ps(k, s + x));
+    return;
+  } else if constexpr (std::is_same<T, double>::value) {
+    const __mmask8 k = static_cast<__mmask8>((1u << (n - x)) - 1);
+    _mm512_mask_storeu_pd(d + x, k, _mm512_maskz_loadu_pd(k, s + x));
+    return;
+  }
+#endif
   for (; x < n; ++x) d[x] = s[x];
 }
 
@@ -694,36 +709,46 @@ struct Fold {
 inline int64_t reflect_index(int64_t i, int64_t n) { return i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i); }
 
 // dst[reflect(r - pad), reflect(col - pad)] += scale * src[r][p][m], col = m*S + p < W + 2 pad, for C channels.
+// The padding's adjoint is applied inside src first (src is the task's private, cache-hot buffer and is
+// overwritten): border rows are added into their mirror rows (whole padded rows, vectorised), then border
+// columns into their mirror columns; dst, a large map that is mostly not in cache, then sees one
+// read-modify-write per element, in unit stride. (Adding the borders straight into dst, scalar stores
+// followed by overlapping vector loads of the same row, stalled on store forwarding.)
 template <typename T>
-void fold_add(const Geometry& g, const Fold& f, const T* src, int64_t C, T* dst) {
-  const int64_t Wpad = f.W + 2 * f.pad, HW = f.H * f.W;
+void fold_add(const Geometry& g, const Fold& f, T* src, int64_t C, T* dst) {
+  const int64_t HW = f.H * f.W, S = g.S, Wq = g.Wq, rowlen = g.row(), pad = f.pad, W = f.W;
   const T sc = static_cast<T>(f.scale);
+  auto pos = [&](int64_t col) { return (col % S) * Wq + col / S; };  // padded column -> offset in a padded row
+  // border column -> mirror column offsets, and (S > 1) interior columns in destination order: computed
+  // once here, the loops below do no index arithmetic
+  std::vector<int64_t> bfrom, bto, idx(S > 1 ? W : 0);
+  for (int64_t col = 0; col < W + 2 * pad; ++col) {
+    if (col >= pad && col < pad + W) continue;
+    bfrom.push_back(pos(col));
+    bto.push_back(pos(pad + reflect_index(col - pad, W)));
+  }
+  for (int64_t x = 0; x < static_cast<int64_t>(idx.size()); ++x) idx[x] = pos(x + pad);
+  const int64_t nb = static_cast<int64_t>(bfrom.size());
   for (int64_t c = 0; c < C; ++c) {
-    const T* sp = src + c * g.plane();
+    T* sp = src + c * g.plane();
     T* dp = dst + c * HW;
     for (int64_t r = 0; r < g.Hp; ++r) {
-      T* drow = dp + reflect_index(r - f.pad, f.H) * f.W;
-      for (int64_t p = 0; p < g.S; ++p) {
-        const T* srow = sp + (r * g.S + p) * g.Wq;
-        // interior columns pad <= m*S + p < pad + W: one contiguous (S = 1) or strided run
-        const int64_t m_lo = std::max<int64_t>(0, (f.pad - p + g.S - 1) / g.S);
-        const int64_t m_hi = std::min<int64_t>(g.Wq, (f.pad + f.W - p + g.S - 1) / g.S);
-        for (int64_t m = 0; m < m_lo; ++m) {
-          const int64_t col = m * g.S + p;
-          drow[reflect_index(col - f.pad, f.W)] += sc * srow[m];
-        }
-        T* dshift = drow + p - f.pad;
-        if (g.S == 1) {
+      if (r >= pad && r < pad + f.H) continue;
+      T* to = sp + (reflect_index(r - pad, f.H) + pad) * rowlen;
+      const T* from = sp + r * rowlen;
 #pragma GCC ivdep
-          for (int64_t m = m_lo; m < m_hi; ++m) dshift[m] += sc * srow[m];
-        } else {
-          for (int64_t m = m_lo; m < m_hi; ++m) dshift[m * g.S] += sc * srow[m];
-        }
-        for (int64_t m = std::max(m_hi, m_lo); m < g.Wq; ++m) {
-          const int64_t col = m * g.S + p;
-          if (col >= Wpad) break;
-          drow[reflect_index(col - f.pad, f.W)] += sc * srow[m];
-        }
+      for (int64_t m = 0; m < rowlen; ++m) to[m] += from[m];
+    }
+    for (int64_t y = 0; y < f.H; ++y) {
+      T* srow = sp + (y + pad) * rowlen;
+      for (int64_t k = 0; k < nb; ++k) srow[bto[k]] += srow[bfrom[k]];
+      T* drow = dp + y * W;
+      if (S == 1) {
+        const T* s1 = srow + pad;
+#pragma GCC ivdep
+        for (int64_t x = 0; x < W; ++x) drow[x] += sc * s1[x];
+      } else {
+        for (int64_t x = 0; x < W; ++x) drow[x] += sc * srow[idx[x]];
       }
     }
   }
