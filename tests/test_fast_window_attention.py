@@ -217,6 +217,12 @@ KERNEL_CASES = [  # BN, Ck, G, Ho, Wo, ka, stride, dil
     (2, 3, 2, 9, 8, 3, 3, 2),
     (2, 4, 1, 6, 9, 7, 2, 1),
     (1, 16, 2, 17, 16, 7, 1, 1),
+    # the backward's taller, balanced blocks (at most 14 rows at stride 1, 8 at stride 2): H' = 29 -> 10 + 10 + 9,
+    # H' = 17 at stride 2 -> 6 + 6 + 5; W' = 14 and 15: row tails copied by one masked move (14 of 16 floats,
+    # 6 and 7 of 8 doubles)
+    (2, 3, 2, 29, 14, 7, 1, 1),
+    (1, 4, 2, 17, 15, 7, 2, 1),
+    (1, 2, 2, 15, 3, 5, 1, 2),
 ]
 
 
@@ -250,7 +256,7 @@ def test_cpp_kernel_tiling_edges_equal_torch_twin(BN, Ck, G, Ho, Wo, ka, S, dil)
         assert (a - b).abs().max().item() < 1e-12, name
 
 
-@pytest.mark.parametrize("case", [KERNEL_CASES[2], KERNEL_CASES[6]])
+@pytest.mark.parametrize("case", [KERNEL_CASES[2], KERNEL_CASES[6], KERNEL_CASES[7], KERNEL_CASES[8]])
 def test_cpp_kernel_float32_and_thread_count(case):
     """float32 (16-lane vectors, the kernel's own exp) close to float64; results independent of threads."""
     _need("cpp")
@@ -286,3 +292,55 @@ def test_cpp_kernel_rejects_bad_shapes():
         ext.forward(q, kd[:, :, :5].contiguous(), grid[:, :5].contiguous(), vd[:, :, :5].contiguous(), 3, 1, False)
     with pytest.raises(RuntimeError, match="output gradient"):
         ext.backward(dout[:, :2], q, kd, grid, vd, 3, 1)
+
+
+# backward_fold applies the reflection padding's adjoint inside its per-(b, n) buffers (border rows, then
+# border columns) and adds the interior once into dst: against the plain backward's padded dk/dv folded by
+# autograd through F.pad (reflect) and the phase split. Narrow (W = 14 at k_a = 7, pad 3), odd sizes,
+# strides 1 to 3, pad as large as allowed (pad = H - 1), and float32 bitwise across thread counts.
+FOLD_CASES = [  # B, N, d, H, W, ka, stride
+    (2, 2, 3, 14, 14, 7, 1),
+    (1, 3, 2, 13, 15, 7, 2),
+    (2, 1, 4, 11, 9, 5, 3),
+    (1, 2, 2, 5, 6, 9, 2),
+    (1, 1, 3, 9, 30, 3, 1),
+]
+
+
+@pytest.mark.parametrize("B,N,d,H,W,ka,S", FOLD_CASES)
+def test_cpp_backward_fold_equals_padding_adjoint(B, N, d, H, W, ka, S):
+    _need("cpp")
+    import torch.nn.functional as F
+    ext = _fast.load_extension()
+    g = torch.Generator().manual_seed(4)
+    C, pad = N * d, (ka - 1) // 2
+    Ho, Wo = -(-H // S), -(-W // S)
+    x = torch.randn(B, 3 * C, H, W, dtype=torch.float64, generator=g)
+    kd = ext.pad_split(x, C, C, pad, S).view(B * N, d, H + 2 * pad, S, -1)
+    vd = ext.pad_split(x, 2 * C, C, pad, S).view(B * N, d, H + 2 * pad, S, -1)
+    grid = torch.randn(2, *kd.shape[2:], dtype=torch.float64, generator=g)
+    q = torch.randn(B * N, d + 2, Ho, Wo, dtype=torch.float64, generator=g)
+    dout = torch.randn(B * N, d, Ho, Wo, dtype=torch.float64, generator=g)
+    dq, dkd, dvd = ext.backward(dout, q, kd, grid, vd, ka, 1)
+    src = torch.zeros(B, 2 * C, H, W, dtype=torch.float64, requires_grad=True)
+    padded = _fast.split_phases(F.pad(src, (pad,) * 4, mode="reflect"), S)
+    dkv = torch.cat([dkd.reshape(B, C, *kd.shape[2:]), dvd.reshape(B, C, *kd.shape[2:])], 1)
+    (want_kv,) = torch.autograd.grad(padded, src, dkv)
+    prior = torch.randn(B, 3 * C, H, W, dtype=torch.float64, generator=g)
+    dst = prior.clone()
+    dq2 = ext.backward_fold(dout, q, kd, grid, vd, ka, 1, dst, N, C, 2 * C, pad, 0.25)
+    assert torch.equal(dq2, dq)
+    assert torch.equal(dst[:, :C], prior[:, :C])
+    assert (dst[:, C:] - (prior[:, C:] + 0.25 * want_kv)).abs().max().item() < 1e-12
+    n = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            d32 = prior.float()
+            runs.append((ext.backward_fold(dout.float(), q.float(), kd.float(), grid.float(), vd.float(), ka, 1, d32,
+                                           N, C, 2 * C, pad, 0.25), d32))
+    finally:
+        torch.set_num_threads(n)
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert (runs[0][1].double() - dst).abs().max().item() < 1e-4 * max(1.0, dst.abs().max().item())
