@@ -241,11 +241,13 @@ def test_node_results_do_not_depend_on_the_thread_count():
 @pytest.mark.parametrize("dtype", [torch.float32, f64])
 def test_pad_split_equals_reflect_pad_then_phase_split(stride, pad, dtype):
     ext = _fast.load_extension("window_attention")
-    src = torch.randn(2, 11, 7, 9, dtype=dtype)
-    got = ext.pad_split(src, 3, 6, pad, stride)
-    want = _fast.split_phases(F.pad(src[:, 3:9], (pad,) * 4, mode="reflect") if pad else src[:, 3:9], stride)
-    assert got.shape == want.shape
-    assert torch.equal(got, want.contiguous())  # a copy: bitwise, zeros beyond the padded width included
+    for shape, c0, c in (((2, 11, 7, 9), 3, 6), ((3, 70, 5, 8), 5, 60)):  # planes per thread chunk: 1, and several
+        src = torch.randn(*shape, dtype=dtype)
+        got = ext.pad_split(src, c0, c, pad, stride)
+        part = src[:, c0:c0 + c]
+        want = _fast.split_phases(F.pad(part, (pad,) * 4, mode="reflect") if pad else part, stride)
+        assert got.shape == want.shape
+        assert torch.equal(got, want.contiguous())  # a copy: bitwise, zeros beyond the padded width included
 
 
 def test_pad_split_rejects_bad_arguments():

@@ -905,24 +905,35 @@ at::Tensor pad_split(const at::Tensor& src, int64_t c_off, int64_t C, int64_t pa
     using T = scalar_t;
     const T* X = src.data_ptr<T>();
     T* Y = out.data_ptr<T>();
-    parallel_tasks(B * C, [&](int64_t t) {
-      const int64_t b = t / C, c = t % C;
-      const T* sp = X + (b * Ctot + c_off + c) * H * W;
-      T* dp = Y + t * Hp * S * Wq;
-      for (int64_t r = 0; r < Hp; ++r) {
-        const T* srow = sp + reflect_index(r - pad, H) * W;
-        T* drow = dp + r * S * Wq;
-        if (S == 1) {
-          for (int64_t j = 0; j < pad; ++j) drow[j] = srow[pad - j];
-          std::copy(srow, srow + W, drow + pad);
-          for (int64_t j = 0; j < pad; ++j) drow[pad + W + j] = srow[W - 2 - j];
-          continue;
-        }
-        for (int64_t p = 0; p < S; ++p) {
-          T* dph = drow + p * Wq;
-          for (int64_t m = 0; m < Wq; ++m) {
-            const int64_t col = m * S + p;
-            dph[m] = col < Wp ? srow[reflect_index(col - pad, W)] : T(0);
+    // planes in a few contiguous chunks: one plane is a few hundred elements, too little for a task each
+    const int64_t planes = B * C;
+    const int64_t nchunk = std::min<int64_t>(planes, 8 * std::max<int64_t>(1, at::get_num_threads()));
+    std::vector<int64_t> rsrc(Hp);  // padded row -> source row
+    for (int64_t r = 0; r < Hp; ++r) rsrc[r] = reflect_index(r - pad, H);
+    parallel_tasks(nchunk, [&](int64_t ch) {
+      const int64_t t0 = planes * ch / nchunk, t1 = planes * (ch + 1) / nchunk;
+      std::vector<T> rowbuf(S > 1 ? Wq * S : 0, T(0));
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = t / C, c = t % C;
+        const T* sp = X + (b * Ctot + c_off + c) * H * W;
+        T* dp = Y + t * Hp * S * Wq;
+        for (int64_t r = 0; r < Hp; ++r) {
+          const T* srow = sp + rsrc[r] * W;
+          T* drow = dp + r * S * Wq;
+          if (S == 1) {
+            for (int64_t j = 0; j < pad; ++j) drow[j] = srow[pad - j];
+            std::copy(srow, srow + W, drow + pad);
+            for (int64_t j = 0; j < pad; ++j) drow[pad + W + j] = srow[W - 2 - j];
+            continue;
+          }
+          // the padded row (zeros past Wp up to Wq * S) in a local buffer, then split by phase
+          T* prow = rowbuf.data();
+          for (int64_t j = 0; j < pad; ++j) prow[j] = srow[pad - j];
+          std::copy(srow, srow + W, prow + pad);
+          for (int64_t j = 0; j < pad; ++j) prow[pad + W + j] = srow[W - 2 - j];
+          for (int64_t p = 0; p < S; ++p) {
+            T* dph = drow + p * Wq;
+            for (int64_t m = 0; m < Wq; ++m) dph[m] = prow[m * S + p];
           }
         }
       }
