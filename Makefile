@@ -25,6 +25,7 @@ bench: $(BIN)/.installed
 	OMP_NUM_THREADS=$(THREADS) $(BIN)/acmix-bench run $(BENCH_CONFIG) --out $(BENCH_OUT)
 
 test: $(BIN)/.installed
+	$(BIN)/ruff check .
 	OMP_NUM_THREADS=$(THREADS) $(BIN)/python -m pytest -q
 
 clean:

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .formulas import CATEGORIES, Conventions, OpCost, layer_cost, operator_cost
+from .formulas import Conventions, OpCost, layer_cost, operator_cost
 
 VOICES = ("formula", "fvcore", "ptflops-pytorch", "ptflops-aten", "torch")
 OPTIONAL_VOICES = ("fvcore-default",)

@@ -18,7 +18,6 @@ Functions for other code: `time_fn`, `make_case`, `measure_case`, `run_speed`.
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os

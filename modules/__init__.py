@@ -12,12 +12,12 @@ __all__ = [
     "ShiftAggregation", "Stage2", "WindowACmix", "WindowSelfAttention", "from_official",
     "local_attention_fast", "local_attention_reference", "parse_mixing", "position_grid",
     "set_stage2_impl", "shift_aggregate_reference", "tensor_shift_sum", "window_attention_fast",
-    "window_attention_reference",
+    "window_attention_reference", "create_model", "list_models", "model_spec",
 ]
-from .registry import create_model, list_models, model_spec  # noqa: E402  (helper "models")
+from .registry import create_model, list_models, model_spec  # noqa: E402
 
 
-def __getattr__(name):  # (helper "models") lazy: importing lightning costs seconds; only the classifier needs it
+def __getattr__(name):  # lazy: importing lightning costs seconds; only the classifier needs it
     if name == "ImageClassifier":
         from .lightning import ImageClassifier
         return ImageClassifier

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _checks
-from .pointwise import pointwise_conv, pointwise_conv_reference
+from .pointwise import pointwise_conv
 from .shift import STAGE2_IMPLS, out_size
 
 

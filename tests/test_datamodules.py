@@ -2,7 +2,6 @@
 Fashion-MNIST idx, CIFAR-10/100 and ImageFolder; splits, determinism, exact distributed
 evaluation, and the errors for missing or corrupt data."""
 import gzip
-import os
 from pathlib import Path
 
 import numpy as np

@@ -10,7 +10,6 @@ is skipped where none is visible.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess

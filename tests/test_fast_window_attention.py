@@ -6,7 +6,6 @@ float64, gradcheck on small shapes, float32 accuracy, inference mode, fallback s
 """
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch
