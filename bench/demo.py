@@ -19,7 +19,7 @@ def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def equivalences(seed: int = 0) -> list[tuple[str, str, float, float]]:
     """(check, dtype, max abs error, tolerance) for the identities the suite rests on."""
-    from modules import ACmix, DecomposedConv, ShiftAggregation, WindowACmix, set_stage2_impl
+    from modules import DecomposedConv, ShiftAggregation, create_op, set_stage2_impl
 
     g = torch.Generator().manual_seed(seed)
     rows = []
@@ -36,9 +36,10 @@ def equivalences(seed: int = 0) -> list[tuple[str, str, float, float]]:
     for s in ("learnable", "multigroup"):
         rows.append((f"shift: {s} == tensor at init", "float32", _max_err(outs["tensor"], outs[s]), 1e-6))
     for name, op, inp in (
-        ("ACmix (sliding window) fast == reference", ACmix(16, 16, head=4, stride=2).double(),
+        ("ACmix (sliding window) fast == reference", create_op("acmix", 16, 16, heads=4, stride=2).double(),
          torch.randn(2, 16, 13, 10, dtype=torch.float64, generator=g)),
-        ("ACmix (Swin window, shifted) fast == reference", WindowACmix(16, 4, 2, shift_size=2).double(),
+        ("ACmix (Swin window, shifted) fast == reference",
+         create_op("window-acmix", 16, 16, window=4, heads=2, shift_size=2).double(),
          torch.randn(2, 8, 12, 16, dtype=torch.float64, generator=g)),
     ):
         fast = op(inp)
@@ -49,20 +50,18 @@ def equivalences(seed: int = 0) -> list[tuple[str, str, float, float]]:
 
 
 def operator_table(channels: int = 64, size: int = 28, batch: int = 4, repeats: int = 5):
-    from modules import ACmix, Conv, DecomposedConv, LocalSelfAttention, WindowACmix, WindowSelfAttention
+    from modules import create_op
+    from modules.names import op_layout
 
-    ops = {
-        "conv 3x3": (Conv(channels, channels, 3), "map"),
-        "conv 3x3 decomposed": (DecomposedConv(channels, channels, 3), "map"),
-        "local self-attention (k_a=7)": (LocalSelfAttention(channels, channels, 7, 4), "map"),
-        "ACmix sliding window": (ACmix(channels, channels, 7, 4), "map"),
-        "window self-attention (M=7)": (WindowSelfAttention(channels, 7, 4), "tokens"),
-        "ACmix window (M=7)": (WindowACmix(channels, 7, 4), "tokens"),
-    }
+    # (row name, kind); every operator at its defaults: k = 3, k_a = 7, M = 7, 4 heads
+    ops = (("conv 3x3", "conv"), ("conv 3x3 decomposed", "dconv"), ("local self-attention (k_a=7)", "sa"),
+           ("ACmix sliding window", "acmix"), ("window self-attention (M=7)", "window-sa"),
+           ("ACmix window (M=7)", "window-acmix"))
     x = torch.randn(batch, channels, size, size)
     rows = []
-    for name, (op, layout) in ops.items():
-        inp = x if layout == "map" else x.permute(0, 2, 3, 1).contiguous()
+    for name, kind in ops:
+        op = create_op(kind, channels, channels)
+        inp = x if op_layout(kind) == "map" else x.permute(0, 2, 3, 1).contiguous()
         times = []
         with torch.no_grad():
             op(inp)

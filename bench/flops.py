@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from modules.names import OPERATOR_ALIASES, OPERATOR_KINDS
+
 from .formulas import Conventions, OpCost, layer_cost, operator_cost
 
 VOICES = ("formula", "fvcore", "ptflops-pytorch", "ptflops-aten", "torch")
@@ -853,31 +855,18 @@ def build_model(name: str, size: int | None = None, **overrides) -> nn.Module:
     return create_model(name, **overrides)
 
 
-OPS = ("conv", "dconv", "sa", "acmix", "window-sa", "window-acmix")
-
-
 def build_op(op: str, channels: int = 64, heads: int = 4, kernel_att: int = 7, kernel_conv: int = 3,
              stride: int = 1, shift: str | None = None, mixing: str = "learnable", window: int = 7,
              shift_size: int = 0, in_channels: int | None = None, bias: bool = False):
-    """One operator by name; returns (module, input layout "map" | "tokens"). shift None: the operator's
+    """One operator by name (`modules.create_op`, output width `channels`, input width `in_channels`,
+    default `channels`); returns (module, input layout "map" | "tokens"). shift None: the operator's
     default (tensor for dconv, multigroup, the release's, for the ACmix forms)."""
-    from modules import ACmix, Conv, DecomposedConv, LocalSelfAttention, WindowACmix, WindowSelfAttention
-    cin = in_channels or channels
-    if op == "conv":
-        return Conv(cin, channels, kernel_conv, stride, bias=bias), "map"
-    if op == "dconv":
-        return DecomposedConv(cin, channels, kernel_conv, stride, bias=bias, shift=shift or "tensor"), "map"
-    if op == "sa":
-        return LocalSelfAttention(cin, channels, kernel_att, heads, stride), "map"
-    if op == "acmix":
-        return ACmix(cin, channels, kernel_att, heads, kernel_conv, stride, shift=shift or "multigroup",
-                     mixing=mixing), "map"
-    if op == "window-sa":
-        return WindowSelfAttention(channels, window, heads, shift_size), "tokens"
-    if op == "window-acmix":
-        return WindowACmix(channels, window, heads, shift_size, shift=shift or "multigroup", mixing=mixing,
-                           kernel_conv=kernel_conv), "tokens"
-    raise ValueError(f"unknown operator {op!r}; allowed: {', '.join(OPS)}")
+    from modules import create_op
+    from modules.names import op_layout
+    module = create_op(op, in_channels or channels, channels, stride=stride, heads=heads, kernel_att=kernel_att,
+                       kernel_conv=kernel_conv, shift=shift, mixing=mixing, window=window, shift_size=shift_size,
+                       bias=bias)
+    return module, op_layout(op)
 
 
 def count_op(op: str, size: int, voices=VOICES, conventions=None, backward="none", stage2_impl=None,
@@ -970,7 +959,8 @@ def register(sub) -> None:
                        description="Params and MACs per stage (MACs per image; FLOPs = 2 MACs with --flops). "
                                    "Give --op NAME with its shape options, or --model NAME (registry name or "
                                    "torchvision:NAME).")
-    p.add_argument("--op", choices=OPS, help="one operator")
+    p.add_argument("--op", choices=OPERATOR_KINDS + tuple(OPERATOR_ALIASES),
+                   metavar="{" + ",".join(OPERATOR_KINDS) + "}", help="one operator")
     p.add_argument("--model", help="registry model (e.g. resnet50-acmix) or torchvision:NAME")
     p.add_argument("--size", type=int, default=56, help="input height = width (default 56; use 224 for models)")
     p.add_argument("--channels", type=int, default=64)

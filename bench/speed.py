@@ -29,7 +29,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
-OPS = ("acmix", "sa", "conv", "dconv", "shift", "swin-acmix", "swin-sa")
+from modules.names import OPERATOR_ALIASES, OPERATOR_KINDS
+
+# the operator kinds, and the shift-and-sum of the conv path on its own
+OPS = OPERATOR_KINDS + ("shift",)
 PASSES = ("fwd", "fwd+bwd")
 SHIFTS = ("tensor", "fixed", "learnable", "multigroup")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -57,6 +60,9 @@ class Case:
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        self.op = OPERATOR_ALIASES.get(self.op, self.op)
+
 
 def parse_shape(text: str) -> tuple:
     try:
@@ -70,8 +76,8 @@ def parse_shape(text: str) -> tuple:
 
 def _build(case: Case):
     """(module, input) for a case, on its device and dtype, Stage II impl set."""
-    from modules import (ACmix, DecomposedConv, LocalSelfAttention, ShiftAggregation, WindowACmix,
-                         WindowSelfAttention, set_stage2_impl)
+    from modules import ShiftAggregation, create_op, set_stage2_impl
+    from modules.names import op_layout
 
     B, C, H, W = case.shape
     N, s = case.heads, case.stride
@@ -79,25 +85,16 @@ def _build(case: Case):
     layout = "map"
     if case.impl == CONV:
         mod = nn.Conv2d(C, C, 3, stride=s, padding=1)
-    elif case.op == "acmix":
-        mod = ACmix(C, C, case.kernel_att, N, case.kernel_conv, stride=s, shift=case.shift)
-    elif case.op == "sa":
-        mod = LocalSelfAttention(C, C, case.kernel_att, N, stride=s)
-    elif case.op == "dconv":
-        mod = DecomposedConv(C, C, case.kernel_conv, stride=s, shift=case.shift)
-    elif case.op == "conv":
-        mod = nn.Conv2d(C, C, case.kernel_conv, stride=s, padding=case.kernel_conv // 2)
     elif case.op == "shift":
         if C % N:
             raise ValueError(f"--op shift: C={C} must be divisible by --heads={N} (input is (B, C/N * k^2, H, W))")
         mod = ShiftAggregation(C // N, case.kernel_conv, copies=N, stride=s, shift=case.shift)
         C = mod.in_channels
-    elif case.op in ("swin-acmix", "swin-sa"):
-        if s != 1:
-            raise ValueError(f"--op {case.op} has no stride; use --stride 1")
-        layout = "tokens"
-        mod = (WindowACmix(C, case.window, N, shift=case.shift) if case.op == "swin-acmix"
-               else WindowSelfAttention(C, case.window, N))
+    elif case.op in OPERATOR_KINDS:
+        # conv keeps nn.Conv2d's default bias, as the layer it times
+        mod = create_op(case.op, C, C, stride=s, heads=N, kernel_att=case.kernel_att, kernel_conv=case.kernel_conv,
+                        shift=case.shift, window=case.window, bias=case.op == "conv")
+        layout = op_layout(case.op)
     else:
         raise ValueError(f"unknown --op {case.op!r}; allowed: {', '.join(OPS)}")
     if case.impl in ("fast", "reference"):
@@ -254,7 +251,7 @@ def environment(threads: int, device: str) -> dict:
 
 
 def _backend(case: Case) -> str:
-    if case.impl != "fast" or case.op in ("conv", "shift", "dconv", "swin-sa") or case.impl == CONV:
+    if case.impl != "fast" or case.op in ("conv", "shift", "dconv", "window-sa") or case.impl == CONV:
         return ""
     from modules import _fast
     probe = torch.empty(0, dtype=DTYPES[case.dtype], device=case.device)
@@ -279,7 +276,7 @@ def cases_for(op: str, shape, impls, passes, shifts, strides=None, **kw) -> list
                     out.append(Case(op, impl, p, shape, shift=sh, stride=st, **kw))
                     if op == "conv":
                         break
-                if op in ("conv", "sa", "swin-sa"):
+                if op in ("conv", "sa", "window-sa"):
                     break
     return out
 
@@ -324,7 +321,7 @@ def run_speed(cases: list[Case], threads: int = 2, min_run_time: float = 1.0, re
         B, C, H, W = case.shape
         Ho, Wo = (H - 1) // case.stride + 1, (W - 1) // case.stride + 1
         rows.append({"op": case.op, "impl": case.impl, "pass": case.pass_, **t, "peak_mem_mb": mem,
-                     "shift": case.shift if case.op in ("acmix", "shift", "dconv", "swin-acmix") else "",
+                     "shift": case.shift if case.op in ("acmix", "shift", "dconv", "window-acmix") else "",
                      "backend": _backend(case), "shape": "x".join(map(str, case.shape)), "stride": case.stride,
                      "dtype": case.dtype, "device": case.device, "threads": threads,
                      "ms_per_mpix": t["median_ms"] / (B * Ho * Wo / 1e6), "rounds": max(1, int(rounds)),
@@ -410,7 +407,8 @@ def _strides(text) -> list[int]:
 
 def run(args) -> int:
     shape = parse_shape(args.shape)
-    if args.op not in OPS:
+    op = OPERATOR_ALIASES.get(args.op, args.op)
+    if op not in OPS:
         raise ValueError(f"unknown --op {args.op!r}; allowed: {', '.join(OPS)}")
     if args.dtype not in DTYPES:
         raise ValueError(f"unknown --dtype {args.dtype!r}; allowed: {', '.join(DTYPES)}")
@@ -428,7 +426,7 @@ def run(args) -> int:
         raise ValueError(f"--rounds must be positive, got {args.rounds}")
     kw = dict(strides=strides, heads=args.heads, kernel_att=args.kernel_att, kernel_conv=args.kernel_conv,
               window=args.window, dtype=args.dtype, device=args.device)
-    cases = cases_for(args.op, shape, impls, passes, shifts, **kw)
+    cases = cases_for(op, shape, impls, passes, shifts, **kw)
     for c in cases:  # fail fast on bad shapes/arguments, before any timing
         _build(Case(**{**asdict(c), "shape": (1,) + tuple(c.shape[1:])}))
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else None
@@ -447,7 +445,8 @@ def run(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("speed", help="time and peak memory of an operator vs nn.Conv2d 3x3 and its reference",
                        description=__doc__.split("\n\n")[0])
-    p.add_argument("--op", default="acmix", help=f"operator: {', '.join(OPS)} (default acmix)")
+    p.add_argument("--op", default="acmix", help=f"operator: {', '.join(OPS)} (default acmix; swin-sa and "
+                                                 "swin-acmix name the window kinds)")
     p.add_argument("--shape", default="8,64,56,56", help="B,C,H,W (default 8,64,56,56)")
     p.add_argument("--impl", default="fast,reference", help="Stage II implementations: fast, reference (always included)")
     p.add_argument("--pass", dest="passes", default="fwd,fwd+bwd", help="fwd, fwd+bwd or both (default both)")
@@ -459,7 +458,7 @@ def register(sub) -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kernel-att", type=int, default=7)
     p.add_argument("--kernel-conv", type=int, default=3)
-    p.add_argument("--window", type=int, default=7, help="Swin window size (swin-* ops)")
+    p.add_argument("--window", type=int, default=7, help="Swin window size (window-* ops)")
     p.add_argument("--dtype", default="float32", help=f"{', '.join(DTYPES)}")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (recorded)")

@@ -24,12 +24,13 @@ import torch
 import torch.nn as nn
 
 from .. import _checks
-from ..conv import Conv, DecomposedConv
-from ..operators import ACmix, LocalSelfAttention, parse_mixing
+from ..conv import Conv
+from ..factory import create_op
+from ..names import RESNET_OPS
+from ..operators import parse_mixing
 from ..shift import SHIFT_IMPLS, out_size
 
 RESNET_DEPTHS = {"resnet26": (1, 2, 4, 1), "resnet38": (2, 3, 5, 2), "resnet50": (3, 4, 6, 3)}
-RESNET_OPS = ("conv", "dconv", "sa", "acmix")
 STEMS = ("imagenet", "small")
 BASE_WIDTHS = (64, 128, 256, 512)
 EXPANSION = 4
@@ -42,17 +43,10 @@ def clamp_kernel_att(kernel_att: int, map_size: int) -> int:
 
 def make_spatial_op(op: str, in_planes: int, out_planes: int, stride: int, *, kernel_size: int = 3,
                     kernel_att: int = 7, heads: int = 4, shift: str = "multigroup", mixing="learnable") -> nn.Module:
-    """The k x k spatial operator of a bottleneck, by name."""
-    if op == "conv":
-        return Conv(in_planes, out_planes, kernel_size, stride=stride, bias=False)
-    if op == "dconv":
-        return DecomposedConv(in_planes, out_planes, kernel_size, stride=stride, bias=False, shift=shift)
-    if op == "sa":
-        return LocalSelfAttention(in_planes, out_planes, kernel_att=kernel_att, head=heads, stride=stride)
-    if op == "acmix":
-        return ACmix(in_planes, out_planes, kernel_att=kernel_att, head=heads, kernel_conv=kernel_size,
-                     stride=stride, shift=shift, mixing=mixing)
-    raise ValueError(f"unknown ResNet operator {op!r}; allowed: {', '.join(RESNET_OPS)}")
+    """The k x k spatial operator of a bottleneck: `create_op` under the ResNet's argument names."""
+    _checks.choice("ResNet operator", op, RESNET_OPS)
+    return create_op(op, in_planes, out_planes, stride=stride, kernel_conv=kernel_size, kernel_att=kernel_att,
+                     heads=heads, shift=shift, mixing=mixing)
 
 
 class Bottleneck(nn.Module):

@@ -18,10 +18,10 @@ import torch
 import torch.nn as nn
 
 from .. import _checks
-from ..operators import WindowACmix, WindowSelfAttention, parse_mixing
+from ..factory import create_op
+from ..names import SWIN_OPS
+from ..operators import parse_mixing
 from ..shift import SHIFT_IMPLS
-
-SWIN_OPS = ("sa", "acmix")
 
 # name -> embed_dim, depths, heads, window, patch, img_size, drop_path_rate
 SWIN_CONFIGS = {
@@ -72,10 +72,9 @@ class SwinBlock(nn.Module):
                  drop_path: float, shift: str, mixing: str):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        if op == "sa":
-            self.attn = WindowSelfAttention(dim, window, heads, shift_size=shift_size)
-        else:
-            self.attn = WindowACmix(dim, window, heads, shift_size=shift_size, shift=shift, mixing=mixing)
+        # a Swin's "sa" and "acmix" are the window kinds of the operator vocabulary
+        self.attn = create_op(f"window-{op}", dim, dim, window=window, heads=heads, shift_size=shift_size,
+                              shift=shift, mixing=mixing)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))

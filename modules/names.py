@@ -1,0 +1,43 @@
+"""The suite's vocabulary: the names users type for operators (and, below, their options).
+
+This file imports nothing, so configuration code and command lines can check a
+name without loading torch.
+
+Operator kinds (`modules.create_op`):
+
+    conv          k x k convolution (`Conv`: one fused nn.Conv2d as Stage I)
+    dconv         the same convolution decomposed: 1x1 projections + shift-and-sum (`DecomposedConv`)
+    sa            sliding-window (local) self-attention (`LocalSelfAttention`)
+    acmix         ACmix, sliding-window form (`ACmix`, the ResNet-ACmix operator)
+    window-sa     Swin window self-attention, W-MSA / SW-MSA (`WindowSelfAttention`)
+    window-acmix  ACmix, window form (`WindowACmix`, the Swin-ACmix operator)
+
+The first four take feature maps (B, C, H, W) and have a stride; the window
+kinds take tokens (B, H, W, C) and keep the map size. A registry model name is
+BACKBONE-OP with OP from BACKBONE_OPS: a ResNet's "sa" is the sliding-window
+kind, a Swin's "sa" and "acmix" are the window kinds.
+"""
+
+MAP_KINDS = ("conv", "dconv", "sa", "acmix")
+TOKEN_KINDS = ("window-sa", "window-acmix")
+OPERATOR_KINDS = MAP_KINDS + TOKEN_KINDS
+# earlier spellings still accepted where a command line offers them
+OPERATOR_ALIASES = {"swin-sa": "window-sa", "swin-acmix": "window-acmix"}
+
+# the OP part of registry model names (BACKBONE-OP)
+RESNET_OPS = MAP_KINDS
+SWIN_OPS = ("sa", "acmix")
+BACKBONE_OPS = RESNET_OPS
+
+
+def canonical_op(name: str) -> str:
+    """The canonical kind for an operator name or alias; ValueError naming the allowed ones otherwise."""
+    name = OPERATOR_ALIASES.get(name, name)
+    if name not in OPERATOR_KINDS:
+        raise ValueError(f"unknown operator {name!r}; allowed: {', '.join(OPERATOR_KINDS)}")
+    return name
+
+
+def op_layout(kind: str) -> str:
+    """"map" for operators on (B, C, H, W) feature maps, "tokens" for those on (B, H, W, C) tokens."""
+    return "tokens" if canonical_op(kind) in TOKEN_KINDS else "map"
