@@ -20,6 +20,7 @@ def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def equivalences(seed: int = 0) -> list[tuple[str, str, float, float]]:
     """(check, dtype, max abs error, tolerance) for the identities the suite rests on."""
     from modules import DecomposedConv, ShiftAggregation, create_op, set_stage2_impl
+    from modules.names import SHIFT_IMPLS
 
     g = torch.Generator().manual_seed(seed)
     rows = []
@@ -31,7 +32,7 @@ def equivalences(seed: int = 0) -> list[tuple[str, str, float, float]]:
             rows.append((f"conv {k}x{k} s{stride} == 1x1 projections + shift-sum", "float64",
                          _max_err(conv(x), dec(x)), 1e-10))
     x = torch.randn(2, 8 * 9, 12, 10, generator=g)
-    outs = {s: ShiftAggregation(8, 3, copies=4, shift=s)(x) for s in ("tensor", "fixed", "learnable", "multigroup")}
+    outs = {s: ShiftAggregation(8, 3, copies=4, shift=s)(x) for s in SHIFT_IMPLS}
     rows.append(("shift: tensor == fixed group conv", "float32", _max_err(outs["tensor"], outs["fixed"]), 1e-6))
     for s in ("learnable", "multigroup"):
         rows.append((f"shift: {s} == tensor at init", "float32", _max_err(outs["tensor"], outs[s]), 1e-6))

@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from modules.names import OPERATOR_ALIASES, OPERATOR_KINDS
+from modules import names
+from modules.names import OPERATOR_ALIASES, OPERATOR_KINDS, SHIFT_IMPLS
 
 from .formulas import Conventions, OpCost, layer_cost, operator_cost
 
@@ -696,7 +697,7 @@ def _as_inputs(model, input_size=None, inputs=None) -> tuple:
     return inputs
 
 
-STAGE2_IMPLS = (None, "fast", "reference")
+STAGE2_IMPLS = (None,) + names.STAGE2_IMPLS  # None: as built
 
 
 @contextlib.contextmanager
@@ -970,7 +971,7 @@ def register(sub) -> None:
     p.add_argument("--kernel-conv", type=int, default=3)
     p.add_argument("--stride", type=int, default=1)
     p.add_argument("--shift", default=None,
-                   help="shift implementation: tensor | fixed | learnable | multigroup (default: the operator's own)")
+                   help=f"shift implementation: {' | '.join(SHIFT_IMPLS)} (default: the operator's own)")
     p.add_argument("--mixing", default="learnable")
     p.add_argument("--window", type=int, default=7, help="window size (window-sa, window-acmix)")
     p.add_argument("--shift-size", type=int, default=0, help="Swin cyclic shift (window ops)")
@@ -983,7 +984,7 @@ def register(sub) -> None:
                    help="e.g. bias=on,softmax=on,activations=on,norms=off,shift_adds=off (formula and fvcore voices)")
     p.add_argument("--backward", default="none", choices=BACKWARD_MODES,
                    help="none: forward; x2: training step = 3 x forward; counted: torch voice counts the backward")
-    p.add_argument("--stage2-impl", default=None, choices=("fast", "reference"),
+    p.add_argument("--stage2-impl", default=None, choices=names.STAGE2_IMPLS,
                    help="count as built (default), all-fast, or with the sliding-window attention as ACMIX.md "
                         "writes it (reference)")
     p.add_argument("--flops", action="store_true", help="show FLOPs (= 2 MACs) instead of MACs, labelled")

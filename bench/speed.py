@@ -29,12 +29,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
-from modules.names import OPERATOR_ALIASES, OPERATOR_KINDS
+from modules.names import OPERATOR_ALIASES, OPERATOR_KINDS, SHIFT_IMPLS as SHIFTS, STAGE2_IMPLS
 
 # the operator kinds, and the shift-and-sum of the conv path on its own
 OPS = OPERATOR_KINDS + ("shift",)
 PASSES = ("fwd", "fwd+bwd")
-SHIFTS = ("tensor", "fixed", "learnable", "multigroup")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CONV = "nn.Conv2d"
 CSV_COLUMNS = ["op", "impl", "pass", "median_ms", "iqr_ms", "peak_mem_mb", "runs", "shift", "backend", "shape",
@@ -416,7 +415,7 @@ def run(args) -> int:
         raise ValueError("--device cuda: no CUDA device is visible to torch; use --device cpu")
     if args.threads <= 0:
         raise ValueError(f"--threads must be positive, got {args.threads}")
-    impls = _list(args.impl, ("fast", "reference"), "--impl")
+    impls = _list(args.impl, STAGE2_IMPLS, "--impl")
     if "reference" not in impls:
         impls.append("reference")  # the reference is a baseline of every run
     passes = _list(args.passes, PASSES, "--pass")

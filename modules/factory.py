@@ -22,9 +22,8 @@ import torch.nn as nn
 
 from . import _checks
 from .conv import Conv, DecomposedConv
-from .names import OPERATOR_KINDS, TOKEN_KINDS, canonical_op
+from .names import OPERATOR_KINDS, SHIFT_IMPLS, TOKEN_KINDS, canonical_op
 from .operators import ACmix, LocalSelfAttention, WindowACmix, WindowSelfAttention, parse_mixing
-from .shift import SHIFT_IMPLS
 
 __all__ = ["OPERATOR_KINDS", "create_op"]
 

@@ -20,8 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchmetrics
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "none")
+from .names import OPTIMIZERS, SCHEDULES
+
 _NO_DECAY_NAMES = ("relative_position_bias_table", "alpha", "beta")
 
 

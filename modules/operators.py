@@ -16,13 +16,12 @@ from . import _checks
 from ._fast.acmix_stage2 import acmix_stage2, applies as stage2_node_applies
 from ._fast.conv_path import grouped_conv, kernel_backend as conv_kernel_backend
 from .local_attention import LocalAttentionPath, QKVProjection, check_window
+from .names import MIXING_MODES, SHIFT_IMPLS, STAGE2_IMPLS
 from .pointwise import pointwise_conv
-from .shift import SHIFT_IMPLS, STAGE2_IMPLS, ShiftAggregation, shift_aggregate_reference
+from .shift import ShiftAggregation, shift_aggregate_reference
 from .window_attention import (TokenQKV, WindowAttentionPath, check_window_args, check_windows,
                                tokens_to_map)
 
-# name -> (alpha, beta); None = learnable scalars
-MIXING_MODES = {"learnable": None, "half": (0.5, 0.5), "att": (1.0, 0.0), "conv": (0.0, 1.0)}
 _MIXING_ALIASES = {(1.0, 0.0): "att", (0.0, 1.0): "conv", (0.5, 0.5): "half"}
 
 

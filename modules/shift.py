@@ -20,9 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _checks
-
-SHIFT_IMPLS = ("tensor", "fixed", "learnable", "multigroup")
-STAGE2_IMPLS = ("fast", "reference")
+from .names import SHIFT_IMPLS, STAGE2_IMPLS
 
 
 def shift_offsets(k: int) -> list[tuple[int, int]]:

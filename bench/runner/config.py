@@ -15,9 +15,8 @@ from typing import Any
 
 import yaml
 
-OPERATORS = ("conv", "dconv", "sa", "acmix")
-SHIFTS = ("tensor", "fixed", "learnable", "multigroup")
-MIXINGS = ("learnable", "half", "att", "conv")
+from modules.names import BACKBONE_OPS as OPERATORS, MIXINGS, OPTIMIZERS, SCHEDULES, SHIFT_IMPLS as SHIFTS
+
 # dataset name -> (in_chans, image size, num_classes); the datamodules own the data itself
 DATASETS = {
     "fashion_mnist": (1, 28, 10),
@@ -29,8 +28,6 @@ DATASETS = {
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "deepspeed")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true", "64")
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "none")
 CELL_KEYS = ("backbone", "op", "model", "shift", "mixing", "dataset", "seed")
 
 

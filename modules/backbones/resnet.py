@@ -26,9 +26,9 @@ import torch.nn as nn
 from .. import _checks
 from ..conv import Conv
 from ..factory import create_op
-from ..names import RESNET_OPS
+from ..names import RESNET_OPS, SHIFT_IMPLS
 from ..operators import parse_mixing
-from ..shift import SHIFT_IMPLS, out_size
+from ..shift import out_size
 
 RESNET_DEPTHS = {"resnet26": (1, 2, 4, 1), "resnet38": (2, 3, 5, 2), "resnet50": (3, 4, 6, 3)}
 STEMS = ("imagenet", "small")

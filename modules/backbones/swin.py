@@ -19,9 +19,8 @@ import torch.nn as nn
 
 from .. import _checks
 from ..factory import create_op
-from ..names import SWIN_OPS
+from ..names import SHIFT_IMPLS, SWIN_OPS
 from ..operators import parse_mixing
-from ..shift import SHIFT_IMPLS
 
 # name -> embed_dim, depths, heads, window, patch, img_size, drop_path_rate
 SWIN_CONFIGS = {
