@@ -43,7 +43,8 @@ def rules(margin: float = DEFAULT_MARGIN) -> list[str]:
         "when it also lies inside the margin (the difference is real; its size is in the numbers).",
         "Undecided comparisons say how many seeds would decide them at the spread observed: the smallest n with "
         "t(0.975, n-1) s / sqrt(n) < max(|d|, m - |d|) (paired: s = sd of the paired differences; Welch: "
-        "s = sqrt(s_a^2 + s_b^2), n seeds per side, Welch's df), assuming d and s stay as measured.",
+        "s = sqrt(s_a^2 + s_b^2), n seeds per side, Welch's df), assuming d and s stay as measured. For speed the same "
+        "count is of timing repeats per side (s scaled by sqrt(pi/2), a median's).",
         "No verdict (undecided) with fewer than two seeds on a side (spread unknown), when every seed gave the same "
         "value (spread unmeasured), when a model is at or below 1.5 x chance top-1 (not trained yet), or when the "
         "members of a matched-FLOPs budget are outside their MACs tolerance.",
