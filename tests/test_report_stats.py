@@ -324,3 +324,22 @@ def test_run_config_accepts_report_margin():
                      ({"marging": 0.3}, "report.marging"), ("yes", "'report'")):
         with pytest.raises(ValueError, match=msg):
             validate_config(dict(base, report=bad))
+
+
+def test_compare_configs_give_the_interval():
+    """--compare: per configuration, the top-1 delta's Welch interval (separate runs); 'changed' when it excludes 0."""
+    from reports.compare import config_deltas
+
+    this, base = mk.full_records(), mk.full_records()
+    for r in base:
+        if r["cell"]["op"] == "conv":
+            r["metrics"]["top1"] -= 0.015
+    cc = config_deltas(records_frame(this), records_frame(base))
+    conv = cc[cc["label"] == "resnet26-conv"].iloc[0]
+    a = [100 * r["metrics"]["top1"] for r in this if r["cell"]["op"] == "conv"]
+    b = [100 * r["metrics"]["top1"] for r in base if r["cell"]["op"] == "conv"]
+    iv = stats.welch_ci(a, b)
+    assert (conv["top1_ci_low"], conv["top1_ci_high"]) == (pytest.approx(iv.low), pytest.approx(iv.high))
+    assert conv["top1_flag"] == "changed" and iv.low > 0
+    same = cc[cc["label"] != "resnet26-conv"]
+    assert (same["top1_flag"] == "within noise").all() and (same["top1_ci_low"] < 0).all()
