@@ -107,8 +107,10 @@ def compare_acc(frame: pd.DataFrame, cfg_a: str, cfg_b: str, margin: float = DEF
         note = "missing: no finished seed on " + ("both sides" if na == nb == 0 else "side a" if na == 0 else "side b")
     elif na < 2 or nb < 2:
         note = "no spread: fewer than two seeds on a side"
-    elif max(sa, sb) <= 1e-9 * max(1.0, abs(ma), abs(mb)) or iv.se <= 1e-12 * max(1.0, abs(ma), abs(mb)):
+    elif max(sa, sb) <= 1e-9 * max(1.0, abs(ma), abs(mb)):
         note = "no spread: every seed gave the same value (spread unmeasured)"
+    elif iv.se <= 1e-12 * max(1.0, abs(ma), abs(mb)):
+        note = "no spread: every seed's difference is the same (spread unmeasured)"
     v = stats.verdict(iv.low, iv.high, margin) if not note else UNDECIDED
     need = None
     if v == UNDECIDED and not note:
