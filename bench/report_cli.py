@@ -8,7 +8,7 @@ from pathlib import Path
 def run(args) -> int:
     from reports.build import STATUS_MARK, build_report
 
-    written, rep = build_report(args.results_dir, args.out, args.compare, args.matrix)
+    written, rep = build_report(args.results_dir, args.out, args.compare, args.matrix, args.margin)
     out = Path(written["report.md"]).parent
     rs = rep.rs
     n_bad = int((rep.frame["status"] != "ok").sum())
@@ -16,13 +16,14 @@ def run(args) -> int:
           f"{len(rs.problems)} unreadable, {len(rs.missing())} planned but missing)")
     for f, why in rs.problems:
         print(f"  warning: skipped {f}: {why}", file=sys.stderr)
+    print(f"  claims (95% CI, equivalence margin {rep.margin:g} top-1 points):")
     for c in rep.claims:
-        print(f"  {STATUS_MARK[c.status]:<16} {c.statement}")
+        print(f"  {STATUS_MARK[c.status]:<10} {c.statement}")
     if rep.base is not None:
         cd = rep.csv["compare_cells"]
         flagged = int((cd["flags"] != "").sum()) if len(cd) else 0
         print(f"  compared with {rep.base.root}: {len(cd)} matching cells, {flagged} with changes beyond noise")
-    print(f"wrote {out / 'report.md'}, {out / 'report.html'}, {len([k for k in written if k.startswith('tables/')])} "
+    print(f"wrote {out / 'report.md'}, {out / 'report.html'}, {out / 'claims.json'}, {len([k for k in written if k.startswith('tables/')])} "
           f"tables, {len([k for k in written if k.startswith('plots/')])} plot files")
     return 0
 
@@ -35,4 +36,7 @@ def register(sub) -> None:
     p.add_argument("--out", metavar="DIR", default=None, help="where to write the report (default RESULTS_DIR/report)")
     p.add_argument("--matrix", metavar="CONFIG", default=None,
                    help="the matrix config the results came from: the report then lists planned cells with no record")
+    p.add_argument("--margin", metavar="POINTS", type=float, default=None,
+                   help="equivalence margin in top-1 points for the verdicts (default: the config's report.margin "
+                        "recorded in plan.json or given by --matrix, else 0.5)")
     p.set_defaults(func=run)

@@ -100,7 +100,8 @@ def run(args) -> int:
 
     if is_rank_zero():  # the whole matrix (every shard writes the same plan), for reports' "planned but missing"
         atomic_write_json(os.path.join(out, "plan.json"), {"config": cfg["name"], "config_file": args.config,
-                                                           "cells": [c["cell_id"] for c in every]})
+                                                           "cells": [c["cell_id"] for c in every],
+                                                           "report": cfg["report"]})
     if args.executor in ("slurm", "local"):
         from bench.runner.execute import pending
         from bench.runner.submit import submit
@@ -127,7 +128,7 @@ def run(args) -> int:
           f"{os.path.join(out, 'results.csv')} rebuilt")
     if res["interrupted"]:
         return 130
-    if cfg["report"] and not args.no_report:
+    if cfg["report"]["run"] and not args.no_report:
         _print_report(out, cfg)
     return 0
 

@@ -16,9 +16,10 @@ import pandas as pd
 from . import claims as claims_mod
 from . import compare as compare_mod
 from . import plots, tables
-from .records import ResultSet, is_synthetic, load_results
+from .records import ResultSet, check_margin, is_synthetic, load_results
+from .stats import mean_ci
 
-STATUS_MARK = {"held": "HELD", "not held": "NOT HELD", "not enough data": "NOT ENOUGH DATA"}
+STATUS_MARK = {"held": "HELD", "not held": "NOT HELD", "undecided": "UNDECIDED"}
 
 
 @dataclass
@@ -156,16 +157,24 @@ def _missing_blocks(rs: ResultSet, frame: pd.DataFrame, claims) -> list[Block]:
         for _, r in s[s["top1_n"] < most].iterrows():
             items.append(f"{r['label']} ({r['dataset']}): {int(r['top1_n'])} finished seed(s) of {most}")
     for c in claims:
-        if c.status == claims_mod.NED:
-            items.append(f"claim '{c.key}' cannot be decided: {c.summary}")
+        if c.status == claims_mod.UNDECIDED:
+            items.append(f"claim '{c.key}' cannot be decided yet: {c.summary}")
     blocks.append(Block("list", items or ["nothing: every record is readable and finished"]))
     return blocks
 
 
-def _claim_blocks(claims) -> list[Block]:
+# columns of a claim's comparison table (those a claim's rows have), in this order
+CLAIM_COLUMNS = ["dataset", "budget", "step", "a", "b", "deciding", "n_a", "n_b", "mean_a", "mean_b", "diff",
+                 "ci_low", "ci_high", "half_width", "test", "margin", "verdict", "note", "seeds_to_decide",
+                 "acmix_macs", "baseline_macs",
+                 "seeds", "early_depths", "late_depths", "early_log_ratio", "early_ci_low", "early_ci_high",
+                 "late_log_ratio", "late_ci_low", "late_ci_high", "label"]
+
+
+def _claim_blocks(claims, margin) -> list[Block]:
     blocks = [Block("h2", "The paper's claims in this result set"),
-              Block("p", "Each claim is marked held, not held or not enough data. Rules:"),
-              Block("list", claims_mod.RULES)]
+              Block("p", "Each claim is marked held, not held or undecided from its comparisons' verdicts. Rules:"),
+              Block("list", claims_mod.rules(margin))]
     blocks.append(Block("table", claims_mod.claims_frame(claims).assign(
         status=lambda d: d["status"].map(STATUS_MARK))[["statement", "status", "evidence"]]))
     for c in claims:
@@ -173,17 +182,73 @@ def _claim_blocks(claims) -> list[Block]:
         blocks.append(Block("p", f"Method: {c.method}"))
         blocks.append(Block("p", f"Deciding numbers: {c.summary}"))
         if c.rows:
-            blocks.append(Block("table", display(c.table(), {"a_n": str, "b_n": str, "acmix_n": str,
-                                                              "baseline_n": str, "seeds": str,
-                                                              "acmix_macs": fmt_count, "baseline_macs": fmt_count})))
+            t = c.table()
+            t = t[[k for k in CLAIM_COLUMNS if k in t.columns]]
+            blocks.append(Block("table", display(t, {"n_a": str, "n_b": str, "seeds": str,
+                                                     "seeds_to_decide": lambda x: str(int(x)),
+                                                     "acmix_macs": fmt_count, "baseline_macs": fmt_count})))
     return blocks
+
+
+def _headline(frame: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: top-1 mean with its 95% CI over seeds, MACs, params, train/infer samples/s."""
+    many = summary["dataset"].nunique() > 1 if len(summary) else False
+    rows = []
+    for _, r in summary.iterrows():
+        vals = frame[(frame["config"] == r["config"]) & (frame["status"] == "ok")]["top1"].dropna().tolist()
+        m, lo, hi = mean_ci(vals)
+        top1 = ("n/a" if _isnan(m) else f"{m:.2f} [{lo:.2f}, {hi:.2f}] (n={len(vals)})" if not _isnan(lo)
+                else f"{m:.2f} (n={len(vals)}, no CI)")
+        row = {"dataset": r["dataset"]} if many else {}
+        row.update({"model": r["label"], "top-1 % (mean [95% CI], n)": top1, "MACs": fmt_count(r["macs"]),
+                    "params": fmt_count(r["params"]),
+                    "train samples/s": fmt_num(r["train_samples_per_s"], 1),
+                    "infer samples/s": fmt_num(r["infer_samples_per_s"], 1)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _claim_line(c) -> str:
+    """A claim's verdict in one line: status, statement, the deciding comparisons with their intervals."""
+    parts = []
+    for r in c.comparisons:
+        if r.get("deciding") is False:
+            continue
+        nd = 2 if r["unit"] == "top-1 points" else 1
+        if r["note"].startswith("missing"):
+            parts.append(f"{r['a']} vs {r['b']}: missing")
+            continue
+        ci = (f" [{r['ci_low']:+.{nd}f}, {r['ci_high']:+.{nd}f}]" if not _isnan(r["ci_low"]) else "")
+        parts.append(f"{r['a']} vs {r['b']} {r['diff']:+.{nd}f}{ci} {r['unit']}: {r['verdict']}"
+                     + (f", ~{r['seeds_to_decide']} seeds would decide" if r.get("seeds_to_decide")
+                        and r["unit"] == "top-1 points" else ""))
+    if not c.comparisons and c.rows and "early_log_ratio" in c.rows[0]:  # mixing by depth: one config, then counts
+        r = c.rows[0]
+        parts = [f"{r['label']}: early log|alpha/beta| {r['early_log_ratio']:+.3f} [{r['early_ci_low']:+.3f}, "
+                 f"{r['early_ci_high']:+.3f}], late {r['late_log_ratio']:+.3f} [{r['late_ci_low']:+.3f}, "
+                 f"{r['late_ci_high']:+.3f}]: {r['verdict']}"]
+        rest: dict = {}
+        for x in c.rows[1:]:
+            rest[x["verdict"]] = rest.get(x["verdict"], 0) + 1
+        if rest:
+            parts.append(f"{len(c.rows) - 1} more configuration(s): "
+                         + ", ".join(f"{v} ({k})" for v, k in sorted(rest.items())))
+    detail = "; ".join(parts) if parts else c.summary
+    return f"{STATUS_MARK[c.status]}: {c.statement} ({detail})"
 
 
 class Report:
     """Tables, figures and blocks of one report; write() puts them on disk."""
 
-    def __init__(self, rs: ResultSet, base: ResultSet | None = None):
+    def __init__(self, rs: ResultSet, base: ResultSet | None = None, margin: float | None = None):
         self.rs, self.base = rs, base
+        # equivalence margin: --margin, else the matrix config's report.margin (plan.json or --matrix), else 0.5
+        if margin is not None:
+            self.margin = check_margin(margin, "--margin")
+        elif rs.report_config.get("margin") is not None:
+            self.margin = check_margin(rs.report_config["margin"], "the config's report.margin")
+        else:
+            self.margin = claims_mod.DEFAULT_MARGIN
         self.frame = rs.frame
         self.summary = tables.summary_table(self.frame)
         self.csv: dict[str, pd.DataFrame] = {
@@ -195,7 +260,7 @@ class Report:
             "mixing": tables.mixing_table(rs.records).drop(columns=["config"]),
             "shifts": tables.shift_table(self.frame).drop(columns=["family", "config"], errors="ignore"),
         }
-        self.claims = claims_mod.check_claims(self.frame, rs.records)
+        self.claims = claims_mod.check_claims(self.frame, rs.records, self.margin)
         self.csv["claims"] = claims_mod.claims_frame(self.claims)
         self.figures = {
             "accuracy_vs_macs": plots.accuracy_vs_macs(self.summary),
@@ -222,6 +287,14 @@ class Report:
         if is_synthetic(rs.records):
             b.append(Block("note", "SYNTHETIC TEST FIXTURE: these records were generated for tests, not measured. "
                                    "No number below is a measurement."))
+        b.append(Block("h2", "The answer"))
+        b.append(Block("table", _headline(f, self.summary)))
+        b.append(Block("p", "Top-1: mean over finished seeds with its 95% Student t interval; MACs per image (exact "
+                            "count); train and inference throughput: median samples/s over timing repeats and seeds. "
+                            f"Claims (95% CI of each difference; equivalence margin {self.margin:g} top-1 points; "
+                            "rules and per-comparison detail below):"))
+        b.append(Block("list", [_claim_line(c) for c in self.claims]))
+        b.append(Block("h2", "Methods and environment"))
         b.append(Block("p", f"Result directory: {rs.root}. {len(rs.records)} records ("
                             + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
                             + f"), {len(rs.problems)} unreadable."))
@@ -234,7 +307,7 @@ class Report:
                             "of the per-seed medians (on a busy machine that range is the larger noise). "
                             "Speed numbers compare only within one device and thread count."))
         b += _missing_blocks(rs, f, self.claims)
-        b += _claim_blocks(self.claims)
+        b += _claim_blocks(self.claims, self.margin)
         b.append(Block("h2", "Accuracy, cost and speed per configuration"))
         b.append(Block("table", _summary_display(self.summary)))
         b.append(self._fig("accuracy_vs_macs", "Top-1 vs MACs, one marker per operator family; bars: seed std.",
@@ -291,7 +364,7 @@ class Report:
                                 f"the --compare set"] + [f"environment differs: {e}" for e in env]
                        + (["speed deltas across different machines or thread counts are not like for like"]
                           if any(e.startswith(("speed_device", "speed_threads", "hostname")) for e in env) else [])))
-        base_claims = {c.key: c for c in claims_mod.check_claims(bf, self.base.records)}
+        base_claims = {c.key: c for c in claims_mod.check_claims(bf, self.base.records, self.margin)}
         b.append(Block("h3", "Claims in both sets"))
         b.append(Block("table", pd.DataFrame([{
             "claim": c.statement, "this": STATUS_MARK[c.status], "base": STATUS_MARK[base_claims[c.key].status],
@@ -326,6 +399,8 @@ class Report:
             df.to_csv(p, index=False)
             written[f"tables/{name}.csv"] = p
         (out / "tables" / "claims.json").write_text(claims_mod.claims_json(self.claims))
+        (out / "claims.json").write_text(claims_mod.to_json(claims_mod.claims_document(self.claims, self.margin)) + "\n")
+        written["claims.json"] = out / "claims.json"
         pngs = {}
         for name, fig in self.figures.items():
             if fig is None:
@@ -342,12 +417,13 @@ class Report:
         return written
 
 
-def build_report(results_dir, out_dir=None, compare=None, matrix=None) -> dict[str, Path]:
-    """Read records, write the report; returns ({relative name: path} of what was written, the Report)."""
+def build_report(results_dir, out_dir=None, compare=None, matrix=None, margin=None) -> tuple[dict[str, Path], Report]:
+    """Read records, write the report; returns ({relative name: path} of what was written, the Report).
+    margin: equivalence margin in top-1 points (None: the config's report.margin, else 0.5)."""
     rs = load_results(results_dir, matrix)
     base = load_results(compare) if compare is not None else None
     out = Path(out_dir) if out_dir is not None else rs.root / "report"
-    rep = Report(rs, base)
+    rep = Report(rs, base, margin)
     return rep.write(out), rep
 
 
@@ -397,7 +473,7 @@ figure{margin:1em 0}img{max-width:100%;border:1px solid #ddd}figcaption{font-siz
 
 def _html_cell(x) -> str:
     s = html.escape(str(x))
-    cls = {"HELD": "held", "NOT HELD": "not-held", "NOT ENOUGH DATA": "ned"}.get(str(x))
+    cls = {"HELD": "held", "NOT HELD": "not-held", "UNDECIDED": "ned"}.get(str(x))
     return f'<span class="{cls}">{s}</span>' if cls else s
 
 

@@ -12,13 +12,15 @@ import math
 
 import pandas as pd
 
+from . import stats
 from .tables import seed_stats, summary_table
 
 RULES = [
     "top-1/top-5 of one cell: flagged when |delta| > 2 x the seed std of its configuration, pooled over the sides "
     "that have two or more seeds (sqrt of the mean variance); 'no spread' when neither side has.",
-    "top-1 per configuration (seeds pooled): flagged when |delta of means| > 2 SE, SE = sqrt(s^2/n_this + "
-    "s^2/n_base) with each side's own std, or the other side's where a side has one seed.",
+    "top-1 per configuration (seeds pooled): delta of means with its 95% Student t interval, Welch's (the two "
+    "sets are separate runs), SE = sqrt(s^2/n_this + s^2/n_base) with each side's own std, or the other side's "
+    "where a side has one seed (then df = that side's n - 1); flagged 'changed' when the interval excludes 0.",
     "throughput and latency: flagged when |delta of medians| > (noise_this + noise_base)/2, noise = timing IQR "
     "(per configuration: max of IQR and the range of per-seed medians), i.e. the bands median +- noise/2 do not overlap.",
     "params and MACs are exact counts: any change is flagged; so is any change of status, and of the run "
@@ -102,9 +104,19 @@ def config_deltas(this: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
         d = a["top1_mean"] - b["top1_mean"]
         s_this = a["top1_std"] if a["top1_n"] > 1 else b["top1_std"] if b["top1_n"] > 1 else math.nan
         s_base = b["top1_std"] if b["top1_n"] > 1 else s_this
+        lo = hi = math.nan
         if a["top1_n"] > 0 and b["top1_n"] > 0 and not math.isnan(s_this):
             se = math.sqrt(s_this ** 2 / a["top1_n"] + s_base ** 2 / b["top1_n"])
-            flag = "changed" if abs(d) > 2 * se else "within noise"
+            if a["top1_n"] > 1 and b["top1_n"] > 1:
+                df = stats.welch_df(s_this ** 2, a["top1_n"], s_base ** 2, b["top1_n"])
+            else:  # one side borrowed the other's std: that side's degrees of freedom
+                df = max(a["top1_n"], b["top1_n"]) - 1.0
+            if se > 0 and not math.isnan(df):
+                h = stats.t_crit(df) * se
+                lo, hi = d - h, d + h
+                flag = "changed" if lo > 0 or hi < 0 else "within noise"
+            else:
+                flag = "changed" if d != 0 else "within noise"  # no spread on either side: any change counts
         else:
             se, flag = math.nan, "no spread"
         sp = a["infer_samples_per_s"] - b["infer_samples_per_s"]
@@ -113,7 +125,7 @@ def config_deltas(this: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
         rows.append({"dataset": a["dataset"], "label": a["label"],
                      "top1_this": a["top1_mean"], "top1_this_std": a["top1_std"], "top1_this_n": a["top1_n"],
                      "top1_base": b["top1_mean"], "top1_base_std": b["top1_std"], "top1_base_n": b["top1_n"],
-                     "top1_delta": d, "top1_2se": 2 * se, "top1_flag": flag,
+                     "top1_delta": d, "top1_2se": 2 * se, "top1_ci_low": lo, "top1_ci_high": hi, "top1_flag": flag,
                      "infer_this": a["infer_samples_per_s"], "infer_base": b["infer_samples_per_s"],
                      "infer_delta": sp, "infer_noise": noise,
                      "infer_flag": ("changed" if abs(sp) > noise else "within noise") if not math.isnan(sp + noise)

@@ -34,6 +34,7 @@ class ResultSet:
     records: list[dict]
     problems: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     planned: list[dict] | None = None  # cells the matrix planned (cell_id and/or identity), when known
+    report_config: dict = field(default_factory=dict)  # the matrix config's `report` section, when known
 
     @property
     def frame(self) -> pd.DataFrame:
@@ -118,7 +119,8 @@ def check_record(rec) -> None:
             raise ValueError("runner's validate_record rejected it")
 
 
-def _read_plan(root: Path) -> list[dict] | None:
+def _read_plan(root: Path) -> tuple[list[dict] | None, dict]:
+    """(planned cells, the config's `report` section) from a plan file next to cells/, else (None, {})."""
     for name in PLAN_FILES:
         p = root / name
         if p.is_file():
@@ -133,8 +135,28 @@ def _read_plan(root: Path) -> list[dict] | None:
                     plan.append({"cell_id": it})
                 elif isinstance(it, dict):
                     plan.append(it)
-            return plan
-    return None
+            report = data.get("report") if isinstance(data, dict) else None
+            return plan, report if isinstance(report, dict) else {}
+    return None, {}
+
+
+def report_section_of(config_path) -> dict:
+    """The `report` section of a matrix YAML as written (a mapping; `report: true/false` has no settings)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(config_path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"--matrix {config_path}: cannot read it ({' '.join(str(e).split())})") from None
+    rep = raw.get("report") if isinstance(raw, dict) else None
+    return rep if isinstance(rep, dict) else {}
+
+
+def check_margin(value, where: str) -> float:
+    """An equivalence margin: a finite number > 0 (top-1 points)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{where}: margin {value!r} is not a number > 0 (top-1 points, e.g. 0.5)")
+    return float(value)
 
 
 def load_results(path, matrix=None) -> ResultSet:
@@ -174,8 +196,10 @@ def load_results(path, matrix=None) -> ResultSet:
     if not records:
         detail = f" ({len(problems)} unreadable: {problems[0][0]}: {problems[0][1]})" if problems else ""
         raise ValueError(f"no usable records in {cells}{detail}; run `acmix-bench run` first or check the path")
-    planned = plan_from_config(matrix) if matrix is not None else _read_plan(root)
-    return ResultSet(root=root, records=records, problems=problems, planned=planned)
+    planned, report_config = _read_plan(root)
+    if matrix is not None:
+        planned, report_config = plan_from_config(matrix), report_section_of(matrix)
+    return ResultSet(root=root, records=records, problems=problems, planned=planned, report_config=report_config)
 
 
 # ---------------------------------------------------------------------------- flattening
@@ -253,6 +277,20 @@ def label_map(records: list[dict]) -> dict[str, str]:
     return out
 
 
+# trainer keys that change how the training data is sharded over processes (and so each process's order)
+DATA_ORDER_TRAINER_KEYS = ("devices", "num_nodes", "strategy", "accelerator")
+
+
+def data_settings(rec: dict) -> str:
+    """Short hash of what decides the data and its order besides the seed: dataset, the data section of the
+    record's config (subsets, batch size, augmentation, ...) and the trainer's process layout."""
+    cfg = rec.get("config") or {}
+    trainer = cfg.get("trainer") or {}
+    key = {"dataset": (rec.get("cell") or {}).get("dataset"), "data": cfg.get("data"),
+           "trainer": {k: trainer.get(k) for k in DATA_ORDER_TRAINER_KEYS}}
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def records_frame(records: list[dict]) -> pd.DataFrame:
     """One row per record with every number a report uses (NaN where absent)."""
     rows = []
@@ -282,6 +320,8 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
             "platform": env.get("platform"),
             # run settings (trainer, data, optim, measure): a short hash, so comparisons can tell reruns apart
             "settings": hashlib.sha1(json.dumps(rec.get("config"), sort_keys=True, default=str).encode()).hexdigest()[:8],
+            # what fixes the data a seed sees and its order: equal here and equal seed -> comparisons pair by seed
+            "data_settings": data_settings(rec),
         }
         for s in STAGES:
             if s != "total":

@@ -18,7 +18,7 @@ import pytest
 
 from bench.cli import main as cli_main
 from reports.build import build_report
-from reports.claims import HELD, NED, NOT_HELD, check_claims
+from reports.claims import HELD, NOT_HELD, UNDECIDED, check_claims
 from reports.records import load_results
 
 FIX = Path(__file__).parent / "fixtures" / "records"
@@ -130,18 +130,18 @@ def test_claims_not_held_when_data_says_otherwise():
 def test_claims_need_spread_and_cells():
     one_seed = mk.full_records(seeds=(0,))
     c = _claims(one_seed)
-    assert c["acmix_vs_single_path"].status == NED  # one seed: spread unknown
-    assert c["learnable_multigroup"].status == NED
-    assert all(r["verdict"] == "no spread" for r in c["acmix_vs_single_path"].rows)
+    assert c["acmix_vs_single_path"].status == UNDECIDED  # one seed: spread unknown
+    assert c["learnable_multigroup"].status == UNDECIDED
+    assert all(r["verdict"] == UNDECIDED and r["note"].startswith("no spread") for r in c["acmix_vs_single_path"].rows)
     no_sa = [r for r in mk.full_records() if r["cell"]["op"] != "sa"]
     c = _claims(no_sa)
-    assert c["acmix_vs_single_path"].status == NED and "no finished sa" in c["acmix_vs_single_path"].summary
+    assert c["acmix_vs_single_path"].status == UNDECIDED and "no finished sa" in c["acmix_vs_single_path"].summary
     no_tensor = [r for r in mk.full_records() if r["cell"]["shift"] != "tensor"]
-    assert _claims(no_tensor)["gconv_faster"].status == NED
+    assert _claims(no_tensor)["gconv_faster"].status == UNDECIDED
     no_mix = copy.deepcopy(mk.full_records())
     for r in no_mix:
         r["mixing_by_depth"] = []
-    assert _claims(no_mix)["mixing_by_depth"].status == NED
+    assert _claims(no_mix)["mixing_by_depth"].status == UNDECIDED
 
 
 def test_speed_within_noise_is_not_held_and_unmatched_flops_cannot_decide():
@@ -154,9 +154,10 @@ def test_speed_within_noise_is_not_held_and_unmatched_flops_cannot_decide():
     c = _claims(recs)
     assert c["gconv_faster"].status == NOT_HELD
     deciding = [r for r in c["gconv_faster"].rows if r["deciding"]]
-    assert [r["verdict"] for r in deciding] == ["within noise"]
-    assert c["acmix_vs_single_path"].status == NED
-    assert "not matched" in {r["verdict"] for r in c["acmix_vs_single_path"].rows}
+    assert [r["verdict"] for r in deciding] == ["equivalent"]  # CI inside +-5% of tensor's speed: no gain
+    assert c["acmix_vs_single_path"].status == UNDECIDED
+    assert any(r["note"].startswith("not matched") for r in c["acmix_vs_single_path"].rows)
+    assert all(r["verdict"] == UNDECIDED for r in c["acmix_vs_single_path"].rows if "sa" in r["baseline"])
 
 
 def test_compare_flags_changes_beyond_noise(full_report):
@@ -275,7 +276,7 @@ def test_report_of_only_unfinished_cells(tmp_path):
     written, rep = build_report(tmp_path / "res", tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
     assert "No plot 'accuracy_vs_macs'" in md
-    assert all(c.status == NED for c in rep.claims)
+    assert all(c.status == UNDECIDED for c in rep.claims)
     assert "plots/accuracy_vs_macs.png" not in written
 
 
@@ -331,8 +332,8 @@ def test_speed_on_different_machines_is_not_compared():
         if r["cell"]["shift"] == "tensor":
             r["speed"]["threads"] = 8
     c = _claims(recs)["gconv_faster"]
-    assert c.status == NED
-    assert all(r["verdict"].startswith("not comparable") for r in c.rows)
+    assert c.status == UNDECIDED
+    assert all(r["verdict"] == UNDECIDED and r["note"].startswith("not comparable") for r in c.rows)
 
 
 def test_cells_folder_accepted_and_env_differences_listed(tmp_path):
@@ -354,7 +355,10 @@ def test_compare_lists_claims_that_changed(tmp_path):
     written, _ = build_report(FIX / "partial", tmp_path, compare=FIX / "full")
     section = written["report.md"].read_text().split("### Claims in both sets", 1)[1].split("###", 1)[0]
     changed = [line for line in section.splitlines() if line.endswith("| yes |")]
-    assert len(changed) == 2 and all("NOT ENOUGH DATA | HELD" in line for line in changed)
+    # accuracy claims lack seeds here; mixing by depth has one seed (3 layers a part, t(0.975, 2) = 4.30): its
+    # intervals cross 0. Group-conv speed is decided by the timing repeats in both sets.
+    assert len(changed) == 3 and all("UNDECIDED | HELD" in line for line in changed)
+    assert not any(line.startswith("| Group-convolution") for line in changed)
 
 
 def test_compare_flags_changed_settings():
@@ -386,14 +390,14 @@ def test_accuracy_at_chance_or_identical_seeds_cannot_decide():
     for r in recs:  # every model near chance on 10 classes: untrained
         r["metrics"]["top1"] = r["metrics"]["top1"] / 10
     c = _claims(recs)
-    assert c["acmix_vs_single_path"].status == NED and c["learnable_multigroup"].status == NED
-    assert all(r["verdict"].startswith("at chance") for r in c["acmix_vs_single_path"].rows)
+    assert c["acmix_vs_single_path"].status == UNDECIDED and c["learnable_multigroup"].status == UNDECIDED
+    assert all(r["verdict"] == UNDECIDED and r["note"].startswith("at chance") for r in c["acmix_vs_single_path"].rows)
     recs = mk.full_records()
     for r in recs:  # every seed of a configuration gives the same accuracy
         r["metrics"]["top1"] = mk.TOP1[(r["cell"]["op"], r["cell"]["shift"])] / 100
     c = _claims(recs)
-    assert c["learnable_multigroup"].status == NED
-    assert all(r["verdict"].startswith("no spread") for r in c["learnable_multigroup"].rows)
+    assert c["learnable_multigroup"].status == UNDECIDED
+    assert all(r["verdict"] == UNDECIDED and r["note"].startswith("no spread") for r in c["learnable_multigroup"].rows)
 
 
 def test_release_acmix_decides_when_other_variants_share_the_budget():

@@ -98,6 +98,8 @@ def test_run_records_results_and_skip(tmp_path):
     assert sorted(csv.cell_id) == sorted(recs) and (csv.status == "ok").all()
     assert json.load(open(os.path.join(out, "plan.json")))["cells"] == list(
         json.load(open(os.path.join(out, "plan.json")))["cells"])
+    # the report reads its equivalence margin from the plan (report: false -> defaults filled in)
+    assert json.load(open(os.path.join(out, "plan.json")))["report"] == {"run": False, "margin": 0.5}
     assert not os.listdir(os.path.join(out, "ckpt"))  # checkpoints of finished cells removed
     assert "ok" in text and "top1=" in text
     before = {k: os.path.getmtime(R.record_path(out, k)) for k in recs}

@@ -165,6 +165,10 @@ MATRIX_KEYS = {
     "exclude": "a list of selectors, e.g. [{op: sa, seed: 2}]",
 }
 TOP_KEYS = ("name", "description", "matrix", "groups", "report") + tuple(SECTIONS)
+REPORT_SPECS = {
+    "run": _Spec(bool, True),  # run the report command after the matrix
+    "margin": _Spec(float, 0.5, lo=1e-9),  # equivalence margin of the verdicts, top-1 points
+}
 GROUP_KEYS = ("name", "reference", "members", "tolerance")
 
 
@@ -286,10 +290,16 @@ def validate_config(raw: Any, *, known_models=None) -> dict:
         mem = _check_selector(f"{p}.members", g.get("members")) if g.get("members") is not None else {}
         cfg["groups"].append({"name": name, "reference": ref, "members": mem, "tolerance": tol})
 
+    # report: true/false (run `acmix-bench report` after the matrix), or a mapping {run, margin}
     report = raw.get("report", True)
-    if not isinstance(report, bool):
-        _fail("report", report, "true or false (run the report command after the matrix)")
-    cfg["report"] = report
+    if isinstance(report, bool):
+        report = {"run": report}
+    if not isinstance(report, dict):
+        _fail("report", report, "true, false or a mapping with keys " + ", ".join(REPORT_SPECS))
+    for k in report:
+        if k not in REPORT_SPECS:
+            _fail(f"report.{k}", report[k], "keys " + ", ".join(REPORT_SPECS))
+    cfg["report"] = {k: spec.check(f"report.{k}", report.get(k, spec.default)) for k, spec in REPORT_SPECS.items()}
     return cfg
 
 
