@@ -9,6 +9,13 @@ from __future__ import annotations
 import os
 import sys
 
+# Exit codes of `acmix-bench run` (docs/runner-hardening.md): a script or CI job can tell these apart.
+EXIT_OK = 0             # every selected cell finished ok (or the cells were only listed / submitted)
+EXIT_CELLS_NOT_OK = 1   # at least one selected cell is recorded failed, nan or oom
+EXIT_BAD_INPUT = 2      # bad config, path or option (one-line error on stderr)
+EXIT_JOBS_FAILED = 3    # --executor slurm --wait / local: a job ended with a job-level error
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM: finished records are intact, rerun to resume
+
 
 def _overrides(args) -> dict:
     ov = {}
@@ -76,6 +83,24 @@ def _print_report(out: str, cfg: dict, echo=print) -> None:
         echo(df[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
 
 
+def not_ok_cells(out: str, cells: list[dict]) -> list[dict]:
+    """Records of the selected cells that finished but not ok (failed, nan, oom), in cell order."""
+    from bench.runner import records as R
+
+    bad = []
+    for c in cells:
+        rec = R.read_record(out, c["cell_id"])
+        if rec is not None and rec.get("status") in R.FINISHED and rec.get("status") != "ok":
+            bad.append(rec)
+    return bad
+
+
+def _name_not_ok(bad: list[dict], echo=print) -> None:
+    echo(f"acmix-bench run: {len(bad)} cell(s) not ok (exit {EXIT_CELLS_NOT_OK}; --retry-failed reruns them):")
+    for r in bad:
+        echo(f"  {r['status']:<7} {r['cell_id']}: {r.get('reason') or ''}")
+
+
 def run(args) -> int:
     from bench.runner import cells as C
     from bench.runner.config import load_config
@@ -110,11 +135,30 @@ def run(args) -> int:
         if todo:
             prepare_data(cfg)
             wait = args.wait or args.executor == "local"
-            submit(cfg, todo, out, cluster=args.executor, wait=wait,
-                   slurm={"partition": args.slurm_partition, "account": args.slurm_account,
-                          "time_min": args.slurm_time, "cpus_per_task": args.slurm_cpus_per_task,
-                          "mem_gb": args.slurm_mem_gb, "array_parallelism": args.slurm_array_parallelism})
-        return 0
+            _, failed_jobs = submit(
+                cfg, todo, out, cluster=args.executor, wait=wait,
+                slurm={"partition": args.slurm_partition, "account": args.slurm_account,
+                       "time_min": args.slurm_time, "cpus_per_task": args.slurm_cpus_per_task,
+                       "mem_gb": args.slurm_mem_gb, "array_parallelism": args.slurm_array_parallelism})
+            if not wait:  # nothing more to know now; `run` again (or `report`) once the jobs are done
+                return EXIT_OK
+        else:
+            failed_jobs = []
+        bad = not_ok_cells(out, cells)
+        if bad:
+            _name_not_ok(bad)
+        failed_jobs = failed_jobs or []
+        todo_after, _ = pending(cells, out)  # a job that ended without its cell's record finishing
+        unfinished = {c["cell_id"] for c in todo_after} - {j["cell_id"] for j in failed_jobs}
+        if failed_jobs or unfinished:
+            print(f"acmix-bench run: {len(failed_jobs) + len(unfinished)} job(s) failed (exit {EXIT_JOBS_FAILED}; "
+                  f"rerun the same command to resume):")
+            for j in failed_jobs:
+                print(f"  job {j['job_id']} ({j['cell_id']}): {j['error']}")
+            for cid in sorted(unfinished):
+                print(f"  {cid}: ended without a finished record")
+            return EXIT_JOBS_FAILED
+        return EXIT_CELLS_NOT_OK if bad else EXIT_OK
     from bench.runner.execute import run_matrix
 
     if is_rank_zero():
@@ -126,10 +170,14 @@ def run(args) -> int:
     print(f"acmix-bench run: {res['ran']} ran ({st}), {res['skipped']} skipped as finished; "
           f"{os.path.join(out, 'results.csv')} rebuilt")
     if res["interrupted"]:
-        return 130
+        return EXIT_INTERRUPTED
     if cfg["report"] and not args.no_report:
         _print_report(out, cfg)
-    return 0
+    bad = not_ok_cells(out, cells)
+    if bad:
+        _name_not_ok(bad)
+        return EXIT_CELLS_NOT_OK
+    return EXIT_OK
 
 
 def overhead(args) -> int:

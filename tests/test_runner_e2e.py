@@ -310,3 +310,74 @@ def test_slurm_executor_without_slurm_is_a_clear_error(tmp_path, capsys):
     assert cli_main(["run", cfg, "--out", str(tmp_path / "o"), "--executor", "slurm"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--executor slurm" in err and "srun" in err
+
+
+def test_exit_code_names_cells_not_ok(tmp_path, monkeypatch):
+    """A cell that ends failed makes `run` exit 1 and the summary names it; a clean rerun (skip) still exits 1
+    because the matrix still holds the failure; --retry-failed with the fault gone exits 0."""
+    from bench.run_cli import EXIT_CELLS_NOT_OK
+    from bench.runner import execute as X
+    from bench.runner.cells import expand
+    from bench.runner.config import load_config
+
+    cfg = tiny_config(tmp_path, seeds=(0, 1))
+    ids = [c["cell_id"] for c in expand(load_config(cfg))]
+    real = X.build_model
+
+    def build(cell, widths=None):
+        if cell.get("cell_id") == ids[1]:
+            raise RuntimeError("synthetic failure")
+        return real(cell, widths)
+
+    monkeypatch.setattr(X, "build_model", build)
+    out = str(tmp_path / "out")
+    rc, text = run_cli("run", cfg, "--out", out, "--no-progress")
+    assert rc == EXIT_CELLS_NOT_OK == 1, text
+    assert "1 cell(s) not ok" in text and f"failed  {ids[1]}: RuntimeError: synthetic failure" in text
+    rc, text = run_cli("run", cfg, "--out", out, "--no-progress")
+    assert rc == 1 and "0 to run" in text and ids[1] in text
+    monkeypatch.setattr(X, "build_model", real)
+    rc, text = run_cli("run", cfg, "--out", out, "--no-progress", "--retry-failed")
+    assert rc == 0 and "not ok" not in text, text
+
+
+def test_exit_code_local_executor_nan_cell_and_failed_job(tmp_path, monkeypatch):
+    """Under submitit's local executor a cell ending nan exits 1; a job-level failure exits 3 and is named."""
+    from bench.run_cli import EXIT_JOBS_FAILED
+    from bench.runner import submit as S
+
+    cfg = tiny_config(tmp_path, optim={"lr": 1e30, "momentum": 0.0, "nesterov": False})
+    out = str(tmp_path / "out")
+    rc, text = run_cli("run", cfg, "--out", out, "--executor", "local")
+    recs = R.read_records(out)
+    assert [r["status"] for r in recs] == ["nan"], text
+    assert rc == 1 and "1 cell(s) not ok" in text and recs[0]["cell_id"] in text
+
+    def crashed(cfg_, todo, out_, **kw):
+        return [], [{"job_id": "4242", "cell_id": todo[0]["cell_id"], "error": "job killed (time-out)"}]
+
+    monkeypatch.setattr(S, "submit", crashed)
+    out2 = str(tmp_path / "out2")
+    rc, text = run_cli("run", tiny_config(tmp_path, name="other"), "--out", out2, "--executor", "local")
+    assert rc == EXIT_JOBS_FAILED == 3, text
+    assert "1 job(s) failed" in text and "job 4242" in text and "job killed (time-out)" in text
+
+
+def test_wait_jobs_collects_job_level_errors(tmp_path):
+    from bench.runner.submit import wait_jobs
+
+    class Job:
+        def __init__(self, job_id, err=None):
+            self.job_id, self.err = job_id, err
+
+        def result(self):
+            if self.err:
+                raise RuntimeError(self.err)
+            return {}
+
+    cells = [{"cell_id": "a"}, {"cell_id": "b"}]
+    lines = []
+    failed = wait_jobs(cells, [Job(1), Job(2, "Job 2 (task: 0) failed\nwith exit code 137")], str(tmp_path),
+                       echo=lines.append)
+    assert failed == [{"job_id": "2", "cell_id": "b", "error": "Job 2 (task: 0) failed with exit code 137"}]
+    assert lines[-1] == "all 2 job(s) finished (1 with a job-level error)"
