@@ -101,6 +101,33 @@ def _name_not_ok(bad: list[dict], echo=print) -> None:
         echo(f"  {r['status']:<7} {r['cell_id']}: {r.get('reason') or ''}")
 
 
+def warn_other_code(out: str, echo=print) -> bool:
+    """Before resuming OUT: say so when its records were written by another commit (or a dirty tree) than the
+    code about to run, since finished cells are kept and the table would mix both. True when it warned."""
+    from bench.runner import records as R
+    from bench.runner.provenance import git_state
+
+    recs = R.read_records(out)
+    if not recs:
+        return False
+    commit, dirty = git_state()
+    others: dict[str, int] = {}
+    for r in recs:
+        env = r.get("env") or {}
+        c, d = env.get("git_commit"), env.get("git_dirty")
+        if c != commit or (d and c == commit and not dirty):
+            key = (c[:10] if c else "unknown commit") + (" (dirty)" if d else "")
+            others[key] = others.get(key, 0) + 1
+    if not others:
+        return False
+    here = (commit[:10] if commit else "an unknown commit") + (" (dirty)" if dirty else "")
+    echo(f"acmix-bench run: warning: {out} holds records written by other code ("
+         + ", ".join(f"{k}: {n} cell(s)" for k, n in sorted(others.items()))
+         + f") and this is {here}; finished cells are kept, so the table will mix both (the report flags it); "
+           f"use a fresh --out to keep them apart")
+    return True
+
+
 def run(args) -> int:
     from bench.runner import cells as C
     from bench.runner.config import load_config
@@ -123,6 +150,8 @@ def run(args) -> int:
     from bench.runner.execute import is_rank_zero
     from bench.runner.records import atomic_write_json
 
+    if is_rank_zero():
+        warn_other_code(out)
     if is_rank_zero():  # the whole matrix (every shard writes the same plan), for reports' "planned but missing"
         atomic_write_json(os.path.join(out, "plan.json"), {"config": cfg["name"], "config_file": args.config,
                                                            "cells": [c["cell_id"] for c in every]})

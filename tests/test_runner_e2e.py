@@ -97,6 +97,13 @@ def test_run_records_results_and_skip(tmp_path):
     assert [d["depth"] for d in acmix["mixing_by_depth"]] == list(range(len(acmix["mixing_by_depth"])))
     assert "stage2.attention" in acmix["counts"]["voices"]["formula"]
     assert conv["mixing_by_depth"] == [] and conv["cell"]["shift"] is None
+    # provenance: which Stage II kernels ran, on which CPU, counted by which library versions
+    from bench.runner.provenance import stage2_backends
+
+    assert set(acmix["env"]["stage2_backend"]) == {"ACmix"} and conv["env"]["stage2_backend"] == {}
+    assert acmix["env"]["stage2_backend"] == stage2_backends(X_build(acmix))
+    assert set(acmix["env"]["counting"]) == {"fvcore", "ptflops"} and acmix["env"]["cpu"]
+    assert isinstance(acmix["env"]["git_dirty"], bool) == (acmix["env"]["git_commit"] is not None)
     csv = pd.read_csv(os.path.join(out, "results.csv"))
     assert sorted(csv.cell_id) == sorted(recs) and (csv.status == "ok").all()
     from bench.runner.cells import expand
@@ -113,6 +120,13 @@ def test_run_records_results_and_skip(tmp_path):
     assert before == {k: os.path.getmtime(R.record_path(out, k)) for k in recs}
     n, _ = finishes(out)
     assert n == {k: 1 for k in recs}
+
+
+def X_build(rec):
+    """The model a record's cell ran (its cell and widths)."""
+    from bench.runner.execute import build_model
+
+    return build_model({"model": rec["cell"]["model"], "overrides": rec["cell"]["overrides"]}, rec["widths"])
 
 
 class _Poison(torch.nn.Module):

@@ -26,6 +26,7 @@ import torch
 from . import records as R
 from .cells import input_size
 from .measure import inference_speed
+from .provenance import stage2_backends
 
 
 class NonFiniteLoss(RuntimeError):
@@ -362,6 +363,7 @@ def run_cell(cell: dict, cfg: dict, out: str, *, progress: bool = False) -> dict
         pl.seed_everything(cell["seed"], verbose=False)
         model = build_model(cell, widths)
         size = input_size(cfg, cell["dataset"])
+        rec["env"]["stage2_backend"] = stage2_backends(model, _device_for(cfg))
         if meas["counts"]:
             rec["counts"] = count(model, size, meas["voices"])
         dev = _device_for(cfg)
