@@ -18,7 +18,9 @@ EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM: finished records are intact, rerun t
 
 
 def _overrides(args) -> dict:
-    ov = {}
+    from bench.runner.config import parse_set
+
+    ov = parse_set(getattr(args, "set", None))
     for flag, key in (("max_epochs", "trainer.max_epochs"), ("max_steps", "trainer.max_steps"),
                       ("limit_train_batches", "trainer.limit_train_batches"),
                       ("limit_val_batches", "trainer.limit_val_batches"),
@@ -30,6 +32,14 @@ def _overrides(args) -> dict:
         if v is not None:
             ov[key] = v
     return ov
+
+
+def _devices(text: str):
+    """--devices: a count, -1 or 'auto' (Lightning's convention)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def _limit(text: str):
@@ -200,7 +210,7 @@ def run(args) -> int:
           f"{os.path.join(out, 'results.csv')} rebuilt")
     if res["interrupted"]:
         return EXIT_INTERRUPTED
-    if cfg["report"] and not args.no_report:
+    if cfg["report"]["run"] and not args.no_report:
         _print_report(out, cfg)
     bad = not_ok_cells(out, cells)
     if bad:
@@ -230,13 +240,16 @@ def register(sub) -> None:
     p.add_argument("--retry-failed", action="store_true", help="rerun cells recorded as failed, nan or oom")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per cell only)")
     p.add_argument("--no-report", action="store_true", help="do not print the report after the matrix")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set any config key, e.g. --set data.batch_size=64 --set trainer.precision=bf16-mixed "
+                        "(repeatable; VALUE is read as YAML; applied before validation, after the file)")
     g = p.add_argument_group("quick-run overrides (passed to Lightning's Trainer; they change the cell ids)")
     g.add_argument("--max-epochs", type=int)
     g.add_argument("--max-steps", type=int)
     g.add_argument("--limit-train-batches", type=_limit)
     g.add_argument("--limit-val-batches", type=_limit)
     g.add_argument("--limit-test-batches", type=_limit)
-    g.add_argument("--devices", type=int)
+    g.add_argument("--devices", type=_devices)
     g.add_argument("--strategy")
     g.add_argument("--num-nodes", type=int)
     g.add_argument("--accelerator")

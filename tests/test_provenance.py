@@ -9,7 +9,6 @@ from contextlib import redirect_stdout
 from importlib import metadata
 from pathlib import Path
 
-import pytest
 
 from bench.runner import provenance as P
 from bench.runner import records as R

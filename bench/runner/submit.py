@@ -40,6 +40,9 @@ def submit(cfg: dict, cells: list[dict], out: str, *, cluster: str | None = None
         raise ValueError(f"--executor {cluster}: {' '.join(str(e).split())}; run on a Slurm login node, or use "
                          f"--executor local / inline") from None
     t = cfg["trainer"]
+    if isinstance(t["devices"], bool) or not isinstance(t["devices"], int) or t["devices"] < 1:
+        raise ValueError(f"--executor {cluster}: trainer.devices must be a number of devices per node to request "
+                         f"(got {t['devices']!r}); set e.g. --set trainer.devices=4")
     params = {"nodes": t["num_nodes"], "tasks_per_node": t["devices"],
               "timeout_min": int((slurm or {}).get("time_min") or 24 * 60), "name": f"acmix-{cfg['name']}"}
     if t["accelerator"] in ("gpu", "cuda"):
