@@ -9,9 +9,18 @@ from __future__ import annotations
 import os
 import sys
 
+# Exit codes of `acmix-bench run` (docs/runner-hardening.md): a script or CI job can tell these apart.
+EXIT_OK = 0             # every selected cell finished ok (or the cells were only listed / submitted)
+EXIT_CELLS_NOT_OK = 1   # at least one selected cell is recorded failed, nan or oom
+EXIT_BAD_INPUT = 2      # bad config, path or option (one-line error on stderr)
+EXIT_JOBS_FAILED = 3    # --executor slurm --wait / local: a job ended with a job-level error
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM: finished records are intact, rerun to resume
+
 
 def _overrides(args) -> dict:
-    ov = {}
+    from bench.runner.config import parse_set
+
+    ov = parse_set(getattr(args, "set", None))
     for flag, key in (("max_epochs", "trainer.max_epochs"), ("max_steps", "trainer.max_steps"),
                       ("limit_train_batches", "trainer.limit_train_batches"),
                       ("limit_val_batches", "trainer.limit_val_batches"),
@@ -23,6 +32,14 @@ def _overrides(args) -> dict:
         if v is not None:
             ov[key] = v
     return ov
+
+
+def _devices(text: str):
+    """--devices: a count, -1 or 'auto' (Lightning's convention)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def _limit(text: str):
@@ -76,6 +93,51 @@ def _print_report(out: str, cfg: dict, echo=print) -> None:
         echo(df[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
 
 
+def not_ok_cells(out: str, cells: list[dict]) -> list[dict]:
+    """Records of the selected cells that finished but not ok (failed, nan, oom), in cell order."""
+    from bench.runner import records as R
+
+    bad = []
+    for c in cells:
+        rec = R.read_record(out, c["cell_id"])
+        if rec is not None and rec.get("status") in R.FINISHED and rec.get("status") != "ok":
+            bad.append(rec)
+    return bad
+
+
+def _name_not_ok(bad: list[dict], echo=print) -> None:
+    echo(f"acmix-bench run: {len(bad)} cell(s) not ok (exit {EXIT_CELLS_NOT_OK}; --retry-failed reruns them):")
+    for r in bad:
+        echo(f"  {r['status']:<7} {r['cell_id']}: {r.get('reason') or ''}")
+
+
+def warn_other_code(out: str, echo=print) -> bool:
+    """Before resuming OUT: say so when its records were written by another commit (or a dirty tree) than the
+    code about to run, since finished cells are kept and the table would mix both. True when it warned."""
+    from bench.runner import records as R
+    from bench.runner.provenance import git_state
+
+    recs = R.read_records(out)
+    if not recs:
+        return False
+    commit, dirty = git_state()
+    others: dict[str, int] = {}
+    for r in recs:
+        env = r.get("env") or {}
+        c, d = env.get("git_commit"), env.get("git_dirty")
+        if c != commit or (d and c == commit and not dirty):
+            key = (c[:10] if c else "unknown commit") + (" (dirty)" if d else "")
+            others[key] = others.get(key, 0) + 1
+    if not others:
+        return False
+    here = (commit[:10] if commit else "an unknown commit") + (" (dirty)" if dirty else "")
+    echo(f"acmix-bench run: warning: {out} holds records written by other code ("
+         + ", ".join(f"{k}: {n} cell(s)" for k, n in sorted(others.items()))
+         + f") and this is {here}; finished cells are kept, so the table will mix both (the report flags it); "
+           f"use a fresh --out to keep them apart")
+    return True
+
+
 def run(args) -> int:
     from bench.runner import cells as C
     from bench.runner.config import load_config
@@ -98,6 +160,8 @@ def run(args) -> int:
     from bench.runner.execute import is_rank_zero
     from bench.runner.records import atomic_write_json
 
+    if is_rank_zero():
+        warn_other_code(out)
     if is_rank_zero():  # the whole matrix (every shard writes the same plan), for reports' "planned but missing"
         atomic_write_json(os.path.join(out, "plan.json"), {"config": cfg["name"], "config_file": args.config,
                                                            "cells": [c["cell_id"] for c in every],
@@ -111,11 +175,30 @@ def run(args) -> int:
         if todo:
             prepare_data(cfg)
             wait = args.wait or args.executor == "local"
-            submit(cfg, todo, out, cluster=args.executor, wait=wait,
-                   slurm={"partition": args.slurm_partition, "account": args.slurm_account,
-                          "time_min": args.slurm_time, "cpus_per_task": args.slurm_cpus_per_task,
-                          "mem_gb": args.slurm_mem_gb, "array_parallelism": args.slurm_array_parallelism})
-        return 0
+            _, failed_jobs = submit(
+                cfg, todo, out, cluster=args.executor, wait=wait,
+                slurm={"partition": args.slurm_partition, "account": args.slurm_account,
+                       "time_min": args.slurm_time, "cpus_per_task": args.slurm_cpus_per_task,
+                       "mem_gb": args.slurm_mem_gb, "array_parallelism": args.slurm_array_parallelism})
+            if not wait:  # nothing more to know now; `run` again (or `report`) once the jobs are done
+                return EXIT_OK
+        else:
+            failed_jobs = []
+        bad = not_ok_cells(out, cells)
+        if bad:
+            _name_not_ok(bad)
+        failed_jobs = failed_jobs or []
+        todo_after, _ = pending(cells, out)  # a job that ended without its cell's record finishing
+        unfinished = {c["cell_id"] for c in todo_after} - {j["cell_id"] for j in failed_jobs}
+        if failed_jobs or unfinished:
+            print(f"acmix-bench run: {len(failed_jobs) + len(unfinished)} job(s) failed (exit {EXIT_JOBS_FAILED}; "
+                  f"rerun the same command to resume):")
+            for j in failed_jobs:
+                print(f"  job {j['job_id']} ({j['cell_id']}): {j['error']}")
+            for cid in sorted(unfinished):
+                print(f"  {cid}: ended without a finished record")
+            return EXIT_JOBS_FAILED
+        return EXIT_CELLS_NOT_OK if bad else EXIT_OK
     from bench.runner.execute import run_matrix
 
     if is_rank_zero():
@@ -127,10 +210,14 @@ def run(args) -> int:
     print(f"acmix-bench run: {res['ran']} ran ({st}), {res['skipped']} skipped as finished; "
           f"{os.path.join(out, 'results.csv')} rebuilt")
     if res["interrupted"]:
-        return 130
+        return EXIT_INTERRUPTED
     if cfg["report"]["run"] and not args.no_report:
         _print_report(out, cfg)
-    return 0
+    bad = not_ok_cells(out, cells)
+    if bad:
+        _name_not_ok(bad)
+        return EXIT_CELLS_NOT_OK
+    return EXIT_OK
 
 
 def overhead(args) -> int:
@@ -154,13 +241,16 @@ def register(sub) -> None:
     p.add_argument("--retry-failed", action="store_true", help="rerun cells recorded as failed, nan or oom")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per cell only)")
     p.add_argument("--no-report", action="store_true", help="do not print the report after the matrix")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set any config key, e.g. --set data.batch_size=64 --set trainer.precision=bf16-mixed "
+                        "(repeatable; VALUE is read as YAML; applied before validation, after the file)")
     g = p.add_argument_group("quick-run overrides (passed to Lightning's Trainer; they change the cell ids)")
     g.add_argument("--max-epochs", type=int)
     g.add_argument("--max-steps", type=int)
     g.add_argument("--limit-train-batches", type=_limit)
     g.add_argument("--limit-val-batches", type=_limit)
     g.add_argument("--limit-test-batches", type=_limit)
-    g.add_argument("--devices", type=int)
+    g.add_argument("--devices", type=_devices)
     g.add_argument("--strategy")
     g.add_argument("--num-nodes", type=int)
     g.add_argument("--accelerator")

@@ -45,6 +45,34 @@ def lr_factor(step: int, total: int, warmup: int, floor: float = 0.0) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+def optimizer_steps_per_epoch(trainer) -> int | None:
+    """Optimiser steps in one training epoch (limit_train_batches and gradient accumulation applied);
+    None for a loader without a length."""
+    if trainer.train_dataloader is None:  # max_steps-only runs have not loaded it yet at configure_optimizers
+        trainer.fit_loop.setup_data()
+    n = trainer.num_training_batches
+    if n == float("inf"):
+        return None
+    return max(1, math.ceil(n / trainer.accumulate_grad_batches))
+
+
+def schedule_steps(trainer, warmup_epochs: float) -> tuple[int, int]:
+    """(total, warmup) optimiser steps of the schedule for any stopping rule: max_epochs only, max_steps only
+    (Lightning then sets max_epochs to -1) or both (whichever ends first). The warm-up length is counted in
+    epochs of this loader, never derived from max_epochs, and never runs past the end of training."""
+    total = trainer.estimated_stepping_batches
+    if total == float("inf"):
+        raise ValueError("the cosine schedule needs a finite run: set trainer max_epochs or max_steps")
+    total = max(1, int(total))
+    if not warmup_epochs:
+        return total, 0
+    per_epoch = optimizer_steps_per_epoch(trainer)
+    if per_epoch is None:
+        raise ValueError(f"warmup_epochs={warmup_epochs} needs a training loader with a length (epochs of an "
+                         f"iterable dataset have no size); use warmup_epochs=0")
+    return total, min(total, int(round(warmup_epochs * per_epoch)))
+
+
 def mixing_weights(model: nn.Module) -> list[dict]:
     """{layer, depth, alpha, beta} for every two-path ACmix Stage II in forward order (depth 0 = first)."""
     from .operators import Stage2
@@ -206,9 +234,7 @@ class ImageClassifier(L.LightningModule):
             opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
         if hp.schedule == "none":
             return opt
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = int(round(hp.warmup_epochs * total / epochs))
+        total, warmup = schedule_steps(self.trainer, hp.warmup_epochs)
         floor = hp.min_lr / hp.lr
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, warmup, floor))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -297,13 +297,14 @@ class WindowACmix(WindowSelfAttention):
     """ACmix, window form (Swin-ACmix), ACMIX.md section 4.
 
     Output = alpha * proj(window attention) + beta * conv path (kernel 3, FC with
-    bias); alpha = beta = 1 at init (mix_init). In shifted blocks both paths see the
+    bias); alpha = beta = 0.5 at init (mix_init), as the release initialises its two
+    rates (its helper is named `ones` but fills 0.5). In shifted blocks both paths see the
     cyclically shifted tokens; the conv path bypasses the output projection.
     """
 
     def __init__(self, dim: int, window_size: int = 7, num_heads: int = 4, shift_size: int = 0,
                  qkv_bias: bool = True, qk_scale: float | None = None, shift: str = "multigroup",
-                 mixing="learnable", kernel_conv: int = 3, mix_init: float = 1.0):
+                 mixing="learnable", kernel_conv: int = 3, mix_init: float = 0.5):
         _checks.choice("shift implementation", shift, SHIFT_IMPLS)
         _checks.odd_kernel("kernel_conv", kernel_conv)
         self._mixing, self._shift, self._kernel_conv, self._mix_init = parse_mixing(mixing), shift, kernel_conv, mix_init

@@ -16,7 +16,7 @@ import pandas as pd
 from . import claims as claims_mod
 from . import compare as compare_mod
 from . import plots, tables
-from .records import ResultSet, check_margin, is_synthetic, load_results
+from .records import ResultSet, check_margin, code_states, is_synthetic, load_results
 from .stats import mean_ci
 
 STATUS_MARK = {"held": "HELD", "not held": "NOT HELD", "undecided": "UNDECIDED"}
@@ -143,6 +143,11 @@ def _missing_blocks(rs: ResultSet, frame: pd.DataFrame, claims) -> list[Block]:
     bad = frame[frame["status"] != "ok"]
     for _, r in bad.iterrows():
         items.append(f"cell {r['cell_id']} is {r['status']}" + (f": {r['reason']}" if isinstance(r["reason"], str) else ""))
+    states = code_states(rs.records)
+    if len(states) > 1:  # a rerun after a code change: the table mixes numbers from different code
+        items.append(f"records come from {len(states)} code versions (commit, dirty = uncommitted changes): "
+                     + "; ".join(f"{st}: {len(ids)} cell(s), e.g. {ids[0]}" for st, ids in sorted(states.items()))
+                     + "; rerun into a fresh --out to compare like with like")
     miss = rs.missing()
     if miss:
         items.append(f"{len(miss)} planned cell(s) have no record yet: {', '.join(miss[:20])}"

@@ -317,7 +317,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
             "peak_mem_mb": _num(sp.get("peak_mem_mb")), "wall_s": _num(rec.get("wall_s")),
             "speed_device": sp.get("device") or env.get("device"), "speed_threads": sp.get("threads", env.get("threads")),
             "torch": env.get("torch"), "hostname": env.get("hostname"), "git_commit": env.get("git_commit"),
-            "platform": env.get("platform"),
+            "git_dirty": env.get("git_dirty"), "platform": env.get("platform"),
             # run settings (trainer, data, optim, measure): a short hash, so comparisons can tell reruns apart
             "settings": hashlib.sha1(json.dumps(rec.get("config"), sort_keys=True, default=str).encode()).hexdigest()[:8],
             # what fixes the data a seed sees and its order: equal here and equal seed -> comparisons pair by seed
@@ -338,6 +338,18 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
         row["match_macs"] = _num(match.get("macs"))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def code_states(records: list[dict]) -> dict[str, list[str]]:
+    """{code state: [cell ids]}: a state is the commit (short) plus " (dirty)" when the tree had uncommitted
+    changes; "unknown" where a record names no commit. More than one state: the table mixes code versions."""
+    out: dict[str, list[str]] = {}
+    for rec in records:
+        env = rec.get("env") or {}
+        c = env.get("git_commit")
+        state = (str(c)[:10] if c else "unknown") + (" (dirty)" if env.get("git_dirty") else "")
+        out.setdefault(state, []).append(rec["cell_id"])
+    return out
 
 
 def is_synthetic(records: list[dict]) -> bool:

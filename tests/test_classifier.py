@@ -187,3 +187,53 @@ def test_measuring_flops_leaves_the_model_unchanged():
     assert clf.measure_flops_per_batch() > 0
     assert all(torch.equal(before[k], v) for k, v in clf.model.state_dict().items())  # BN running stats too
     assert all(p.grad is None for p in clf.model.parameters()) and clf.model.training
+
+
+def _lr_trace(tmp_path, *, max_epochs, max_steps, warmup_epochs, n=64, batch=8, accumulate=1, limit=None):
+    """lr of every optimiser step of a real fit: (trace, steps per epoch)."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    lrs = []
+
+    class Rec(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            lrs.append((trainer.global_step, trainer.optimizers[0].param_groups[0]["lr"]))
+
+    torch.manual_seed(0)
+    ds = TensorDataset(torch.randn(n, 1, 8, 8), torch.randint(0, 3, (n,)))
+    m = ImageClassifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)), num_classes=3, lr=0.1,
+                        schedule="cosine", warmup_epochs=warmup_epochs, min_lr=0.001)
+    kw = {} if limit is None else {"limit_train_batches": limit}
+    tr = pl.Trainer(accelerator="cpu", max_epochs=max_epochs, max_steps=max_steps, logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                    callbacks=[Rec()], limit_val_batches=0, accumulate_grad_batches=accumulate, **kw)
+    tr.fit(m, train_dataloaders=DataLoader(ds, batch_size=batch))
+    per_step = {}
+    for step, lr in lrs:  # the lr in force for each optimiser step
+        per_step.setdefault(step, lr)
+    return [per_step[k] for k in sorted(per_step)], tr
+
+
+@pytest.mark.parametrize("max_epochs,max_steps,total", [(3, -1, 24), (None, 20, 20), (5, 20, 20), (2, 100, 16)])
+def test_warmup_and_cosine_for_every_stopping_rule(tmp_path, max_epochs, max_steps, total):
+    """8 steps per epoch, warm-up 1.5 epochs = 12 steps in every case: it ends, and the cosine reaches min_lr at
+    the last step whether the run stops on max_epochs, max_steps (max_epochs then -1 in Lightning) or both."""
+    trace, tr = _lr_trace(tmp_path, max_epochs=max_epochs, max_steps=max_steps, warmup_epochs=1.5)
+    assert tr.global_step == total and len(trace) == total
+    warm = 12
+    assert trace[:warm] == pytest.approx([0.1 * (s + 1) / warm for s in range(warm)])
+    expect = [0.1 * lr_factor(s, total, warm, 0.01) for s in range(total)]
+    assert trace == pytest.approx(expect)
+    if total > warm:
+        assert trace[warm] == pytest.approx(0.1) and trace[-1] < 0.1 * 0.5
+
+
+def test_warmup_counts_epochs_of_optimizer_steps(tmp_path):
+    # 64 samples / batch 8 = 8 batches, limited to 6, accumulating 4 -> 2 optimiser steps per epoch
+    trace, tr = _lr_trace(tmp_path, max_epochs=None, max_steps=6, warmup_epochs=1.0, accumulate=4, limit=6)
+    assert tr.global_step == 6
+    assert trace[:2] == pytest.approx([0.05, 0.1])
+    # warm-up longer than the run: capped at the run, no error
+    trace, _ = _lr_trace(tmp_path, max_epochs=1, max_steps=-1, warmup_epochs=10.0)
+    assert trace == pytest.approx([0.1 * (s + 1) / 8 for s in range(8)])

@@ -23,7 +23,9 @@ from bench.cli import main as cli_main
 from bench.runner import records as R
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist")
+# only the tests that train or read data need Fashion-MNIST; listing cells, errors and exit-code
+# bookkeeping run everywhere
+needs_data = pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist")
                                 and not os.environ.get("ACMIX_TEST_DATA"),
                                 reason="needs Fashion-MNIST (apt-get install dataset-fashion-mnist)")
 
@@ -64,6 +66,7 @@ def finishes(out):
     return n, ev
 
 
+@needs_data
 def test_run_records_results_and_skip(tmp_path):
     cfg = tiny_config(tmp_path, seeds=(0,), operators=("conv", "acmix"),
                       measure={"voices": ["formula", "fvcore"], "speed": True, "batch_size": 4, "threads": 1,
@@ -94,12 +97,23 @@ def test_run_records_results_and_skip(tmp_path):
     assert [d["depth"] for d in acmix["mixing_by_depth"]] == list(range(len(acmix["mixing_by_depth"])))
     assert "stage2.attention" in acmix["counts"]["voices"]["formula"]
     assert conv["mixing_by_depth"] == [] and conv["cell"]["shift"] is None
+    # provenance: which Stage II kernels ran, on which CPU, counted by which library versions
+    from bench.runner.provenance import stage2_backends
+
+    assert set(acmix["env"]["stage2_backend"]) == {"ACmix"} and conv["env"]["stage2_backend"] == {}
+    assert acmix["env"]["stage2_backend"] == stage2_backends(X_build(acmix))
+    assert set(acmix["env"]["counting"]) == {"fvcore", "ptflops"} and acmix["env"]["cpu"]
+    assert isinstance(acmix["env"]["git_dirty"], bool) == (acmix["env"]["git_commit"] is not None)
     csv = pd.read_csv(os.path.join(out, "results.csv"))
     assert sorted(csv.cell_id) == sorted(recs) and (csv.status == "ok").all()
-    assert json.load(open(os.path.join(out, "plan.json")))["cells"] == list(
-        json.load(open(os.path.join(out, "plan.json")))["cells"])
+    from bench.runner.cells import expand
+    from bench.runner.config import load_config
+
+    plan = json.load(open(os.path.join(out, "plan.json")))
+    assert plan["cells"] == [c["cell_id"] for c in expand(load_config(cfg))] and sorted(plan["cells"]) == sorted(recs)
+    assert plan["config"] == "tiny" and plan["config_file"] == cfg
     # the report reads its equivalence margin from the plan (report: false -> defaults filled in)
-    assert json.load(open(os.path.join(out, "plan.json")))["report"] == {"run": False, "margin": 0.5}
+    assert plan["report"] == {"run": False, "margin": 0.5}
     assert not os.listdir(os.path.join(out, "ckpt"))  # checkpoints of finished cells removed
     assert "ok" in text and "top1=" in text
     before = {k: os.path.getmtime(R.record_path(out, k)) for k in recs}
@@ -108,6 +122,13 @@ def test_run_records_results_and_skip(tmp_path):
     assert before == {k: os.path.getmtime(R.record_path(out, k)) for k in recs}
     n, _ = finishes(out)
     assert n == {k: 1 for k in recs}
+
+
+def X_build(rec):
+    """The model a record's cell ran (its cell and widths)."""
+    from bench.runner.execute import build_model
+
+    return build_model({"model": rec["cell"]["model"], "overrides": rec["cell"]["overrides"]}, rec["widths"])
 
 
 class _Poison(torch.nn.Module):
@@ -124,6 +145,7 @@ class _Poison(torch.nn.Module):
         return y
 
 
+@needs_data
 def test_failures_are_isolated(tmp_path, monkeypatch):
     from bench.runner import cells as C
     from bench.runner import execute as X
@@ -191,6 +213,7 @@ def _mid_cell(out, k):
     return pred
 
 
+@needs_data
 def test_sigkill_mid_cell_then_rerun_records_each_cell_once(tmp_path):
     # 2 cells, 8 steps each, a checkpoint every step: kill during the second cell's training
     cfg = tiny_config(tmp_path, seeds=(0, 1), data={"train_subset": 128})
@@ -215,6 +238,7 @@ def test_sigkill_mid_cell_then_rerun_records_each_cell_once(tmp_path):
     assert sorted(os.listdir(os.path.join(out, "cells"))) == sorted(f"{c}.json" for c in recs)
 
 
+@needs_data
 def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     # 32 steps per cell, a checkpoint every step: long enough that the signal lands mid-cell
     # even on an idle machine (with 4 steps the whole matrix could end between two polls)
@@ -236,6 +260,7 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     assert sorted(r["status"] for r in R.read_records(out)) == ["ok"] * 3
 
 
+@needs_data
 def test_shards_and_submitit_local_share_one_directory(tmp_path):
     cfg = tiny_config(tmp_path, seeds=(0, 1), data={"train_subset": 32})
     out = str(tmp_path / "out")
@@ -283,6 +308,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "--shard" in capsys.readouterr().err
 
 
+@needs_data
 def test_overhead_command_prints_both_loops():
     rc, text = run_cli("overhead", "--model", "resnet26-conv", "--widths", "8", "8", "8", "8", "--batch-size", "8",
                        "--steps", "3", "--warmup", "1", "--repeats", "1", "--threads", "1")
@@ -294,6 +320,7 @@ def test_overhead_command_prints_both_loops():
     assert "Lightning / bare =" in text
 
 
+@needs_data
 def test_prepare_says_where_the_data_comes_from(tmp_path):
     from bench.runner.prepare import prepare
 
@@ -312,3 +339,76 @@ def test_slurm_executor_without_slurm_is_a_clear_error(tmp_path, capsys):
     assert cli_main(["run", cfg, "--out", str(tmp_path / "o"), "--executor", "slurm"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--executor slurm" in err and "srun" in err
+
+
+@needs_data
+def test_exit_code_names_cells_not_ok(tmp_path, monkeypatch):
+    """A cell that ends failed makes `run` exit 1 and the summary names it; a clean rerun (skip) still exits 1
+    because the matrix still holds the failure; --retry-failed with the fault gone exits 0."""
+    from bench.run_cli import EXIT_CELLS_NOT_OK
+    from bench.runner import execute as X
+    from bench.runner.cells import expand
+    from bench.runner.config import load_config
+
+    cfg = tiny_config(tmp_path, seeds=(0, 1))
+    ids = [c["cell_id"] for c in expand(load_config(cfg))]
+    real = X.build_model
+
+    def build(cell, widths=None):
+        if cell.get("cell_id") == ids[1]:
+            raise RuntimeError("synthetic failure")
+        return real(cell, widths)
+
+    monkeypatch.setattr(X, "build_model", build)
+    out = str(tmp_path / "out")
+    rc, text = run_cli("run", cfg, "--out", out, "--no-progress")
+    assert rc == EXIT_CELLS_NOT_OK == 1, text
+    assert "1 cell(s) not ok" in text and f"failed  {ids[1]}: RuntimeError: synthetic failure" in text
+    rc, text = run_cli("run", cfg, "--out", out, "--no-progress")
+    assert rc == 1 and "0 to run" in text and ids[1] in text
+    monkeypatch.setattr(X, "build_model", real)
+    rc, text = run_cli("run", cfg, "--out", out, "--no-progress", "--retry-failed")
+    assert rc == 0 and "not ok" not in text, text
+
+
+@needs_data
+def test_exit_code_local_executor_nan_cell_and_failed_job(tmp_path, monkeypatch):
+    """Under submitit's local executor a cell ending nan exits 1; a job-level failure exits 3 and is named."""
+    from bench.run_cli import EXIT_JOBS_FAILED
+    from bench.runner import submit as S
+
+    cfg = tiny_config(tmp_path, optim={"lr": 1e30, "momentum": 0.0, "nesterov": False})
+    out = str(tmp_path / "out")
+    rc, text = run_cli("run", cfg, "--out", out, "--executor", "local")
+    recs = R.read_records(out)
+    assert [r["status"] for r in recs] == ["nan"], text
+    assert rc == 1 and "1 cell(s) not ok" in text and recs[0]["cell_id"] in text
+
+    def crashed(cfg_, todo, out_, **kw):
+        return [], [{"job_id": "4242", "cell_id": todo[0]["cell_id"], "error": "job killed (time-out)"}]
+
+    monkeypatch.setattr(S, "submit", crashed)
+    out2 = str(tmp_path / "out2")
+    rc, text = run_cli("run", tiny_config(tmp_path, name="other"), "--out", out2, "--executor", "local")
+    assert rc == EXIT_JOBS_FAILED == 3, text
+    assert "1 job(s) failed" in text and "job 4242" in text and "job killed (time-out)" in text
+
+
+def test_wait_jobs_collects_job_level_errors(tmp_path):
+    from bench.runner.submit import wait_jobs
+
+    class Job:
+        def __init__(self, job_id, err=None):
+            self.job_id, self.err = job_id, err
+
+        def result(self):
+            if self.err:
+                raise RuntimeError(self.err)
+            return {}
+
+    cells = [{"cell_id": "a"}, {"cell_id": "b"}]
+    lines = []
+    failed = wait_jobs(cells, [Job(1), Job(2, "Job 2 (task: 0) failed\nwith exit code 137")], str(tmp_path),
+                       echo=lines.append)
+    assert failed == [{"job_id": "2", "cell_id": "b", "error": "Job 2 (task: 0) failed with exit code 137"}]
+    assert lines[-1] == "all 2 job(s) finished (1 with a job-level error)"

@@ -39,6 +39,10 @@ def test_csv_columns_rows_and_ratios(capsys):
     assert all(abs(float(r["speedup_vs_ref"]) - 1) < 1e-9 for r in ref)
     fast = [r for r in rows if r["impl"] == "fast"]
     assert all(r["backend"] in ("cpp", "torch") for r in fast)
+    for r in fast:  # the fast rows' ratio: reference time over fast time, same op and pass
+        base = next(c for c in ref if c["op"] == r["op"] and c["pass"] == r["pass"])
+        expect = float(base["median_ms"]) / float(r["median_ms"])
+        assert float(r["speedup_vs_ref"]) == pytest.approx(expect, rel=0.02, abs=2e-4)
 
 
 def test_two_strides_in_one_run_compare_per_output_pixel(capsys):

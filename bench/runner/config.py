@@ -25,9 +25,6 @@ DATASETS = {
     "imagenet": (3, 224, 1000),
     "synthetic": (3, 32, 10),
 }
-STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp", "deepspeed")
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true", "64")
 CELL_KEYS = ("backbone", "op", "model", "shift", "mixing", "dataset", "seed")
 
 
@@ -38,7 +35,15 @@ class _Spec:
         self.kind, self.default, self.choices = kind, default, choices
         self.lo, self.hi, self.nullable, self.doc = lo, hi, nullable, doc
 
-    def allowed(self) -> str:
+    def allowed(self, path: str = "") -> str:
+        if self.kind == "lightning":
+            return lightning_allowed(path.rsplit(".", 1)[-1])
+        if self.kind == "classifier":
+            return classifier_allowed(path.rsplit(".", 1)[-1])
+        if self.kind == "devices":
+            return "an integer >= 1, -1 (all), 'auto', or a list of device indices"
+        if self.kind == "threads":
+            return "an integer >= 1, 'auto' (the physical cores) or null (torch's default)"
         if self.choices is not None:
             return "one of " + ", ".join(map(repr, self.choices)) + (" or null" if self.nullable else "")
         words = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
@@ -54,7 +59,22 @@ class _Spec:
         if value is None:
             if self.nullable:
                 return None
-            _fail(path, value, self.allowed())
+            _fail(path, value, self.allowed(path))
+        if self.kind == "lightning":
+            return check_trainer_arg(path, value)
+        if self.kind == "classifier":
+            return check_classifier_arg(path, value)
+        if self.kind == "devices":
+            ok = (isinstance(value, int) and not isinstance(value, bool) and (value >= 1 or value == -1)) \
+                or value == "auto" or (isinstance(value, list) and value
+                                       and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in value))
+            if not ok:
+                _fail(path, value, self.allowed())
+            return value
+        if self.kind == "threads":
+            if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                _fail(path, value, self.allowed())
+            return value
         if self.choices is not None:
             if value not in self.choices:
                 _fail(path, value, self.allowed())
@@ -85,13 +105,143 @@ def _fail(path: str, value, allowed: str):
     raise ValueError(f"config key {path!r}: got {value!r}; allowed: {allowed}")
 
 
+# ---------------------------------------------------------------- settings checked against their owners' signatures
+# Trainer arguments the runner sets itself (resume, records and progress depend on them)
+RUNNER_TRAINER_ARGS = ("callbacks", "logger", "default_root_dir", "enable_checkpointing", "enable_progress_bar",
+                       "use_distributed_sampler", "plugins", "model_registry")
+# ImageClassifier arguments the runner fills from the cell and the data
+RUNNER_CLASSIFIER_ARGS = ("self", "model_name_or_module", "num_classes", "model_kwargs", "input_size", "batch_size",
+                          "log_mixing")
+
+
+def _hints(fn) -> dict:
+    import typing
+
+    return {k: v for k, v in typing.get_type_hints(fn).items() if k != "return"}
+
+
+def trainer_hints() -> dict:
+    """lightning.pytorch.Trainer's own arguments and their annotations (the runner's own ones removed)."""
+    import lightning.pytorch as pl
+
+    return {k: v for k, v in _hints(pl.Trainer.__init__).items() if k not in RUNNER_TRAINER_ARGS}
+
+
+def classifier_hints() -> dict:
+    from modules.lightning import ImageClassifier
+
+    return {k: v for k, v in _hints(ImageClassifier.__init__).items() if k not in RUNNER_CLASSIFIER_ARGS}
+
+
+def _type_name(ann) -> str:
+    import typing
+
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if ann is type(None):
+        return "null"
+    if origin is typing.Literal:
+        return ", ".join(map(repr, args))
+    if origin is typing.Union or type(ann).__name__ == "UnionType":
+        return " or ".join(dict.fromkeys(_type_name(a) for a in args))
+    if origin is not None:
+        return f"{getattr(origin, '__name__', origin)}[{', '.join(_type_name(a) for a in args)}]"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(ann, getattr(
+        ann, "__name__", str(ann)))
+
+
+def _matches(value, ann) -> bool:
+    """Whether a YAML value fits an annotation (scalars, Literal, Optional/Union, list, tuple, dict)."""
+    import typing
+
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if ann is typing.Any:
+        return True
+    if ann is type(None):
+        return value is None
+    if origin is typing.Union or type(ann).__name__ == "UnionType":
+        return any(_matches(value, a) for a in args)
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if ann is bool:
+        return isinstance(value, bool)
+    if ann is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if ann is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ann is str:
+        return isinstance(value, str)
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+        return all(_matches(v, args[0]) for v in value) if args else True
+    if origin is dict:
+        return isinstance(value, dict)
+    return False  # objects (Accelerator, Profiler, timedelta ...): not expressible in YAML here
+
+
+def lightning_allowed(key: str) -> str:
+    hints = trainer_hints()
+    if key == "accelerator":
+        from lightning.pytorch.accelerators import AcceleratorRegistry
+        return "one of " + ", ".join(map(repr, ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())]))
+    if key == "strategy":
+        from lightning.pytorch.strategies import StrategyRegistry
+        return "'auto' or one of Lightning's registered strategies: " + ", ".join(map(repr, StrategyRegistry.available_strategies()))
+    if key in hints:
+        return f"{_type_name(hints[key])} (lightning.pytorch.Trainer's {key})"
+    return "keys " + ", ".join(SECTIONS["trainer"]) + " or any lightning.pytorch.Trainer argument except " \
+        + ", ".join(RUNNER_TRAINER_ARGS) + " (the runner sets those)"
+
+
+def check_trainer_arg(path: str, value):
+    """A trainer setting against lightning.pytorch.Trainer's signature (and its accelerator/strategy registries)."""
+    key = path.rsplit(".", 1)[-1]
+    hints = trainer_hints()
+    if key not in hints:
+        _fail(path, value, lightning_allowed(key))
+    if key in ("accelerator", "strategy"):
+        from lightning.pytorch.accelerators import AcceleratorRegistry
+        from lightning.pytorch.strategies import StrategyRegistry
+
+        names = ({"auto", "gpu", *AcceleratorRegistry.available_accelerators()} if key == "accelerator"
+                 else {"auto", *StrategyRegistry.available_strategies()})
+        if value not in names:
+            _fail(path, value, lightning_allowed(key))
+        return value
+    if not _matches(value, hints[key]):
+        _fail(path, value, lightning_allowed(key))
+    return value
+
+
+def classifier_allowed(key: str) -> str:
+    if key == "optimizer":
+        return "one of " + ", ".join(map(repr, OPTIMIZERS))
+    if key == "schedule":
+        return "one of " + ", ".join(map(repr, SCHEDULES))
+    hints = classifier_hints()
+    if key in hints:
+        return f"{_type_name(hints[key])} (ImageClassifier's {key})"
+    return "keys " + ", ".join(hints) + " (modules.lightning.ImageClassifier's optimisation arguments)"
+
+
+def check_classifier_arg(path: str, value):
+    key = path.rsplit(".", 1)[-1]
+    hints = classifier_hints()
+    choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES}.get(key)
+    if key not in hints or (choices is not None and value not in choices) or not _matches(value, hints[key]):
+        _fail(path, value, classifier_allowed(key))
+    return value
+
+
 SECTIONS: dict[str, dict[str, _Spec]] = {
     "trainer": {
-        "accelerator": _Spec(str, "auto", choices=ACCELERATORS),
-        "devices": _Spec(int, 1, lo=1),
-        "strategy": _Spec(str, "auto", choices=STRATEGIES),
+        "accelerator": _Spec("lightning", "auto"),
+        "devices": _Spec("devices", 1),
+        "strategy": _Spec("lightning", "auto"),
         "num_nodes": _Spec(int, 1, lo=1),
-        "precision": _Spec(str, "32-true", choices=PRECISIONS),
+        "precision": _Spec("lightning", "32-true"),
         "max_epochs": _Spec(int, 1, lo=1, nullable=True),
         "max_steps": _Spec(int, -1, lo=-1),
         "limit_train_batches": _Spec("ratio", None, nullable=True),
@@ -117,12 +267,12 @@ SECTIONS: dict[str, dict[str, _Spec]] = {
         "eval_batch_size": _Spec(int, None, lo=1, nullable=True),
     },
     "optim": {  # ImageClassifier's optimisation arguments (modules/lightning.py)
-        "optimizer": _Spec(str, "sgd", choices=OPTIMIZERS),
+        "optimizer": _Spec("classifier", "sgd"),
         "lr": _Spec(float, 0.1, lo=1e-12),
         "weight_decay": _Spec(float, 5e-4, lo=0.0),
         "momentum": _Spec(float, 0.9, lo=0.0, hi=1.0),
         "nesterov": _Spec(bool, True),
-        "schedule": _Spec(str, "cosine", choices=SCHEDULES),
+        "schedule": _Spec("classifier", "cosine"),
         "warmup_epochs": _Spec(float, 0.0, lo=0.0),
         "min_lr": _Spec(float, 0.0, lo=0.0),
         "label_smoothing": _Spec(float, 0.0, lo=0.0, hi=0.99),
@@ -131,7 +281,7 @@ SECTIONS: dict[str, dict[str, _Spec]] = {
         "counts": _Spec(bool, True),
         "voices": _Spec(list, ["formula", "fvcore"]),
         "speed": _Spec(bool, True),
-        "threads": _Spec(int, None, lo=1, nullable=True),
+        "threads": _Spec("threads", None, nullable=True),  # an integer, or "auto": the physical cores
         "batch_size": _Spec(int, 32, lo=1),
         "latency": _Spec(bool, True),
         "min_run_time": _Spec(float, 0.5, lo=0.0),
@@ -253,11 +403,24 @@ def validate_config(raw: Any, *, known_models=None) -> dict:
         if not isinstance(given, dict):
             _fail(sec, given, "a mapping with keys " + ", ".join(specs))
         out = {}
+        extra = {}
         for k, v in given.items():
-            if k not in specs:
+            if k in specs:
+                continue
+            # any other Lightning Trainer / ImageClassifier argument, checked against its signature; only
+            # present when set, so cell ids of configs that do not use them stay the same
+            if sec == "trainer":
+                extra[k] = check_trainer_arg(f"{sec}.{k}", copy.deepcopy(v))
+            elif sec == "optim":
+                extra[k] = check_classifier_arg(f"{sec}.{k}", copy.deepcopy(v))
+            else:
                 _fail(f"{sec}.{k}", v, "keys " + ", ".join(specs))
         for k, spec in specs.items():
             out[k] = spec.check(f"{sec}.{k}", copy.deepcopy(given[k]) if k in given else copy.deepcopy(spec.default))
+        if sec == "trainer":  # our own specs above narrow Lightning's types; the signature must still accept them
+            for k in ("max_epochs", "max_steps", "limit_train_batches", "gradient_clip_val"):
+                check_trainer_arg(f"{sec}.{k}", out[k])
+        out.update(extra)
         cfg[sec] = out
     t = cfg["trainer"]
     if t["max_epochs"] is None and t["max_steps"] == -1:
@@ -290,17 +453,20 @@ def validate_config(raw: Any, *, known_models=None) -> dict:
         mem = _check_selector(f"{p}.members", g.get("members")) if g.get("members") is not None else {}
         cfg["groups"].append({"name": name, "reference": ref, "members": mem, "tolerance": tol})
 
-    # report: true/false (run `acmix-bench report` after the matrix), or a mapping {run, margin}
-    report = raw.get("report", True)
+    cfg["report"] = _check_report(raw.get("report", True))
+    return cfg
+
+
+def _check_report(report) -> dict:
+    """`report: true/false` (print the report after the matrix) or a mapping {run, margin}."""
     if isinstance(report, bool):
         report = {"run": report}
     if not isinstance(report, dict):
         _fail("report", report, "true, false or a mapping with keys " + ", ".join(REPORT_SPECS))
-    for k in report:
+    for k, v in report.items():
         if k not in REPORT_SPECS:
-            _fail(f"report.{k}", report[k], "keys " + ", ".join(REPORT_SPECS))
-    cfg["report"] = {k: spec.check(f"report.{k}", report.get(k, spec.default)) for k, spec in REPORT_SPECS.items()}
-    return cfg
+            _fail(f"report.{k}", v, "keys " + ", ".join(REPORT_SPECS))
+    return {k: spec.check(f"report.{k}", report.get(k, spec.default)) for k, spec in REPORT_SPECS.items()}
 
 
 def _registry_names():
@@ -334,9 +500,37 @@ def apply_overrides(raw, overrides: dict):
     if not isinstance(raw, dict):
         return raw
     for dotted, value in overrides.items():
-        sec, _, key = dotted.partition(".")
-        node = raw.setdefault(sec, {})
-        if node is None:
-            node = raw[sec] = {}
+        *parents, key = dotted.split(".")
+        node = raw
+        for i, part in enumerate(parents):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if part == "report" and isinstance(child, bool):
+                child = node[part] = {"run": child}
+            if not isinstance(child, dict):
+                _fail(".".join(parents[:i + 1]), child, f"a mapping (to set {dotted})")
+            node = child
         node[key] = value
     return raw
+
+
+def parse_set(items: list[str] | None) -> dict:
+    """--set KEY=VALUE (repeatable) into overrides; VALUE is read as YAML (64, 0.1, null, auto, [0, 1])."""
+    out = {}
+    for item in items or []:
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq or not key or any(not p for p in key.split(".")):
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. --set data.batch_size=64")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+            if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; a number was meant
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
+            out[key] = value
+        except yaml.YAMLError:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML; quote it, e.g. --set 'name=\"x\"'") from None
+    return out

@@ -26,6 +26,7 @@ import torch
 from . import records as R
 from .cells import input_size
 from .measure import inference_speed
+from .provenance import stage2_backends
 
 
 class NonFiniteLoss(RuntimeError):
@@ -267,7 +268,16 @@ def make_trainer(cfg: dict, callbacks, log_dir: str, progress: bool):
     for k in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
         if t[k] is not None:
             kw[k] = t[k]
+    # every other Trainer argument the config sets (checked against Trainer's signature by the config)
+    kw.update({k: v for k, v in t.items() if k not in _RUNNER_TRAINER_KEYS})
     return pl.Trainer(**kw)
+
+
+# the trainer section's keys make_trainer handles itself (or that are the runner's, not Lightning's)
+_RUNNER_TRAINER_KEYS = ("accelerator", "devices", "strategy", "num_nodes", "precision", "max_epochs", "max_steps",
+                        "accumulate_grad_batches", "gradient_clip_val", "log_every_n_steps", "deterministic",
+                        "limit_train_batches", "limit_val_batches", "limit_test_batches", "checkpoint_every_n_steps",
+                        "keep_checkpoints")
 
 
 def _metric(metrics: dict, *keys):
@@ -288,11 +298,9 @@ def train_and_test(cell: dict, cfg: dict, model, out: str, progress: bool, state
     size = input_size(cfg, cell["dataset"])
     ckpt_dir = os.path.join(out, "ckpt", cell["cell_id"])
     last = os.path.join(ckpt_dir, "last.ckpt")
-    lm = ImageClassifier(model, num_classes=cell["overrides"]["num_classes"], optimizer=o["optimizer"], lr=o["lr"],
-                         weight_decay=o["weight_decay"], momentum=o["momentum"], nesterov=o["nesterov"],
-                         schedule=o["schedule"], warmup_epochs=o["warmup_epochs"], min_lr=o["min_lr"],
-                         label_smoothing=o["label_smoothing"], input_size=tuple(size),
-                         batch_size=cfg["data"]["batch_size"])
+    # every optim key is an ImageClassifier argument (the config checks them against its signature)
+    lm = ImageClassifier(model, num_classes=cell["overrides"]["num_classes"], input_size=tuple(size),
+                         batch_size=cfg["data"]["batch_size"], **o)
     dm = make_datamodule(cell, cfg)
     callbacks, tp = _callbacks(ckpt_dir, cfg)
     trainer = make_trainer(cfg, callbacks, os.path.join(out, "logs", cell["cell_id"]), progress)
@@ -340,8 +348,12 @@ def run_cell(cell: dict, cfg: dict, out: str, *, progress: bool = False) -> dict
     """Run one cell and return its record (already written when on rank 0). Re-raises CellInterrupted."""
     writer = is_rank_zero()
     started, t0 = R.now(), time.perf_counter()
-    if cfg["measure"]["threads"]:  # before the record's environment is taken, so env.threads is what ran
-        torch.set_num_threads(cfg["measure"]["threads"])
+    threads = cfg["measure"]["threads"]
+    if threads == "auto":
+        from .provenance import physical_cores
+        threads = physical_cores()
+    if threads:  # before the record's environment is taken, so env.threads is what ran
+        torch.set_num_threads(threads)
     rec = _base_record(cell, cfg, started)
     prev = R.read_record(out, cell["cell_id"])
     if prev and prev.get("started_at"):
@@ -362,6 +374,7 @@ def run_cell(cell: dict, cfg: dict, out: str, *, progress: bool = False) -> dict
         pl.seed_everything(cell["seed"], verbose=False)
         model = build_model(cell, widths)
         size = input_size(cfg, cell["dataset"])
+        rec["env"]["stage2_backend"] = stage2_backends(model, _device_for(cfg))
         if meas["counts"]:
             rec["counts"] = count(model, size, meas["voices"])
         dev = _device_for(cfg)

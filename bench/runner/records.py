@@ -16,7 +16,6 @@ import math
 import os
 import platform
 import socket
-import subprocess
 import tempfile
 
 SCHEMA = "acmix-bench/cell/v1"
@@ -245,15 +244,6 @@ def rebuild_results(out: str):
     return df
 
 
-def _git_commit() -> str | None:
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip() or None if r.returncode == 0 else None
-
-
 _ENV_CACHE: dict = {}
 
 
@@ -262,13 +252,20 @@ def environment(device: str | None = None) -> dict:
     import torch
     import torchvision
 
-    if "git" not in _ENV_CACHE:
-        _ENV_CACHE["git"] = _git_commit()
+    from .provenance import cpu_model, git_state, library_versions
+
+    if "git" not in _ENV_CACHE:  # per process: the code a process runs does not change under it
+        _ENV_CACHE["git"] = git_state()
+        _ENV_CACHE["cpu"] = cpu_model()
     if device is None:
         device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    commit, dirty = _ENV_CACHE["git"]
     return {
         "python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__,
         "torchvision": torchvision.__version__, "device": device, "threads": torch.get_num_threads(),
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None, "git_commit": _ENV_CACHE["git"],
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None, "git_commit": commit,
         "hostname": socket.gethostname(), "platform": platform.platform(),
+        # provenance beyond the v1 required keys (older records lack them; see bench/runner/provenance.py)
+        "git_dirty": dirty, "cpu": _ENV_CACHE["cpu"], "counting": library_versions(),
+        "stage2_backend": None,  # filled per cell once its model is built: {operator: {path: backend}}
     }

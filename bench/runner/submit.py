@@ -27,8 +27,10 @@ def run_cells_job(cfg: dict, out: str, cell_ids: list[str]) -> dict:
 
 
 def submit(cfg: dict, cells: list[dict], out: str, *, cluster: str | None = None, wait: bool = False,
-           slurm: dict | None = None, echo=print) -> list:
-    """Submit one job per cell; cluster "slurm" or "local" (submitit's LocalExecutor)."""
+           slurm: dict | None = None, echo=print) -> tuple[list, list[dict] | None]:
+    """Submit one job per cell; cluster "slurm" or "local" (submitit's LocalExecutor).
+
+    Returns (jobs, failed): failed is wait_jobs' list when wait, else None."""
     import submitit
 
     folder = os.path.join(out, "submitit", "%j")
@@ -38,6 +40,9 @@ def submit(cfg: dict, cells: list[dict], out: str, *, cluster: str | None = None
         raise ValueError(f"--executor {cluster}: {' '.join(str(e).split())}; run on a Slurm login node, or use "
                          f"--executor local / inline") from None
     t = cfg["trainer"]
+    if isinstance(t["devices"], bool) or not isinstance(t["devices"], int) or t["devices"] < 1:
+        raise ValueError(f"--executor {cluster}: trainer.devices must be a number of devices per node to request "
+                         f"(got {t['devices']!r}); set e.g. --set trainer.devices=4")
     params = {"nodes": t["num_nodes"], "tasks_per_node": t["devices"],
               "timeout_min": int((slurm or {}).get("time_min") or 24 * 60), "name": f"acmix-{cfg['name']}"}
     if t["accelerator"] in ("gpu", "cuda"):
@@ -62,13 +67,22 @@ def submit(cfg: dict, cells: list[dict], out: str, *, cluster: str | None = None
     echo(f"submitted {len(jobs)} job(s) to {ex.cluster} (logs in {os.path.join(out, 'submitit')}): "
          + ", ".join(str(j.job_id) for j in jobs[:8]) + (" ..." if len(jobs) > 8 else ""))
     if wait:
-        failures = 0
-        for c, j in zip(cells, jobs):
-            try:
-                j.result()
-            except Exception as e:  # noqa: BLE001 - a crashed job: its cell's record (if any) says what happened
-                failures += 1
-                echo(f"job {j.job_id} ({c['cell_id']}) ended with an error: {' '.join(str(e).split())[:300]}")
-        R.rebuild_results(out)
-        echo(f"all {len(jobs)} job(s) finished ({failures} with a job-level error)")
-    return jobs
+        failed = wait_jobs(cells, jobs, out, echo=echo)
+        return jobs, failed
+    return jobs, None
+
+
+def wait_jobs(cells: list[dict], jobs: list, out: str, echo=print) -> list[dict]:
+    """Wait for every job; return [{"job_id", "cell_id", "error"}] for the jobs that ended with a job-level error
+    (a crash, a time-out or preemption not followed by a requeue, a cancelled job)."""
+    failed = []
+    for c, j in zip(cells, jobs):
+        try:
+            j.result()
+        except Exception as e:  # noqa: BLE001 - a crashed job: its cell's record (if any) says what happened
+            err = " ".join(str(e).split())[:300]
+            failed.append({"job_id": str(j.job_id), "cell_id": c["cell_id"], "error": err})
+            echo(f"job {j.job_id} ({c['cell_id']}) ended with an error: {err}")
+    R.rebuild_results(out)
+    echo(f"all {len(jobs)} job(s) finished ({len(failed)} with a job-level error)")
+    return failed
