@@ -4,11 +4,13 @@ from .local_attention import (local_attention_fast, local_attention_reference, p
 from .official import from_official
 from .operators import (ACmix, ConvPath, LocalSelfAttention, MIXING_MODES, Stage2, WindowACmix,
                         WindowSelfAttention, parse_mixing, set_stage2_impl)
+from .san import SANACmix, SANSelfAttention
 from .shift import SHIFT_IMPLS, ShiftAggregation, shift_aggregate_reference, tensor_shift_sum
 from .window_attention import window_attention_fast, window_attention_reference
 
 __all__ = [
-    "ACmix", "Conv", "ConvPath", "DecomposedConv", "LocalSelfAttention", "MIXING_MODES", "SHIFT_IMPLS",
+    "ACmix", "Conv", "ConvPath", "DecomposedConv", "LocalSelfAttention", "MIXING_MODES", "SANACmix",
+    "SANSelfAttention", "SHIFT_IMPLS",
     "ShiftAggregation", "Stage2", "WindowACmix", "WindowSelfAttention", "from_official",
     "local_attention_fast", "local_attention_reference", "parse_mixing", "position_grid",
     "set_stage2_impl", "shift_aggregate_reference", "tensor_shift_sum", "window_attention_fast",
