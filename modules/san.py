@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _checks
-from .local_attention import check_window, position_grid
+from .local_attention import position_grid
 from .operators import ConvPath, Stage2, parse_mixing
 from .pointwise import pointwise_conv
 from .shift import SHIFT_IMPLS, STAGE2_IMPLS
@@ -183,7 +183,12 @@ class SANSelfAttention(nn.Module):
     def _check_input(self, x):
         name = type(self).__name__
         _checks.input_4d(name, x, self.in_planes)
-        check_window(name, x.shape[-2], x.shape[-1], self.kernel_size, 1)
+        H, W = x.shape[-2:]
+        pad = self.kernel_size // 2
+        if pad >= H or pad >= W:
+            raise ValueError(f"{name}: the {self.kernel_size}x{self.kernel_size} footprint's reflection padding {pad} "
+                             f"needs H and W > {pad}, got {H}x{W}; use kernel_size <= {2 * min(H, W) - 1} for this "
+                             f"map, or a larger input")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
