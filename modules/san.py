@@ -82,7 +82,8 @@ def aggregation_fast(v: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
     B, C, H, W = v.shape
     G = w.shape[1]
     win = footprint_fast(v, k).view(B, C // G, G, k * k, H, W)
-    return (win * w.unsqueeze(1)).sum(3).reshape(B, C, H, W)
+    # expand (a view) so that counters see a product of two full tensors even where G k^2 H W = 1
+    return (win * w.unsqueeze(1).expand_as(win)).sum(3).reshape(B, C, H, W)
 
 
 _FOOTPRINT = {"reference": footprint_reference, "fast": footprint_fast}
