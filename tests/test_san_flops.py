@@ -122,3 +122,26 @@ def test_224_anchor_by_the_san_counters_rules_rounds_to_the_published_gmacs(name
         model = create_model(name)
     published = anchors.PUBLISHED[name][1]
     assert round(anchors.san_counter_macs(model) / 1e8) == round(published / 1e8)
+
+
+def test_fashion_mnist_matrix_group_across_families():
+    """A matrix with ResNet and SAN cells on Fashion-MNIST; SAN cells matched to resnet26-conv's MACs."""
+    from bench.runner.cells import expand
+    from bench.runner.config import validate_config
+    from bench.runner.execute import resolve_widths
+    from modules import list_models
+    raw = {"name": "san-fmnist", "matrix": {"backbones": ["resnet26", "san10"], "operators": ["conv", "pairwise", "acmix"],
+                                            "shifts": ["tensor"], "mixings": ["learnable"], "datasets": ["fashion_mnist"],
+                                            "exclude": [{"backbone": "resnet26", "op": "pairwise"},
+                                                        {"backbone": "san10", "op": "conv"}]},
+           "model": {"stem": "small"},
+           "groups": [{"name": "matched", "reference": {"backbone": "resnet26", "op": "conv"}, "tolerance": 0.03}]}
+    cfg = validate_config(raw, known_models=list_models())
+    cells = {c["model"]: c for c in expand(cfg)}
+    assert set(cells) == {"resnet26-conv", "resnet26-acmix", "san10-pairwise", "san10-acmix"}
+    c = cells["san10-acmix"]
+    assert c["reference"]["model"] == "resnet26-conv"
+    widths, match = resolve_widths(c, cfg)
+    assert len(widths) == 5 and abs(match["rel_error"]) <= 0.03
+    m = create_model("san10-acmix", **{**c["overrides"], "widths": widths})
+    assert m(torch.randn(2, 1, 28, 28)).shape == (2, 10)
