@@ -460,8 +460,8 @@ def _is_inside(name: str, parent: str) -> bool:
 
 
 def _is_operator(mod) -> bool:
-    from modules import ACmix, Conv, DecomposedConv, LocalSelfAttention, WindowSelfAttention
-    return isinstance(mod, (ACmix, Conv, DecomposedConv, LocalSelfAttention, WindowSelfAttention))
+    from modules import ACmix, Conv, DecomposedConv, LocalSelfAttention, SANSelfAttention, WindowSelfAttention
+    return isinstance(mod, (ACmix, Conv, DecomposedConv, LocalSelfAttention, SANSelfAttention, WindowSelfAttention))
 
 
 def _fvcore_analysis(model, inputs, handles: dict | None):

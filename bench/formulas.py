@@ -166,7 +166,7 @@ def shift_cost(d: int, k: int, copies: int, H: int, W: int, stride: int, shift: 
 
 
 def conv_path_cost(heads: int, d: int, k: int, H: int, W: int, stride: int, shift: str, fc_bias: bool,
-                   impl: str = "fast", fused: bool = False) -> OpCost:
+                   impl: str = "fast", fused: bool = False, in_groups: int | None = None) -> OpCost:
     """ACmix convolution path: light FC 3N -> k^2 over (3N, d, H W) at full resolution, then the shift.
     Light FC as released (authors' correction of the paper's 3N x k^2 N): k^2 3N d H W MACs, k^2 3N params.
 
@@ -174,18 +174,20 @@ def conv_path_cost(heads: int, d: int, k: int, H: int, W: int, stride: int, shif
     is folded into the grouped conv's kernels once per forward (d N k^2 k^2 3N MACs, independent of the
     batch) and one grouped conv (groups d, 3N -> N per group, k x k) runs: C 3N k^2 H'W' MACs. That
     equals FC + grouped conv (k^2 3N d H W + C k^4 H'W') only when 3N = 3 + k^2 at stride 1 (N = 4, k = 3).
+    in_groups: the FC's input maps T when not 3N (SAN-ACmix: 2 + N); every 3N above reads T.
     """
     k2 = k * k
     N = heads
+    T = 3 * N if in_groups is None else in_groups
     c = OpCost()
-    c.param("", k2 * 3 * N + (k2 if fc_bias else 0))
+    c.param("", k2 * T + (k2 if fc_bias else 0))
     if fused:
         Ho, Wo = out_size(H, stride), out_size(W, stride)
-        c.add("", "light FC folded into the grouped conv kernels (per forward)", "mac", d * N * k2 * k2 * 3 * N)
-        c.add("", "fused light FC + grouped conv (groups d, 3N -> N each)", "mac", d * N * 3 * N * k2 * Ho * Wo)
+        c.add("", "light FC folded into the grouped conv kernels (per forward)", "mac", d * N * k2 * k2 * T)
+        c.add("", f"fused light FC + grouped conv (groups d, {T} -> N each)", "mac", d * N * T * k2 * Ho * Wo)
         c.param("", d * N * k2 * k2)  # the multigroup kernels
         return c
-    c.add("", "light FC 3N -> k^2", "mac", k2 * 3 * N * d * H * W)
+    c.add("", f"light FC {T} -> k^2", "mac", k2 * T * d * H * W)
     if fc_bias:
         c.add("", "light FC bias", "bias", k2 * d * H * W)
     return c.extend(shift_cost(d, k, N, H, W, stride, shift, impl))
@@ -357,6 +359,70 @@ def paper_table(C: int, heads: int, kernel_att: int, kernel_conv: int, H: int, W
     }
 
 
+def _gamma_cost(c: OpCost, c_in: int, c_mid: int, c_out: int, px: int, what: str) -> None:
+    """SAN's weight function on px positions: BN, ReLU, 1x1 (no bias), BN, ReLU, 1x1 (bias)."""
+    c.add("", f"{what}: BN", "norm", 2 * c_in * px).add("", f"{what}: ReLU", "act", c_in * px)
+    c.add("", f"{what}: 1x1 {c_in} -> {c_mid}", "mac", c_in * c_mid * px)
+    c.add("", f"{what}: BN", "norm", 2 * c_mid * px).add("", f"{what}: ReLU", "act", c_mid * px)
+    c.add("", f"{what}: 1x1 {c_mid} -> {c_out}", "mac", c_mid * c_out * px)
+    c.add("", f"{what}: 1x1 bias", "bias", c_out * px)
+    c.param("", 2 * c_in + c_in * c_mid + 2 * c_mid + c_mid * c_out + c_out)
+
+
+def san_attention_cost(sa_type: str, rel: int, C: int, G: int, k: int, H: int, W: int) -> OpCost:
+    """SAN's Stage II (modules/san.py), C output channels, G = C / share_planes weight channels, stride 1.
+
+    pairwise   positional 1x1 conv 2 -> 2 on the grid (4 H W); relations x1[p] - x2[p+o] and
+               P[p] - P[p+o] (elementwise subtractions: "elem", not counted; SAN's own counter
+               counts them); gamma on (r + 2) channels at k^2 H W positions; softmax G k^2 H W
+    patchwise  gamma on the footprint (r (k^2 + 1) channels) at H W positions, G -> k^2 G outputs
+    both       aggregation sum_j w_j x3[p+o_j]: C k^2 H W MACs
+    The reference and fast implementations run the same arithmetic (loop vs unfold).
+    """
+    HW, k2 = H * W, k * k
+    c = OpCost()
+    if sa_type == "pairwise":
+        c.add("", "positional 1x1 conv 2 -> 2", "mac", 4 * HW).add("", "positional 1x1 conv bias", "bias", 2 * HW)
+        c.param("", 6)
+        c.add("", "relation x1[p] - x2[p+o] and P[p] - P[p+o]", "elem", (rel + 2) * k2 * HW)
+        _gamma_cost(c, rel + 2, rel, G, k2 * HW, "gamma (pairwise)")
+        c.add("", "softmax over the footprint", "softmax", G * k2 * HW)
+    elif sa_type == "patchwise":
+        _gamma_cost(c, rel * (k2 + 1), G, k2 * G, HW, "gamma (patchwise)")
+    else:
+        raise ValueError(f"unknown SAN attention type {sa_type!r}; allowed: pairwise, patchwise")
+    c.add("", "aggregation sum_j w_j x3[p+o_j]", "mac", C * k2 * HW)
+    return c
+
+
+def san_projection_cost(C_in: int, rel: int, C: int, H: int, W: int) -> OpCost:
+    """SAN's Stage I: the 1x1 convs x1, x2 (rel each) and x3 (C), with bias."""
+    n = 2 * rel + C
+    c = OpCost().add("", f"1x1 convs x1, x2, x3 ({C_in} -> {rel}, {rel}, {C})", "mac", C_in * n * H * W)
+    return c.add("", "x1, x2, x3 bias", "bias", n * H * W).param("", C_in * n + n)
+
+
+def san_cost(C_in: int, C: int, rel: int, share: int, k: int, H: int, W: int, sa_type: str) -> OpCost:
+    c = OpCost().extend(san_projection_cost(C_in, rel, C, H, W), "stage1")
+    return c.extend(san_attention_cost(sa_type, rel, C, C // share, k, H, W), "stage2.attention")
+
+
+def san_acmix_cost(C_in: int, C: int, rel: int, share: int, k: int, H: int, W: int, sa_type: str,
+                   kernel_conv: int = 3, shift: str = "multigroup", mixing: str = "learnable", impl: str = "fast",
+                   fused: bool = False) -> OpCost:
+    """SAN-ACmix: SAN's Stage I, its attention path, the ACmix conv path on 2 + N groups of d = rel."""
+    N = C // rel
+    c = OpCost().extend(san_projection_cost(C_in, rel, C, H, W), "stage1")
+    if mixing != "conv":
+        c.extend(san_attention_cost(sa_type, rel, C, C // share, k, H, W), "stage2.attention")
+    if mixing != "att":
+        c.extend(conv_path_cost(N, rel, kernel_conv, H, W, 1, shift, False, impl, fused, in_groups=2 + N),
+                 "stage2.conv")
+    if _mixing_params(mixing):
+        c.param("stage2", _mixing_params(mixing))
+    return c
+
+
 # ----------------------------------------------------------------------------- layers outside operators
 
 
@@ -406,9 +472,21 @@ def layer_cost(module, in_shape, out_shape) -> OpCost | None:
 def operator_cost(module, in_shape) -> OpCost | None:
     """Closed form for a suite operator given its input shape ((1, C, H, W) maps or (1, H, W, C) tokens).
     None when `module` is not one of the suite's operators."""
-    from modules import ACmix, Conv, DecomposedConv, LocalSelfAttention, WindowACmix, WindowSelfAttention
+    from modules import (ACmix, Conv, DecomposedConv, LocalSelfAttention, SANACmix, SANSelfAttention, WindowACmix,
+                         WindowSelfAttention)
 
     m = module
+    if isinstance(m, SANSelfAttention):
+        _, C_in, H, W = in_shape
+        if not isinstance(m, SANACmix):
+            return san_cost(C_in, m.out_planes, m.rel_planes, m.share_planes, m.kernel_size, H, W, m.sa_type)
+        conv = getattr(m.stage2, "conv", None)
+        if conv is not None and conv.impl == "reference" and m.shift != "multigroup":
+            raise ValueError("formulas for the reference conv path cover shift='multigroup' only; "
+                             "count the fast path (set_stage2_impl(model, 'fast'))")
+        return san_acmix_cost(C_in, m.out_planes, m.rel_planes, m.share_planes, m.kernel_size, H, W, m.sa_type,
+                              m.kernel_conv, m.shift, m.mixing, conv.impl if conv is not None else "fast",
+                              conv is not None and conv.fuses(H, W))
     if isinstance(m, Conv):
         _, C_in, H, W = in_shape
         c1 = m.stage1

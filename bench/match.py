@@ -68,6 +68,9 @@ def _default_widths(name: str, size: int, overrides: dict) -> tuple[list[int], i
     if spec["family"] == "resnet":
         widths = list(model.widths)
         q = int(overrides.get("heads", 4)) if spec["op"] in ("sa", "acmix") else 1
+    elif spec["family"] == "san":
+        from modules.backbones.san import WIDTH_QUANTUM
+        widths, q = list(model.widths), WIDTH_QUANTUM
     else:
         widths = [int(model.embed_dim)]
         heads = overrides.get("heads")

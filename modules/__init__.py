@@ -6,12 +6,14 @@ from .names import OPERATOR_KINDS
 from .official import from_official
 from .operators import (ACmix, ConvPath, LocalSelfAttention, MIXING_MODES, Stage2, WindowACmix,
                         WindowSelfAttention, parse_mixing, set_stage2_impl)
+from .san import SANACmix, SANSelfAttention
 from .shift import SHIFT_IMPLS, ShiftAggregation, shift_aggregate_reference, tensor_shift_sum
 from .window_attention import window_attention_fast, window_attention_reference
 
 __all__ = [
     "ACmix", "Conv", "ConvPath", "DecomposedConv", "LocalSelfAttention", "MIXING_MODES", "OPERATOR_KINDS",
-    "SHIFT_IMPLS", "ShiftAggregation", "Stage2", "WindowACmix", "WindowSelfAttention", "from_official",
+    "SANACmix", "SANSelfAttention", "SHIFT_IMPLS", "ShiftAggregation", "Stage2", "WindowACmix", "WindowSelfAttention",
+    "from_official",
     "local_attention_fast", "local_attention_reference", "parse_mixing", "position_grid",
     "set_stage2_impl", "shift_aggregate_reference", "tensor_shift_sum", "window_attention_fast",
     "window_attention_reference", "create_model", "create_op", "list_models", "model_spec",

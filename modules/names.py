@@ -37,7 +37,8 @@ OPERATOR_ALIASES = {"swin-sa": "window-sa", "swin-acmix": "window-acmix"}
 # the OP part of registry model names (BACKBONE-OP)
 RESNET_OPS = MAP_KINDS
 SWIN_OPS = ("sa", "acmix")
-BACKBONE_OPS = RESNET_OPS
+SAN_OPS = ("pairwise", "patchwise", "acmix")
+BACKBONE_OPS = RESNET_OPS + ("pairwise", "patchwise")
 
 SHIFT_IMPLS = ("tensor", "fixed", "learnable", "multigroup")
 STAGE2_IMPLS = ("fast", "reference")

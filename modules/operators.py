@@ -79,14 +79,16 @@ class ConvPath(nn.Module):
     Input (B, 3N, d, H, W), index t*N + n for t in (q, k, v). The FC output
     (B, k^2, d, H, W) is reordered to (B, d*k^2, H, W), channel i*k^2 + j, and
     aggregated by `shift` into (B, N*d, H', W'), channel i*N + n.
+    `in_groups` (default 3N) is the number of d-channel maps the light FC mixes (SAN-ACmix: 2 + N).
     """
 
     def __init__(self, heads: int, head_dim: int, kernel_conv: int = 3, stride: int = 1,
-                 fc_bias: bool = False, shift: str = "multigroup", impl: str = "fast"):
+                 fc_bias: bool = False, shift: str = "multigroup", impl: str = "fast", in_groups: int | None = None):
         super().__init__()
         _checks.choice("Stage II implementation", impl, STAGE2_IMPLS)
         self.heads, self.head_dim, self.kernel_conv, self.impl = heads, head_dim, kernel_conv, impl
-        self.fc = nn.Conv2d(3 * heads, kernel_conv ** 2, 1, bias=fc_bias)
+        self.in_groups = 3 * heads if in_groups is None else _checks.positive_int("in_groups", in_groups)
+        self.fc = nn.Conv2d(self.in_groups, kernel_conv ** 2, 1, bias=fc_bias)
         self.shift = ShiftAggregation(head_dim, kernel_conv, copies=heads, stride=stride, shift=shift)
 
     def forward(self, f_all: torch.Tensor) -> torch.Tensor:
@@ -120,25 +122,26 @@ class ConvPath(nn.Module):
         return self.shift(y)
 
     def fused_weight(self, dtype) -> torch.Tensor:
-        """(d*N, 3N, k, k): the light FC folded into the grouped conv (see forward; valid where fuses())."""
+        """(d*N, T, k, k): the light FC folded into the grouped conv (see forward; valid where fuses())."""
         k, N, d, k2 = self.kernel_conv, self.heads, self.head_dim, self.kernel_conv ** 2
+        T = self.in_groups
         wg = self.shift.weight.to(dtype).reshape(d * N, k2, k * k)
-        fused = torch.einsum("ojs,jt->ots", wg, self.fc.weight.to(dtype).reshape(k2, 3 * N))
-        return fused.reshape(d * N, 3 * N, k, k)
+        fused = torch.einsum("ojs,jt->ots", wg, self.fc.weight.to(dtype).reshape(k2, T))
+        return fused.reshape(d * N, T, k, k)
 
     def fuses(self, H: int, W: int) -> bool:
         """Whether the fast path folds the light FC into the grouped conv for an H x W input.
 
         Exact only without FC bias and with per-output kernels ("multigroup"); taken only where
         it costs no more MACs than FC + grouped conv, so matched-FLOPs budgets never grow:
-        fused 3N * d*N * k^2 * H'W'  <=  FC 3N * k^2 * d * HW + grouped conv d*N * k^2 * k^2 * H'W'.
+        fused T * d*N * k^2 * H'W'  <=  FC T * k^2 * d * HW + grouped conv d*N * k^2 * k^2 * H'W' (T = in_groups).
         """
         if self.impl != "fast" or self.shift.impl != "fast" or self.fc.bias is not None \
                 or self.shift.shift != "multigroup":
             return False
-        s, N, k2 = self.shift.stride, self.heads, self.kernel_conv ** 2
+        s, N, k2, T = self.shift.stride, self.heads, self.kernel_conv ** 2, self.in_groups
         out_px = ((H - 1) // s + 1) * ((W - 1) // s + 1)
-        return 3 * N * out_px <= 3 * H * W + k2 * out_px
+        return T * N * out_px <= T * H * W + N * k2 * out_px
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}, d={self.head_dim}, kernel_conv={self.kernel_conv}, impl={self.impl!r}"

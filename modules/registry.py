@@ -2,7 +2,8 @@
 
 A name is BACKBONE-OP: ResNet-26/38/50 with op conv | dconv (decomposed conv,
 1x1 projections + shift-and-sum) | sa (sliding-window self-attention) | acmix;
-Swin-T/S (and small-input configs swin_mini, swin_micro) with op sa | acmix.
+Swin-T/S (and small-input configs swin_mini, swin_micro) with op sa | acmix;
+SAN-10/15/19 with op pairwise | patchwise | acmix (SAN-ACmix, on patchwise SAN unless sa_type says).
 
 Overrides (any subset; unknown keys are a ValueError listing the allowed ones):
   shift       shift implementation of the conv path (tensor|fixed|learnable|multigroup)
@@ -15,17 +16,21 @@ Overrides (any subset; unknown keys are a ValueError listing the allowed ones):
   heads       ResNet: heads of every attention op; Swin: first-stage heads (doubled per stage) or a list
   Swin only:  window_size, patch_size, depths, mlp_ratio, drop_path_rate
   ResNet only: kernel_size (the conv kernel / ACmix kernel_conv)
+  SAN:        widths are the 5 stage widths (multiples of 32); no heads; kernels (5 footprints),
+              kernel_size (SAN-ACmix kernel_conv), sa_type (SAN-ACmix attention: patchwise | pairwise)
 """
 from __future__ import annotations
 
 import torch.nn as nn
 
 from .backbones.resnet import RESNET_DEPTHS, RESNET_OPS, ResNet
+from .backbones.san import SAN_LAYERS, SAN_OPS, SAN
 from .backbones.swin import SWIN_CONFIGS, SWIN_OPS, SwinTransformer
 
 _COMMON = ("shift", "mixing", "stem", "widths", "width_mult", "num_classes", "in_chans", "img_size", "heads")
 RESNET_OVERRIDES = _COMMON + ("kernel_att", "kernel_size")
 SWIN_OVERRIDES = _COMMON + ("window_size", "patch_size", "depths", "mlp_ratio", "drop_path_rate")
+SAN_OVERRIDES = tuple(k for k in _COMMON if k != "heads") + ("kernels", "kernel_size", "sa_type")
 _STEM_IMG = {"imagenet": 224, "small": 32}
 _SWIN_STEM_PATCH = {"imagenet": 4, "small": 2}
 
@@ -38,6 +43,9 @@ def _catalogue() -> dict[str, dict]:
     for bb, cfg in SWIN_CONFIGS.items():
         for op in SWIN_OPS:
             names[f"{bb}-{op}"] = {"family": "swin", "backbone": bb, "op": op, "depths": cfg["depths"]}
+    for bb, layers in SAN_LAYERS.items():
+        for op in SAN_OPS:
+            names[f"{bb}-{op}"] = {"family": "san", "backbone": bb, "op": op, "depths": layers}
     return names
 
 
@@ -58,7 +66,7 @@ def _lookup(name: str) -> dict:
 
 
 def model_spec(name: str) -> dict:
-    """{"name", "family" (resnet|swin), "backbone" (e.g. resnet26), "op" (conv|dconv|sa|acmix), "depths"}."""
+    """{"name", "family" (resnet|swin|san), "backbone" (e.g. resnet26), "op" (conv|dconv|sa|acmix), "depths"}."""
     spec = dict(_lookup(name))
     spec["name"] = name
     return spec
@@ -81,6 +89,13 @@ def create_model(name: str, **overrides) -> nn.Module:
             raise ValueError(f"unknown stem {stem!r}; allowed: {', '.join(_STEM_IMG)}")
         ov.setdefault("img_size", _STEM_IMG[stem])
         model = ResNet(spec["depths"], spec["op"], stem=stem, **ov)
+    elif spec["family"] == "san":
+        _check_keys(name, ov, SAN_OVERRIDES)
+        stem = ov.pop("stem", "imagenet")
+        if stem not in _STEM_IMG:
+            raise ValueError(f"unknown stem {stem!r}; allowed: {', '.join(_STEM_IMG)}")
+        ov.setdefault("img_size", _STEM_IMG[stem])
+        model = SAN(spec["depths"], spec["op"], stem=stem, **ov)
     else:
         _check_keys(name, ov, SWIN_OVERRIDES)
         cfg = dict(SWIN_CONFIGS[spec["backbone"]])

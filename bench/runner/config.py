@@ -388,9 +388,14 @@ def validate_config(raw: Any, *, known_models=None) -> dict:
     cfg["matrix"] = matrix
     if known_models is not None:
         known = set(known_models)
+        def excluded(b, op):  # a selector on backbone / op / model alone drops the pair from every cell
+            pair = {"backbone": b, "op": op, "model": f"{b}-{op}"}
+            return any(set(s) <= set(pair) and all(pair[k] in (v if isinstance(v, list) else [v]) for k, v in s.items())
+                       for s in matrix["exclude"])
+
         for b in matrix["backbones"]:
             for op in matrix["operators"]:
-                if f"{b}-{op}" not in known:
+                if f"{b}-{op}" not in known and not excluded(b, op):
                     # Swin has no plain-conv form: list what the registry does have for this backbone
                     have = sorted(n for n in known if n.startswith(b + "-"))
                     raise ValueError(
