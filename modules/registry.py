@@ -2,7 +2,8 @@
 
 A name is BACKBONE-OP: ResNet-26/38/50 with op conv | dconv (decomposed conv,
 1x1 projections + shift-and-sum) | sa (sliding-window self-attention) | acmix;
-Swin-T/S (and small-input configs swin_mini, swin_micro) with op sa | acmix.
+Swin-T/S (and small-input configs swin_mini, swin_micro) with op sa | acmix;
+PVT-Tiny/Small (pvt_t, pvt_s) with op sa (spatial-reduction attention) | acmix.
 
 Overrides (any subset; unknown keys are a ValueError listing the allowed ones):
   shift       shift implementation of the conv path (tensor|fixed|learnable|multigroup)
@@ -15,17 +16,22 @@ Overrides (any subset; unknown keys are a ValueError listing the allowed ones):
   heads       ResNet: heads of every attention op; Swin: first-stage heads (doubled per stage) or a list
   Swin only:  window_size, patch_size, depths, mlp_ratio, drop_path_rate
   ResNet only: kernel_size (the conv kernel / ACmix kernel_conv)
+  PVT:        widths = 4 per-stage embed dims; heads, mlp_ratios, sr_ratios (4 per stage),
+              depths, drop_path_rate, conv_kv (PVT-ACmix: upsample | full, modules/pvt_attention.py);
+              stem "small" = patch 2 (sr ratios clamped to the maps, modules/backbones/pvt.py)
 """
 from __future__ import annotations
 
 import torch.nn as nn
 
 from .backbones.resnet import RESNET_DEPTHS, RESNET_OPS, ResNet
+from .backbones.pvt import PVT_CONFIGS, PVT_OPS, PVT_STEM_PATCH, PyramidVisionTransformer
 from .backbones.swin import SWIN_CONFIGS, SWIN_OPS, SwinTransformer
 
 _COMMON = ("shift", "mixing", "stem", "widths", "width_mult", "num_classes", "in_chans", "img_size", "heads")
 RESNET_OVERRIDES = _COMMON + ("kernel_att", "kernel_size")
 SWIN_OVERRIDES = _COMMON + ("window_size", "patch_size", "depths", "mlp_ratio", "drop_path_rate")
+PVT_OVERRIDES = _COMMON + ("depths", "mlp_ratios", "sr_ratios", "drop_path_rate", "conv_kv")
 _STEM_IMG = {"imagenet": 224, "small": 32}
 _SWIN_STEM_PATCH = {"imagenet": 4, "small": 2}
 
@@ -38,6 +44,9 @@ def _catalogue() -> dict[str, dict]:
     for bb, cfg in SWIN_CONFIGS.items():
         for op in SWIN_OPS:
             names[f"{bb}-{op}"] = {"family": "swin", "backbone": bb, "op": op, "depths": cfg["depths"]}
+    for bb, cfg in PVT_CONFIGS.items():
+        for op in PVT_OPS:
+            names[f"{bb}-{op}"] = {"family": "pvt", "backbone": bb, "op": op, "depths": cfg["depths"]}
     return names
 
 
@@ -81,6 +90,8 @@ def create_model(name: str, **overrides) -> nn.Module:
             raise ValueError(f"unknown stem {stem!r}; allowed: {', '.join(_STEM_IMG)}")
         ov.setdefault("img_size", _STEM_IMG[stem])
         model = ResNet(spec["depths"], spec["op"], stem=stem, **ov)
+    elif spec["family"] == "pvt":
+        model = _create_pvt(name, spec, ov)
     else:
         _check_keys(name, ov, SWIN_OVERRIDES)
         cfg = dict(SWIN_CONFIGS[spec["backbone"]])
@@ -112,3 +123,23 @@ def create_model(name: str, **overrides) -> nn.Module:
         model = SwinTransformer(spec["op"], **cfg)
     model.model_name = name
     return model
+
+
+def _create_pvt(name: str, spec: dict, ov: dict) -> nn.Module:
+    _check_keys(name, ov, PVT_OVERRIDES)
+    cfg = dict(PVT_CONFIGS[spec["backbone"]])
+    stem = ov.pop("stem", "imagenet")
+    if stem not in PVT_STEM_PATCH:
+        raise ValueError(f"unknown stem {stem!r}; allowed: {', '.join(PVT_STEM_PATCH)}")
+    cfg["patch_size"] = PVT_STEM_PATCH[stem]
+    cfg["img_size"] = ov.pop("img_size", _STEM_IMG[stem])
+    if "widths" in ov:
+        cfg["embed_dims"] = ov.pop("widths")
+    mult = ov.pop("width_mult", 1.0)
+    if mult != 1.0:
+        if not (isinstance(mult, (int, float)) and mult > 0):
+            raise ValueError(f"width_mult must be a positive number, got {mult!r}")
+        heads = ov.get("heads", cfg["heads"])
+        cfg["embed_dims"] = [max(h, int(round(w * mult / h)) * h) for w, h in zip(cfg["embed_dims"], heads)]
+    cfg.update(ov)
+    return PyramidVisionTransformer(spec["op"], **cfg)
