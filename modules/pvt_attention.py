@@ -94,8 +94,8 @@ def reduce_reference(x: torch.Tensor, H: int, W: int, weight: torch.Tensor, bias
     (i, j) of W[:, :, i, j] x[a R + i, b R + j] + bias. x (B, H*W, C) -> (B, (H/R)(W/R), C)."""
     B, _, C = x.shape
     R = ratio
-    cells = x.reshape(B, H // R, R, W // R, R, C)  # (B, a, i, b, j, c)
-    y = torch.einsum("baibjc,ocij->babo", cells, weight.to(x.dtype))
+    cells = x.reshape(B, H // R, R, W // R, R, C)  # (n, a, i, b, j, c)
+    y = torch.einsum("naibjc,ocij->nabo", cells, weight.to(x.dtype))
     if bias is not None:
         y = y + bias.to(x.dtype)
     return y.reshape(B, (H // R) * (W // R), -1)
