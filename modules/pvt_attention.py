@@ -28,12 +28,12 @@ them on the reduced map only. `conv_kv` picks how they are made:
                each value repeated over its R x R cell (nearest upsampling): Stage I
                stays exactly PVT's (no extra projection), the extra cost is the conv
                path alone (light FC 27 C HW + grouped conv 81 C HW MACs per block at
-               k = 3, C = N d). At 224 px this gives 2.01 G / 3.93 G MACs for PVT-T /
-               PVT-S ACmix, the paper's 2.0 G / 3.9 G.
+               k = 3, C = N d). At 224 px: 2.027 G / 3.990 G MACs for PVT-T / PVT-S
+               ACmix (+84 M / +157 M over PVT-T / PVT-S), against the paper's 2.0 G / 3.9 G.
     "full"     k, v = kv projection of the unreduced tokens (the same weights applied
                to the full map too): full-resolution features at 2 C^2 HW (1 - 1/R^2)
-               more Stage I MACs per block, 2.19 G / 4.35 G at 224 px, 9 % / 11 % over
-               the published counts. Identical to "upsample" where R = 1.
+               more Stage I MACs per block: 2.210 G / 4.411 G at 224 px, 10.5 % / 13.1 %
+               over the published counts. Identical to "upsample" where R = 1.
 
 Default "upsample" because it is the form whose cost matches what the paper
 reports and keeps Stage I literally shared (ACmix's premise: the second path costs

@@ -67,7 +67,7 @@ def _lookup(name: str) -> dict:
 
 
 def model_spec(name: str) -> dict:
-    """{"name", "family" (resnet|swin), "backbone" (e.g. resnet26), "op" (conv|dconv|sa|acmix), "depths"}."""
+    """{"name", "family" (resnet|swin|pvt), "backbone" (e.g. resnet26), "op" (conv|dconv|sa|acmix), "depths"}."""
     spec = dict(_lookup(name))
     spec["name"] = name
     return spec

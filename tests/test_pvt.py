@@ -39,7 +39,8 @@ def test_reference_parameter_counts():
     assert _reference_pvt_params((2, 2, 2, 2)) == 13_229_288
     assert _reference_pvt_params((3, 4, 6, 3)) == 24_485_864
     for name, depths in (("pvt_t-sa", (2, 2, 2, 2)), ("pvt_s-sa", (3, 4, 6, 3))):
-        m = create_model(name)
+        with torch.device("meta"):  # shapes only
+            m = create_model(name)
         assert sum(p.numel() for p in m.parameters()) == _reference_pvt_params(depths), name
         assert m.stage_maps == [56, 28, 14, 7] and m.sr_ratios == [8, 4, 2, 1]
 
@@ -49,8 +50,9 @@ def test_acmix_adds_only_the_conv_path_parameters():
     heads, dims = (1, 2, 5, 8), (64, 128, 320, 512)
     for bb, depths in (("pvt_t", (2, 2, 2, 2)), ("pvt_s", (3, 4, 6, 3))):
         extra = sum(D * (27 * N + 9 + 81 * C + 2) for D, N, C in zip(depths, heads, dims))
-        sa = sum(p.numel() for p in create_model(f"{bb}-sa").parameters())
-        ac = sum(p.numel() for p in create_model(f"{bb}-acmix").parameters())
+        with torch.device("meta"):
+            sa = sum(p.numel() for p in create_model(f"{bb}-sa").parameters())
+            ac = sum(p.numel() for p in create_model(f"{bb}-acmix").parameters())
         assert ac - sa == extra
 
 
@@ -101,8 +103,8 @@ def test_sra_equals_literal_definition_and_fast_equals_reference(C, N, R, H, W, 
 
 def test_sra_kernels_gradcheck():
     torch.manual_seed(0)
-    q = torch.randn(2, 6, 4, dtype=torch.float64, requires_grad=True)
-    kv = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
+    q = torch.randn(1, 5, 4, dtype=torch.float64, requires_grad=True)
+    kv = torch.randn(1, 3, 8, dtype=torch.float64, requires_grad=True)
     for fn in (sra_fast, sra_reference):
         assert torch.autograd.gradcheck(lambda a, b: fn(a, b, 2, 0.5), (q, kv))
     assert torch.allclose(sra_fast(q, kv, 2, 0.5), sra_reference(q, kv, 2, 0.5), atol=1e-13, rtol=0)
@@ -113,8 +115,8 @@ def test_operator_gradcheck(impl):
     torch.manual_seed(0)
     op = _randomise(SRACmix(4, 2, 2, shift="learnable")).double()
     set_stage2_impl(op, impl)
-    x = torch.randn(1, 16, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: op(t, 4, 4), (x,))
+    x = torch.randn(1, 8, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: op(t, 2, 4), (x,))
 
 
 @pytest.mark.parametrize("shift", SHIFT_IMPLS)

@@ -143,7 +143,8 @@ class PyramidVisionTransformer(nn.Module):
         if self.sr_ratios[-1] != 1:
             raise ValueError(f"PVT: the last stage carries the class token and needs sr_ratio 1, got {sr_cfg[-1]}")
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)  # linear 0 .. drop_path_rate over the blocks (plain floats: buildable on meta)
+        dpr = [drop_path_rate * b / (total - 1) if total > 1 else 0.0 for b in range(total)]
         stages, k = [], 0
         for i in range(n):
             last = i == n - 1
