@@ -375,7 +375,7 @@ def _init_stages(): return defaultdict(Counter)  # stage -> Counter(category -> 
 def _operator_out_shape(mod, x: torch.Tensor) -> tuple:
     """Output shape of a suite operator for input x, without running it."""
     from modules import WindowSelfAttention
-    if isinstance(mod, WindowSelfAttention):
+    if isinstance(mod, WindowSelfAttention) or x.dim() == 3:  # token operators keep their input's shape
         return tuple(x.shape)
     B, _, H, W = x.shape
     s = mod.stride
@@ -461,7 +461,9 @@ def _is_inside(name: str, parent: str) -> bool:
 
 def _is_operator(mod) -> bool:
     from modules import ACmix, Conv, DecomposedConv, LocalSelfAttention, SANSelfAttention, WindowSelfAttention
-    return isinstance(mod, (ACmix, Conv, DecomposedConv, LocalSelfAttention, SANSelfAttention, WindowSelfAttention))
+    from modules.pvt_attention import SpatialReductionAttention
+    return isinstance(mod, (ACmix, Conv, DecomposedConv, LocalSelfAttention, SANSelfAttention, WindowSelfAttention,
+                            SpatialReductionAttention))
 
 
 def _fvcore_analysis(model, inputs, handles: dict | None):

@@ -321,6 +321,66 @@ def window_acmix_cost(C: int, heads: int, window: int, H: int, W: int, kernel_co
     return c
 
 
+def sra_cost(C: int, heads: int, sr_ratio: int, H: int, W: int, cls_token: bool = False,
+             impl: str = "fast") -> OpCost:
+    """PVT spatial-reduction attention path (stage2.attention): the R x R / R reduction conv (C^2 R^2 per
+    reduced token) and its LayerNorm when R > 1, then per head L x Lr logits and weighted sums of d MACs
+    (2 L Lr C in all) and N L Lr softmax entries; L = H W (+1 class token), Lr = (H/R)(W/R) (L when R = 1).
+    The reference reduction adds its bias outside a conv: an uncounted add ("elem") there."""
+    R, N = sr_ratio, heads
+    L = H * W + int(cls_token)
+    c = OpCost()
+    if R > 1:
+        Lr = (H // R) * (W // R)
+        c.add("", "spatial reduction conv R x R, stride R", "mac", C * C * R * R * Lr)
+        c.add("", "spatial reduction conv bias", "bias" if impl == "fast" else "elem", C * Lr)
+        c.add("", "spatial reduction LayerNorm", "norm", 5 * C * Lr)
+        c.param("", C * C * R * R + C + 2 * C)
+    else:
+        Lr = L
+    c.add("", "logits q k^T over the reduced keys", "mac", L * Lr * C)
+    c.add("", "softmax over the reduced keys", "softmax", N * L * Lr)
+    c.add("", "aggregation softmax . v", "mac", L * Lr * C)
+    return c
+
+
+def _sra_lr(sr_ratio: int, H: int, W: int, cls_token: bool) -> int:
+    return (H // sr_ratio) * (W // sr_ratio) if sr_ratio > 1 else H * W + int(cls_token)
+
+
+def sr_attention_cost(C: int, heads: int, sr_ratio: int, H: int, W: int, cls_token: bool = False,
+                      impl: str = "fast") -> OpCost:
+    """PVT attention: Stage I q = Linear(C, C) on the L tokens and kv = Linear(C, 2C) on the Lr reduced ones;
+    the SRA path (sra_cost); the output projection Linear(C, C) ("other")."""
+    L = H * W + int(cls_token)
+    Lr = _sra_lr(sr_ratio, H, W, cls_token)
+    c = OpCost().add("stage1", "q linear C -> C", "mac", C * C * L).add("stage1", "q bias", "bias", C * L)
+    c.add("stage1", "kv linear C -> 2C on the reduced tokens", "mac", 2 * C * C * Lr)
+    c.add("stage1", "kv bias", "bias", 2 * C * Lr)
+    c.param("stage1", 3 * C * C + 3 * C)
+    c.extend(sra_cost(C, heads, sr_ratio, H, W, cls_token, impl), "stage2.attention")
+    c.add("proj", "output projection C -> C", "mac", C * C * L).add("proj", "output projection bias", "bias", C * L)
+    return c.param("proj", C * C + C)
+
+
+def sr_acmix_cost(C: int, heads: int, sr_ratio: int, H: int, W: int, cls_token: bool = False,
+                  kernel_conv: int = 3, shift: str = "multigroup", mixing: str = "learnable",
+                  conv_kv: str = "upsample", impl: str = "fast", conv_impl: str = "fast") -> OpCost:
+    """PVT-ACmix (modules/pvt_attention.py): sr_attention_cost plus the conv path (light FC with bias, then
+    the shift) on the H x W spatial tokens; conv_kv "full" adds the kv projection of the unreduced map
+    (2 C^2 H W) to Stage I where R > 1 ("upsample" repeats the reduced k, v: no MACs)."""
+    c = sr_attention_cost(C, heads, sr_ratio, H, W, cls_token, impl)
+    if mixing == "att":
+        return c
+    if conv_kv == "full" and sr_ratio > 1:
+        c.add("stage1", "kv linear C -> 2C on the full map (conv path)", "mac", 2 * C * C * H * W)
+        c.add("stage1", "kv bias, full map", "bias", 2 * C * H * W)
+    c.extend(conv_path_cost(heads, C // heads, kernel_conv, H, W, 1, shift, True, conv_impl), "stage2.conv")
+    if _mixing_params(mixing):
+        c.param("stage2", _mixing_params(mixing))
+    return c
+
+
 def acmix_spec_parts(C_in: int, C: int, heads: int, kernel_att: int, kernel_conv: int, H: int, W: int,
                      stride: int = 1, light_fc: str = "release") -> dict[str, int]:
     """The ResNet-ACmix block exactly as ACMIX.md section 3 lists it (MACs per image; params).
@@ -474,6 +534,7 @@ def operator_cost(module, in_shape) -> OpCost | None:
     None when `module` is not one of the suite's operators."""
     from modules import (ACmix, Conv, DecomposedConv, LocalSelfAttention, SANACmix, SANSelfAttention, WindowACmix,
                          WindowSelfAttention)
+    from modules.pvt_attention import SpatialReductionAttention, SRACmix
 
     m = module
     if isinstance(m, SANSelfAttention):
@@ -487,6 +548,15 @@ def operator_cost(module, in_shape) -> OpCost | None:
         return san_acmix_cost(C_in, m.out_planes, m.rel_planes, m.share_planes, m.kernel_size, H, W, m.sa_type,
                               m.kernel_conv, m.shift, m.mixing, conv.impl if conv is not None else "fast",
                               conv is not None and conv.fuses(H, W))
+    if isinstance(m, SpatialReductionAttention):  # tokens: in_shape (1, H, W, C), the class token aside
+        H, W = in_shape[1], in_shape[2]
+        impl = m.stage2.attention.impl
+        if not isinstance(m, SRACmix):
+            return sr_attention_cost(m.dim, m.num_heads, m.sr_ratio, H, W, m.cls_token, impl)
+        conv = getattr(m.stage2, "conv", None)
+        return sr_acmix_cost(m.dim, m.num_heads, m.sr_ratio, H, W, m.cls_token, m._kernel_conv,
+                             conv.shift.shift if conv is not None else "multigroup", m._mixing, m.conv_kv, impl,
+                             conv.impl if conv is not None else "fast")
     if isinstance(m, Conv):
         _, C_in, H, W = in_shape
         c1 = m.stage1

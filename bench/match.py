@@ -7,7 +7,7 @@ one shape-only forward.
 
 Search, per variant:
   1. widths(m) = each default per-stage width x m, rounded to a multiple of the
-     quantum q (the head count for attention operators, 1 otherwise, times
+     quantum q (the head count for attention operators, per stage for PVT; 1 otherwise; times
      `multiple_of`), at least q: bisection on m in [min_mult, max_mult];
   2. then single-stage moves of +-q while they bring the total closer.
 A variant that no width in range brings within tol raises ValueError with
@@ -71,6 +71,9 @@ def _default_widths(name: str, size: int, overrides: dict) -> tuple[list[int], i
     elif spec["family"] == "san":
         from modules.backbones.san import WIDTH_QUANTUM
         widths, q = list(model.widths), WIDTH_QUANTUM
+    elif spec["family"] == "pvt":  # per-stage embed dims, each a multiple of its stage's heads
+        widths = list(model.embed_dims)
+        q = [blocks.blocks[0].attn.num_heads for blocks in model.stages]
     else:
         widths = [int(model.embed_dim)]
         heads = overrides.get("heads")
@@ -115,7 +118,7 @@ def match_widths(reference, variants, size: int, tol: float = 0.01, conventions=
 
 def _match_one(name, target, size, tol, conv, multiple_of, min_mult, max_mult, overrides, max_evals) -> MatchResult:
     base, q = _default_widths(name, size, overrides)
-    q *= multiple_of
+    qs = [qi * multiple_of for qi in q] if isinstance(q, list) else [q * multiple_of] * len(base)  # per stage
     cache: dict[tuple, int | None] = {}
 
     def macs(widths) -> int | None:
@@ -130,7 +133,7 @@ def _match_one(name, target, size, tol, conv, multiple_of, min_mult, max_mult, o
         return cache[key]
 
     def widths_at(m):
-        return [max(q, int(round(b * m / q)) * q) for b in base]
+        return [max(q, int(round(b * m / q)) * q) for b, q in zip(base, qs)]
 
     def err(widths):
         v = macs(widths)
@@ -165,10 +168,10 @@ def _match_one(name, target, size, tol, conv, multiple_of, min_mult, max_mult, o
     while improved and err(best) > tol / 4:  # single-stage moves by one quantum
         improved = False
         for i in range(len(best)):
-            for step in (-q, q):
+            for step in (-qs[i], qs[i]):
                 w = list(best)
                 w[i] += step
-                if w[i] < q:
+                if w[i] < qs[i]:
                     continue
                 if err(w) < err(best):
                     best, improved = w, True
@@ -177,7 +180,7 @@ def _match_one(name, target, size, tol, conv, multiple_of, min_mult, max_mult, o
     if e > tol:
         raise ValueError(f"{name}: no widths in range match {target:,} MACs within +-{100 * tol:g}%; closest "
                          f"{best} = {v:,} MACs ({100 * (v - target) / target:+.2f}%); loosen --tol or change "
-                         f"multiple_of (quantum {q})")
+                         f"multiple_of (quantum {qs[0] if len(set(qs)) == 1 else qs})")
     return MatchResult(name, int(target), int(v), (v - target) / target, list(best), len(cache))
 
 

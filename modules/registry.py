@@ -4,6 +4,7 @@ A name is BACKBONE-OP: ResNet-26/38/50 with op conv | dconv (decomposed conv,
 1x1 projections + shift-and-sum) | sa (sliding-window self-attention) | acmix;
 Swin-T/S (and small-input configs swin_mini, swin_micro) with op sa | acmix;
 SAN-10/15/19 with op pairwise | patchwise | acmix (SAN-ACmix, on patchwise SAN unless sa_type says).
+PVT-Tiny/Small (pvt_t, pvt_s) with op sa (spatial-reduction attention) | acmix.
 
 Overrides (any subset; unknown keys are a ValueError listing the allowed ones):
   shift       shift implementation of the conv path (tensor|fixed|learnable|multigroup)
@@ -18,6 +19,9 @@ Overrides (any subset; unknown keys are a ValueError listing the allowed ones):
   ResNet only: kernel_size (the conv kernel / ACmix kernel_conv)
   SAN:        widths are the 5 stage widths (multiples of 32); no heads; kernels (5 footprints),
               kernel_size (SAN-ACmix kernel_conv), sa_type (SAN-ACmix attention: patchwise | pairwise)
+  PVT:        widths = 4 per-stage embed dims; heads, mlp_ratios, sr_ratios (4 per stage),
+              depths, drop_path_rate, conv_kv (PVT-ACmix: upsample | full, modules/pvt_attention.py);
+              stem "small" = patch 2 (sr ratios clamped to the maps, modules/backbones/pvt.py)
 """
 from __future__ import annotations
 
@@ -25,12 +29,14 @@ import torch.nn as nn
 
 from .backbones.resnet import RESNET_DEPTHS, RESNET_OPS, ResNet
 from .backbones.san import SAN_LAYERS, SAN_OPS, SAN
+from .backbones.pvt import PVT_CONFIGS, PVT_OPS, PVT_STEM_PATCH, PyramidVisionTransformer
 from .backbones.swin import SWIN_CONFIGS, SWIN_OPS, SwinTransformer
 
 _COMMON = ("shift", "mixing", "stem", "widths", "width_mult", "num_classes", "in_chans", "img_size", "heads")
 RESNET_OVERRIDES = _COMMON + ("kernel_att", "kernel_size")
 SWIN_OVERRIDES = _COMMON + ("window_size", "patch_size", "depths", "mlp_ratio", "drop_path_rate")
 SAN_OVERRIDES = tuple(k for k in _COMMON if k != "heads") + ("kernels", "kernel_size", "sa_type")
+PVT_OVERRIDES = _COMMON + ("depths", "mlp_ratios", "sr_ratios", "drop_path_rate", "conv_kv")
 _STEM_IMG = {"imagenet": 224, "small": 32}
 _SWIN_STEM_PATCH = {"imagenet": 4, "small": 2}
 
@@ -46,6 +52,9 @@ def _catalogue() -> dict[str, dict]:
     for bb, layers in SAN_LAYERS.items():
         for op in SAN_OPS:
             names[f"{bb}-{op}"] = {"family": "san", "backbone": bb, "op": op, "depths": layers}
+    for bb, cfg in PVT_CONFIGS.items():
+        for op in PVT_OPS:
+            names[f"{bb}-{op}"] = {"family": "pvt", "backbone": bb, "op": op, "depths": cfg["depths"]}
     return names
 
 
@@ -66,7 +75,7 @@ def _lookup(name: str) -> dict:
 
 
 def model_spec(name: str) -> dict:
-    """{"name", "family" (resnet|swin|san), "backbone" (e.g. resnet26), "op" (conv|dconv|sa|acmix), "depths"}."""
+    """{"name", "family" (resnet|swin|san|pvt), "backbone" (e.g. resnet26), "op" (conv|dconv|sa|acmix), "depths"}."""
     spec = dict(_lookup(name))
     spec["name"] = name
     return spec
@@ -96,6 +105,8 @@ def create_model(name: str, **overrides) -> nn.Module:
             raise ValueError(f"unknown stem {stem!r}; allowed: {', '.join(_STEM_IMG)}")
         ov.setdefault("img_size", _STEM_IMG[stem])
         model = SAN(spec["depths"], spec["op"], stem=stem, **ov)
+    elif spec["family"] == "pvt":
+        model = _create_pvt(name, spec, ov)
     else:
         _check_keys(name, ov, SWIN_OVERRIDES)
         cfg = dict(SWIN_CONFIGS[spec["backbone"]])
@@ -127,3 +138,23 @@ def create_model(name: str, **overrides) -> nn.Module:
         model = SwinTransformer(spec["op"], **cfg)
     model.model_name = name
     return model
+
+
+def _create_pvt(name: str, spec: dict, ov: dict) -> nn.Module:
+    _check_keys(name, ov, PVT_OVERRIDES)
+    cfg = dict(PVT_CONFIGS[spec["backbone"]])
+    stem = ov.pop("stem", "imagenet")
+    if stem not in PVT_STEM_PATCH:
+        raise ValueError(f"unknown stem {stem!r}; allowed: {', '.join(PVT_STEM_PATCH)}")
+    cfg["patch_size"] = PVT_STEM_PATCH[stem]
+    cfg["img_size"] = ov.pop("img_size", _STEM_IMG[stem])
+    if "widths" in ov:
+        cfg["embed_dims"] = ov.pop("widths")
+    mult = ov.pop("width_mult", 1.0)
+    if mult != 1.0:
+        if not (isinstance(mult, (int, float)) and mult > 0):
+            raise ValueError(f"width_mult must be a positive number, got {mult!r}")
+        heads = ov.get("heads", cfg["heads"])
+        cfg["embed_dims"] = [max(h, int(round(w * mult / h)) * h) for w, h in zip(cfg["embed_dims"], heads)]
+    cfg.update(ov)
+    return PyramidVisionTransformer(spec["op"], **cfg)
