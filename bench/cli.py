@@ -15,6 +15,7 @@ SUBCOMMANDS = [
     "bench.flops",
     "bench.match",
     "bench.speed",
+    "bench.benchmark",
     "bench.run_cli",
     "bench.report_cli",
 ]
