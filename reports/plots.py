@@ -16,7 +16,10 @@ OP_STYLE = {  # the paper's figures: one marker (and colour) per operator family
     "dconv": {"marker": "D", "color": "#17becf", "name": "convolution (decomposed)"},
     "sa": {"marker": "^", "color": "#2ca02c", "name": "self-attention"},
     "acmix": {"marker": "*", "color": "#d62728", "name": "ACmix"},
+    "pairwise": {"marker": "v", "color": "#8c564b", "name": "SAN pairwise attention"},
+    "patchwise": {"marker": "<", "color": "#e377c2", "name": "SAN patchwise attention"},
 }
+FAMILY_LINES = {"resnet": "-", "san": "--", "pvt": ":", "swin": "-."}
 SHIFT_COLORS = {"tensor": "#7f7f7f", "fixed": "#1f77b4", "learnable": "#ff7f0e", "multigroup": "#d62728"}
 
 
@@ -31,6 +34,12 @@ def _macs_unit(values) -> tuple[float, str]:
     if m >= 1e6:
         return 1e6, "MMACs"
     return 1e3, "KMACs"
+
+
+def family_of(backbone) -> str:
+    """resnet26 -> resnet, swin_t -> swin, pvt_s -> pvt, san10 -> san."""
+    head = str(backbone).split("_")[0]
+    return head.rstrip("0123456789") or head
 
 
 def _zero(x):
@@ -79,17 +88,28 @@ def throughput_vs_macs(summary: pd.DataFrame):
     scale, unit = _macs_unit(s["macs"])
     for ax, k in zip(axes[0], keys):
         seen = set()
-        for _, r in s.dropna(subset=[k]).iterrows():
-            st = _style(r["op"])
-            ax.errorbar(r["macs"] / scale, r[k], yerr=_zero(r[f"{k}_iqr"]) / 2, marker=st["marker"],
-                        color=st["color"], ms=10 if r["op"] == "acmix" else 7, capsize=3,
-                        label=st["name"] if r["op"] not in seen else None)
-            seen.add(r["op"])
-            tag = r["backbone"] + (f" {r['shift']}" if isinstance(r["shift"], str) else "")
-            ax.annotate(tag, (r["macs"] / scale, r[k]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        d = s.dropna(subset=[k])
+        # one line per (family, operator variant) across the family's depths, like the paper's speed table
+        variant = (d["backbone"].map(family_of) + "/" + d["op"].astype(str) + "/" + d["shift"].fillna("").astype(str)
+                   + "/" + d["mixing"].fillna("").astype(str))
+        for v, g in d.groupby(variant, sort=True):
+            g = g.sort_values("macs")
+            fam, op = v.split("/")[:2]
+            st = _style(op)
+            ax.errorbar(g["macs"] / scale, g[k], yerr=[_zero(x) / 2 for x in g[f"{k}_iqr"]], marker=st["marker"],
+                        color=st["color"], ms=10 if op == "acmix" else 7, capsize=3,
+                        linestyle=FAMILY_LINES.get(fam, "-") if len(g) > 1 else "none", lw=1.0,
+                        label=st["name"] if op not in seen else None)
+            seen.add(op)
+            for _, r in g.iterrows():
+                tag = r["backbone"] + (f" {r['shift']}" if isinstance(r["shift"], str) else "")
+                ax.annotate(tag, (r["macs"] / scale, r[k]), fontsize=7, xytext=(4, 4), textcoords="offset points")
         ax.set_xlabel(f"MACs per image ({unit})")
         ax.set_ylabel("samples/s")
-        ax.set_title(("inference" if k.startswith("infer") else "training") + " throughput vs MACs (bars: IQR)")
+        fams = sorted({family_of(b) for b in d["backbone"]})
+        lines = ", ".join(f"{f} {FAMILY_LINES.get(f, '-')}" for f in fams)
+        ax.set_title(("inference" if k.startswith("infer") else "training")
+                     + f" throughput vs MACs (bars: IQR; lines by family: {lines})", fontsize=9)
         ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
