@@ -342,9 +342,10 @@ class Report:
         return written
 
 
-def build_report(results_dir, out_dir=None, compare=None, matrix=None) -> dict[str, Path]:
-    """Read records, write the report; returns ({relative name: path} of what was written, the Report)."""
-    rs = load_results(results_dir, matrix)
+def build_report(results_dir, out_dir=None, compare=None, planned=None) -> dict[str, Path]:
+    """Read records, write the report; returns ({relative name: path} of what was written, the Report).
+    planned: the cells the matrix planned (see load_results), to list those with no record."""
+    rs = load_results(results_dir, planned)
     base = load_results(compare) if compare is not None else None
     out = Path(out_dir) if out_dir is not None else rs.root / "report"
     rep = Report(rs, base)
