@@ -5,10 +5,22 @@ import sys
 from pathlib import Path
 
 
+def plan_from_config(path) -> list[dict]:
+    """The cells a matrix config plans, through the runner's own expansion."""
+    from bench.runner.cells import expand
+    from bench.runner.config import load_config
+
+    return [dict(c) for c in expand(load_config(path, check_registry=False))]
+
+
 def run(args) -> int:
     from reports.build import STATUS_MARK, build_report
 
-    written, rep = build_report(args.results_dir, args.out, args.compare, args.matrix, args.margin)
+    from reports.records import report_section_of
+
+    planned = plan_from_config(args.matrix) if args.matrix is not None else None
+    report_config = report_section_of(args.matrix) if args.matrix is not None else None
+    written, rep = build_report(args.results_dir, args.out, args.compare, planned, args.margin, report_config)
     out = Path(written["report.md"]).parent
     rs = rep.rs
     n_bad = int((rep.frame["status"] != "ok").sum())

@@ -1,5 +1,6 @@
 """Reports of acmix-bench: read result records (never live models) and write tables, plots, claims, comparisons.
 
+- schema.py: the record schema (fields, statuses, validate_record), shared with the runner; standard library only
 - records.py: OUT/cells/*.json -> ResultSet (records, unreadable files with reasons, planned cells) and a flat frame
 - tables.py: per cell, per configuration (mean/std/n over seeds), per stage, per counter voice, matched groups,
   shift implementations, mixing weights by depth

@@ -422,10 +422,12 @@ class Report:
         return written
 
 
-def build_report(results_dir, out_dir=None, compare=None, matrix=None, margin=None) -> tuple[dict[str, Path], Report]:
+def build_report(results_dir, out_dir=None, compare=None, planned=None, margin=None,
+                 report_config=None) -> tuple[dict[str, Path], Report]:
     """Read records, write the report; returns ({relative name: path} of what was written, the Report).
-    margin: equivalence margin in top-1 points (None: the config's report.margin, else 0.5)."""
-    rs = load_results(results_dir, matrix)
+    planned: the cells the matrix planned (see load_results), to list those with no record.
+    margin: equivalence margin in top-1 points (None: report_config's, else the plan's report.margin, else 0.5)."""
+    rs = load_results(results_dir, planned, report_config)
     base = load_results(compare) if compare is not None else None
     out = Path(out_dir) if out_dir is not None else rs.root / "report"
     rep = Report(rs, base, margin)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-SCHEMA = "acmix-bench/cell/v1"
-STATUSES = ("ok", "failed", "nan", "oom", "interrupted", "running")
+from .schema import SCHEMA, STATUSES, validate_record
+
 STAGES = ("stage1", "stage2", "stage2.attention", "stage2.conv", "other", "total")
 SPEEDS = ("infer_samples_per_s", "train_samples_per_s", "latency_b1_ms")
 # Cell fields that identify a configuration; a configuration is a cell without its seed.
@@ -64,25 +64,6 @@ def identity(cell: dict) -> tuple:
     return tuple(str(cell.get(k)) for k in IDENTITY)
 
 
-def plan_from_config(path) -> list[dict]:
-    """The cells a matrix config plans, through the runner's own expansion (bench.runner)."""
-    try:
-        from bench.runner.cells import expand
-        from bench.runner.config import load_config
-    except ImportError as e:
-        raise ValueError(f"--matrix needs the runner (bench.runner): {e}") from None
-    return [dict(c) for c in expand(load_config(path, check_registry=False))]
-
-
-def _runner_validator():
-    """The runner's validate_record when it is importable, else None (we then check the essentials)."""
-    try:
-        from bench.runner.records import validate_record  # type: ignore
-    except Exception:  # runner not installed / not landed: our own minimal check below
-        return None
-    return validate_record
-
-
 def check_record(rec) -> None:
     """Raise ValueError naming the first thing a report cannot use in this record."""
     if not isinstance(rec, dict):
@@ -109,14 +90,10 @@ def check_record(rec) -> None:
         if isinstance(v, (int, float)) and math.isfinite(v) and not 0.0 <= v <= 1.0:
             raise ValueError(f"metrics.{k} = {v} is outside [0, 1]: records hold accuracy as a fraction "
                              f"(torchmetrics), reports show percent")
-    validate = _runner_validator()
-    if validate is not None:
-        try:
-            out = validate(rec)
-        except (ValueError, TypeError, KeyError) as e:
-            raise ValueError(f"runner's validate_record: {e}") from None
-        if out is False:
-            raise ValueError("runner's validate_record rejected it")
+    try:
+        validate_record(rec)
+    except (TypeError, KeyError) as e:  # a field of the wrong shape deeper down
+        raise ValueError(f"{type(e).__name__}: {e}") from None
 
 
 def _read_plan(root: Path) -> tuple[list[dict] | None, dict]:
@@ -159,9 +136,11 @@ def check_margin(value, where: str) -> float:
     return float(value)
 
 
-def load_results(path, matrix=None) -> ResultSet:
-    """Read RESULTS_DIR/cells/*.json (the cells/ folder itself is accepted too). The planned cells come from
-    `matrix` (a matrix config path) when given, else from a plan file next to cells/ when there is one."""
+def load_results(path, planned: list[dict] | None = None, report_config: dict | None = None) -> ResultSet:
+    """Read RESULTS_DIR/cells/*.json (the cells/ folder itself is accepted too). The planned cells are
+    `planned` when given (cell dicts, e.g. the runner's expansion of a matrix config: bench.report_cli
+    plan_from_config), else those of a plan file next to cells/ when there is one; the report settings
+    (`report` section: margin) likewise `report_config`, else the plan file's."""
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"results directory {root} does not exist; pass the OUT directory of `acmix-bench run`")
@@ -196,10 +175,9 @@ def load_results(path, matrix=None) -> ResultSet:
     if not records:
         detail = f" ({len(problems)} unreadable: {problems[0][0]}: {problems[0][1]})" if problems else ""
         raise ValueError(f"no usable records in {cells}{detail}; run `acmix-bench run` first or check the path")
-    planned, report_config = _read_plan(root)
-    if matrix is not None:
-        planned, report_config = plan_from_config(matrix), report_section_of(matrix)
-    return ResultSet(root=root, records=records, problems=problems, planned=planned, report_config=report_config)
+    plan, plan_report = _read_plan(root)
+    return ResultSet(root=root, records=records, problems=problems, planned=plan if planned is None else planned,
+                     report_config=plan_report if report_config is None else report_config)
 
 
 # ---------------------------------------------------------------------------- flattening

@@ -215,7 +215,9 @@ matrix:
     recs = [mk.make_record("resnet26-conv", "conv", None, None, None, 0),
             mk.make_record("resnet26-acmix", "acmix", "multigroup", "learnable", None, 0)]
     mk.write_set(tmp_path / "res", recs)
-    rs = load_results(tmp_path / "res", matrix=cfg_path)
+    from bench.report_cli import plan_from_config
+
+    rs = load_results(tmp_path / "res", planned=plan_from_config(cfg_path))
     assert len(rs.planned) == len(cells) == 4
     assert len(rs.missing()) == 2 and all("-1" in m or "s1" in m for m in rs.missing())
 

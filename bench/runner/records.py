@@ -1,10 +1,10 @@
 """Result records: one self-describing JSON file per cell, written atomically.
 
 OUT/cells/<cell_id>.json holds everything a report needs (schema
-"acmix-bench/cell/v1", see `validate_record`). A record is written to a
-temporary file in the same directory, flushed to disk and renamed over the
-target (os.replace is atomic on POSIX), so a reader or a killed run never sees
-half a record. OUT/results.csv (and .parquet) are rebuilt from the records.
+"acmix-bench/cell/v1", defined and checked in reports/schema.py). A record is
+written to a temporary file in the same directory, flushed to disk and renamed
+over the target (os.replace is atomic on POSIX), so a reader or a killed run
+never sees half a record. OUT/results.csv (and .parquet) are rebuilt from the records.
 OUT/events.jsonl is an append-only log of cell starts and finishes (one line
 per event, flushed), useful for auditing that each cell finished once.
 """
@@ -18,9 +18,9 @@ import platform
 import socket
 import tempfile
 
-SCHEMA = "acmix-bench/cell/v1"
-STATUSES = ("ok", "failed", "nan", "oom", "interrupted", "running")
-FINISHED = ("ok", "failed", "nan", "oom")
+# the record schema is shared with the reports; FINISHED and STATUSES are used through this module too
+from reports.schema import FINISHED, SCHEMA, STATUSES, validate_record  # noqa: F401
+
 RESULT_COLUMNS = [
     "cell_id", "status", "model", "op", "shift", "mixing", "dataset", "seed", "params", "macs",
     "top1", "top5", "train_samples_per_s", "infer_samples_per_s", "peak_mem_mb", "wall_s",
@@ -30,76 +30,8 @@ RESULT_COLUMNS = [
     "counts_voice", "threads", "device", "reason", "finished_at",
 ]
 
-_TOP = {
-    "schema": str, "cell_id": str, "status": str, "reason": (str, type(None)), "cell": dict, "config": dict,
-    "widths": (list, type(None)), "counts": (dict, type(None)), "match": (dict, type(None)),
-    "metrics": (dict, type(None)), "speed": (dict, type(None)), "mixing_by_depth": (list, type(None)),
-    "wall_s": (int, float), "env": dict, "started_at": str, "finished_at": (str, type(None)),
-}
-_CELL = ("model", "backbone", "op", "shift", "mixing", "dataset", "seed", "group", "overrides")
-_ENV = ("python", "torch", "lightning", "torchvision", "device", "threads", "cuda", "git_commit", "hostname", "platform")
-_METRICS = ("top1", "top5", "loss", "val_top1", "epochs", "steps")
-_SPEED_STATS = ("infer_samples_per_s", "latency_b1_ms", "train_samples_per_s")
-
-
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def validate_record(rec: dict) -> dict:
-    """Raise ValueError naming the first problem; return the record unchanged when it conforms to v1."""
-    if not isinstance(rec, dict):
-        raise ValueError(f"record must be a JSON object, got {type(rec).__name__}")
-    for k, t in _TOP.items():
-        if k not in rec:
-            raise ValueError(f"record is missing key {k!r}")
-        if not isinstance(rec[k], t):
-            raise ValueError(f"record key {k!r} has type {type(rec[k]).__name__}")
-    if rec["schema"] != SCHEMA:
-        raise ValueError(f"record schema {rec['schema']!r} is not {SCHEMA!r}")
-    if rec["status"] not in STATUSES:
-        raise ValueError(f"record status {rec['status']!r}; allowed: {', '.join(STATUSES)}")
-    if rec["status"] not in ("ok", "running") and not rec["reason"]:
-        raise ValueError(f"record with status {rec['status']!r} needs a reason")
-    for k in _CELL:
-        if k not in rec["cell"]:
-            raise ValueError(f"record cell is missing {k!r}")
-    for k in _ENV:
-        if k not in rec["env"]:
-            raise ValueError(f"record env is missing {k!r}")
-    c = rec["counts"]
-    if c is not None:
-        if c.get("unit") != "MACs" or not isinstance(c.get("voices"), dict) or "input_size" not in c:
-            raise ValueError("record counts need unit 'MACs', input_size and a voices mapping")
-        for voice, stages in c["voices"].items():
-            for stage, pm in stages.items():
-                if not (isinstance(pm, dict) and isinstance(pm.get("params"), int) and isinstance(pm.get("macs"), int)):
-                    raise ValueError(f"record counts.voices.{voice}.{stage} needs integer params and macs")
-    m = rec["metrics"]
-    if m is not None:
-        for k in _METRICS:
-            if k not in m:
-                raise ValueError(f"record metrics is missing {k!r}")
-    if rec["status"] == "ok" and m is None:
-        raise ValueError("an 'ok' record needs metrics")
-    s = rec["speed"]
-    if s is not None:
-        for k in ("threads", "device", "peak_mem_mb") + _SPEED_STATS:
-            if k not in s:
-                raise ValueError(f"record speed is missing {k!r}")
-        for k in _SPEED_STATS:
-            st = s[k]
-            if st is not None and not all(x in st for x in ("median", "iqr", "n")):
-                raise ValueError(f"record speed.{k} needs median, iqr, n")
-    mt = rec["match"]
-    if mt is not None:
-        for k in ("group", "reference_cell", "target_macs", "macs", "rel_error", "tolerance"):
-            if k not in mt:
-                raise ValueError(f"record match is missing {k!r}")
-    for row in rec["mixing_by_depth"] or []:
-        if not all(k in row for k in ("layer", "depth", "alpha", "beta")):
-            raise ValueError("record mixing_by_depth rows need layer, depth, alpha, beta")
-    return rec
 
 
 def _clean(obj):
