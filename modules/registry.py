@@ -70,7 +70,10 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 def _lookup(name: str) -> dict:
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+        # by family in catalogue order (resnet, swin, then later families), sorted within each
+        fams = list(dict.fromkeys(s["family"] for s in _MODELS.values()))
+        valid = [n for f in fams for n in sorted(n for n, s in _MODELS.items() if s["family"] == f)]
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(valid)}")
     return _MODELS[name]
 
 
