@@ -237,10 +237,5 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(s)
 
 
-def check_nonempty(n: int, what: str, where: str) -> None:
-    if n == 0:
-        raise FileNotFoundError(f"{what}: no samples found in {where}")
-
-
 __all__ = ["ClassificationDataModule", "ImageTransform", "TensorImageDataset", "UnpaddedDistributedSampler",
            "seeded_split", "take_subset"]

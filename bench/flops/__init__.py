@@ -2,7 +2,7 @@
 
 Voices (one column each; MACs inside, FLOPs = 2 MACs only in labelled output):
 
-    formula          closed forms (bench/formulas.py, ACMIX.md) per operator and standard layer
+    formula          closed forms (bench/formulas.py, from the spec) per operator and standard layer
     fvcore           fvcore's FlopCountAnalysis (jit trace) with handles registered for every op the
                      suite's modules run, tagged by cost category and filtered by `Conventions`
     ptflops-pytorch  ptflops, backend "pytorch" (module hooks + patched functionals), no extra hooks

@@ -82,7 +82,7 @@ def register(sub) -> None:
     p.add_argument("--backward", default="none", choices=BACKWARD_MODES,
                    help="none: forward; x2: training step = 3 x forward; counted: torch voice counts the backward")
     p.add_argument("--stage2-impl", default=None, choices=names.STAGE2_IMPLS,
-                   help="count as built (default), all-fast, or with the sliding-window attention as ACMIX.md "
+                   help="count as built (default), all-fast, or with the sliding-window attention as the spec "
                         "writes it (reference)")
     p.add_argument("--flops", action="store_true", help="show FLOPs (= 2 MACs) instead of MACs, labelled")
     p.add_argument("--format", default="table", choices=("table", "csv", "json"))

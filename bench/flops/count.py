@@ -46,7 +46,7 @@ STAGE2_IMPLS = (None,) + names.STAGE2_IMPLS  # None: as built
 
 @contextlib.contextmanager
 def _stage2_impl(model: nn.Module, impl: str | None):
-    """None: as built. "fast": every Stage II path fast. "reference": ACMIX.md as written: the
+    """None: as built. "fast": every Stage II path fast. "reference": the spec as written: the
     sliding-window attention paths and the release's conv paths (shift "multigroup": light FC, then the
     grouped conv, unfused) run their references (e.g. 79,980,544 MACs for the 64-channel block at 56x56);
     other shift forms and the window attention keep the fast path (the window reference is a dense test
@@ -82,103 +82,139 @@ def count_model(model: nn.Module, input_size=None, inputs=None, voices=VOICES, c
     the other voices have fixed conventions of their own). backward: "none" (forward only), "x2"
     (training step = forward + 2 x forward, every voice), "counted" (the torch voice counts the real
     backward ops; the others use the x2 rule). stage2_impl: None (as built), "fast", or "reference"
-    (sliding-window attention as ACMIX.md writes it; see _stage2_impl). meta: run the voices that only
-    read shapes (formula, ptflops-aten, torch) on a meta-device copy (fast; fvcore traces the real model).
-    On meta the fast sliding-window attention runs its pure-PyTorch twin instead of the C++ kernel; the
-    dispatch-level voices give it zero either way.
+    (the sliding-window attention as the spec writes it; see _stage2_impl). meta: run the voices that
+    only read shapes (formula, ptflops-aten, torch) on a meta-device copy (fast; fvcore traces the real
+    model). On meta the fast sliding-window attention runs its pure-PyTorch twin instead of the C++
+    kernel; the dispatch-level voices give it zero either way.
     """
     conv = Conventions.parse(conventions)
+    voices = _check_voices(voices, backward)
+    counting = _Counting(model, _as_inputs(model, input_size, inputs), conv, meta)
+    was_training = model.training
+    try:
+        model.eval()
+        with _stage2_impl(model, stage2_impl):
+            results = {v: counting.voice(v, backward) for v in voices}
+    finally:
+        model.train(was_training)
+    audit = audit_rows(model, counting.inventory, counting.unsupported, voices, conv) if "fvcore" in voices else []
+    notes = counting.notes + _backward_notes(backward)
+    return CountResult(_rows(results, backward), audit, conv, backward, notes, counting.seconds, counting.parts)
+
+
+def _check_voices(voices, backward: str) -> tuple:
     if backward not in BACKWARD_MODES:
         raise ValueError(f"backward must be one of {', '.join(BACKWARD_MODES)}, got {backward!r}")
     voices = tuple(voices)
     bad = [v for v in voices if v not in VOICES + OPTIONAL_VOICES]
     if bad:
         raise ValueError(f"unknown voice(s) {', '.join(bad)}; allowed: {', '.join(VOICES + OPTIONAL_VOICES)}")
-    inputs = _as_inputs(model, input_size, inputs)
-    was_training = model.training
-    model.eval()
-    impl_ctx = _stage2_impl(model, stage2_impl)
-    impl_ctx.__enter__()
-    rows, notes, seconds, parts, audit = [], [], {}, [], []
-    inventory = defaultdict(Counter)
-    unsupported = []
-    results = {}
-    twin = [None]
+    return voices
 
-    def shapes_only():
+
+class _Counting:
+    """The voices of one count_model call, and what they report besides MACs and parameters:
+    notes, seconds per voice, the formula's terms, fvcore's per-op inventory and unsupported ops."""
+
+    def __init__(self, model: nn.Module, inputs: tuple, conv: Conventions, meta: bool):
+        self.model, self.inputs, self.conv, self.meta = model, inputs, conv, meta
+        self.notes: list[str] = []
+        self.seconds: dict[str, float] = {}
+        self.parts: list[dict] = []
+        self.inventory = defaultdict(Counter)  # (module scope, jit op) -> Counter(category -> MACs)
+        self.unsupported: list = []  # (module path, jit op, calls) fvcore has no handle for
+        self._twin = None
+
+    def voice(self, v: str, backward: str) -> tuple[dict, dict]:
+        """(MACs per stage, parameters per stage) of voice `v`, timed into self.seconds."""
+        run = {"formula": self._formula, "fvcore": self._fvcore, "fvcore-default": self._fvcore_default,
+               "ptflops-pytorch": self._ptflops_pytorch, "ptflops-aten": self._ptflops_aten,
+               "torch": self._torch}[v]
+        t0 = time.perf_counter()
+        macs, params = run(backward)
+        self.seconds[v] = time.perf_counter() - t0
+        return macs, params
+
+    def _counted(self, stages: dict) -> dict:
+        """MACs per stage of the cost categories the conventions count."""
+        return {s: sum(x for c, x in cats.items() if self.conv.counts(c)) for s, cats in stages.items()}
+
+    def _formula(self, backward):
+        stages, params, notes = self._on_meta(voice_formula, self.conv, self.parts)
+        self.notes += notes
+        return self._counted(stages), params
+
+    def _fvcore(self, backward):
+        stages, params, self.unsupported = voice_fvcore(self.model, self.inputs, self.inventory)
+        return self._counted(stages), params
+
+    def _fvcore_default(self, backward):
+        return voice_fvcore_default(self.model, self.inputs)
+
+    def _ptflops_pytorch(self, backward):
+        # real model: on meta, decompositions call patched torch functions and count twice
+        return voice_ptflops_pytorch(self.model, self.inputs)
+
+    def _ptflops_aten(self, backward):
+        return self._on_meta(voice_ptflops_aten)
+
+    def _torch(self, backward):
+        return self._on_meta(voice_torch, backward=(backward == "counted"))
+
+    def _shapes_only(self) -> tuple:
         """A meta-device copy of the model and inputs: the voices that only read shapes run on it
-        (no arithmetic). None when the model cannot be copied (then they run on the real model)."""
-        if twin[0] is None and any(torch.is_tensor(x) and x.is_meta for x in inputs):
-            twin[0] = (model, inputs)  # already shapes only
-        if twin[0] is None:
+        (no arithmetic). The real model and inputs when it cannot be copied, or they are on meta already."""
+        if self._twin is None and any(torch.is_tensor(x) and x.is_meta for x in self.inputs):
+            self._twin = (self.model, self.inputs)
+        if self._twin is None:
             try:
-                twin[0] = (copy.deepcopy(model).to("meta"),
-                           tuple(x.to("meta") if torch.is_tensor(x) else x for x in inputs))
+                self._twin = (copy.deepcopy(self.model).to("meta"),
+                              tuple(x.to("meta") if torch.is_tensor(x) else x for x in self.inputs))
             except Exception as e:  # noqa: BLE001 - any copy failure: fall back to the real model
-                twin[0] = (model, inputs)
-                notes.append(f"meta copy failed ({type(e).__name__}); counted on the real model")
-        return twin[0]
+                self._twin = (self.model, self.inputs)
+                self.notes.append(f"meta copy failed ({type(e).__name__}); counted on the real model")
+        return self._twin
 
-    def on_meta(fn, *args, **kwargs):
-        m, x = shapes_only() if meta else (model, inputs)
+    def _on_meta(self, fn, *args, **kwargs):
+        m, x = self._shapes_only() if self.meta else (self.model, self.inputs)
         try:
             return fn(m, x, *args, **kwargs)
         except Exception as e:  # noqa: BLE001 - an op without a meta kernel: run for real
-            if m is model:
+            if m is self.model:
                 raise
-            notes.append(f"{fn.__name__} failed on meta ({type(e).__name__}); counted on the real model")
-            return fn(model, inputs, *args, **kwargs)
+            self.notes.append(f"{fn.__name__} failed on meta ({type(e).__name__}); counted on the real model")
+            return fn(self.model, self.inputs, *args, **kwargs)
 
-    try:
-        for v in voices:
-            t0 = time.perf_counter()
-            if v == "formula":
-                st, params, n = on_meta(voice_formula, conv, parts)
-                notes += n
-                macs = {s: sum(x for c, x in cats.items() if conv.counts(c)) for s, cats in st.items()}
-            elif v == "fvcore":
-                st, params, unsupported = voice_fvcore(model, inputs, inventory)
-                macs = {s: sum(x for c, x in cats.items() if conv.counts(c)) for s, cats in st.items()}
-            elif v == "fvcore-default":
-                macs, params = voice_fvcore_default(model, inputs)
-            elif v == "ptflops-pytorch":
-                # real model: on meta, decompositions call patched torch functions and count twice
-                macs, params = voice_ptflops_pytorch(model, inputs)
-            elif v == "ptflops-aten":
-                macs, params = on_meta(voice_ptflops_aten)
-            else:
-                macs, params = on_meta(voice_torch, backward=(backward == "counted"))
-            seconds[v] = time.perf_counter() - t0
-            results[v] = (macs, params)
-    finally:
-        model.train(was_training)
-        impl_ctx.__exit__(None, None, None)
+
+def _rows(results: dict, backward: str) -> list[dict]:
+    """{stage, voice, params, macs} for every voice and stage ("stage2" and "total" are sums); under the
+    x2 rule a training step is 3 x forward."""
     stages = set()
     for macs, params in results.values():
         stages.update(macs)
         stages.update(params)
+    rows = []
     for v, (macs, params) in results.items():
-        mult = 1
-        if backward == "x2" or (backward == "counted" and v != "torch"):
-            mult = 3
+        mult = 3 if backward == "x2" or (backward == "counted" and v != "torch") else 1
         for s in stage_order(stages):
             if s == "total":
-                m = sum(macs.values())
-                p = sum(params.values())
+                m, p = sum(macs.values()), sum(params.values())
             elif s == "stage2":
                 m = sum(x for k, x in macs.items() if k.startswith("stage2"))
                 p = sum(x for k, x in params.items() if k.startswith("stage2"))
             else:
                 m, p = macs.get(s, 0), params.get(s, 0)
             rows.append({"stage": s, "voice": v, "params": int(p), "macs": int(m) * mult})
-    if "fvcore" in voices:
-        audit = audit_rows(model, inventory, unsupported, voices, conv)
+    return rows
+
+
+def _backward_notes(backward: str) -> list[str]:
     if backward == "counted":
-        notes.append("backward=counted: the torch voice counts forward + backward ops; other voices use the x2 rule "
-                     "(training step = 3 x forward)")
-    elif backward == "x2":
-        notes.append("backward=x2: every voice shows a training step as 3 x forward (backward = 2 x forward)")
-    return CountResult(rows, audit, conv, backward, notes, seconds, parts)
+        return ["backward=counted: the torch voice counts forward + backward ops; other voices use the x2 rule "
+                "(training step = 3 x forward)"]
+    if backward == "x2":
+        return ["backward=x2: every voice shows a training step as 3 x forward (backward = 2 x forward)"]
+    return []
 
 
 def build_model(name: str, size: int | None = None, **overrides) -> nn.Module:
@@ -213,6 +249,7 @@ def build_op(op: str, channels: int = 64, heads: int = 4, kernel_att: int = 7, k
 
 def count_op(op: str, size: int, voices=VOICES, conventions=None, backward="none", stage2_impl=None,
              **kwargs) -> CountResult:
+    """count_model of build_op(op, **kwargs) on a size x size input (batch 1)."""
     module, layout = build_op(op, **kwargs)
     c = kwargs.get("in_channels") or kwargs.get("channels", 64)
     shape = (1, c, size, size) if layout == "map" else (1, size, size, kwargs.get("channels", 64))

@@ -39,32 +39,54 @@ def _operator_out_shape(mod, x: torch.Tensor) -> tuple:
 def voice_formula(model, inputs, conv: Conventions, res_parts: list) -> tuple[dict, dict, list[str]]:
     """Closed forms. Each suite operator is replaced, for this pass only, by a stub that records its
     input shape and returns an empty tensor of its output shape (the formulas need shapes, not values);
-    standard layers outside operators run and are read by forward hooks."""
+    standard layers outside operators run and are read by forward hooks. Every formula term is
+    appended to `res_parts`; returns (stage -> Counter(category -> MACs), params per stage, notes)."""
     costs: list[tuple[str, OpCost]] = []
-    notes = []
-    covered_params = set()
-    handles = []
-    names = {m: n for n, m in model.named_modules()}
+    covered = set()  # ids of the parameters a closed form accounts for
+    stubbed = _stub_operators(model, costs, covered)
+    handles = _hook_layers(model, stubbed, costs, covered)
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        for mod, _ in stubbed:
+            del mod.forward
+    stages, params = _tally(costs, conv, res_parts)
+    notes = _uncovered_params(model, covered, params)
+    return stages, dict(params), notes
+
+
+def _stub_operators(model, costs: list, covered: set) -> list[tuple]:
+    """Stub the forward of every outermost suite operator (see voice_formula); [(module, path)]."""
     stubbed = []
-
-    def make_stub(mod, name):
-        def forward(x, *args, **kwargs):
-            shape = tuple(x.shape)
-            if x.dim() == 3:  # tokens (B, L, C) with H, W
-                H = args[0] if args else kwargs.get("H")
-                W = args[1] if len(args) > 1 else kwargs.get("W")
-                shape = (shape[0], H, W, shape[2])
-            costs.append((name, operator_cost(mod, shape)))
-            return x.new_empty(_operator_out_shape(mod, x))
-        return forward
-
     for name, mod in model.named_modules():
         if any(mod is s or _is_inside(name, n) for s, n in stubbed):
             continue
         if _is_operator(mod):
-            covered_params.update(id(p) for p in mod.parameters())
-            mod.forward = make_stub(mod, name)
+            covered.update(id(p) for p in mod.parameters())
+            mod.forward = _stub(mod, name, costs)
             stubbed.append((mod, name))
+    return stubbed
+
+
+def _stub(mod, name: str, costs: list):
+    def forward(x, *args, **kwargs):
+        shape = tuple(x.shape)
+        if x.dim() == 3:  # tokens (B, L, C) with H, W
+            H = args[0] if args else kwargs.get("H")
+            W = args[1] if len(args) > 1 else kwargs.get("W")
+            shape = (shape[0], H, W, shape[2])
+        costs.append((name, operator_cost(mod, shape)))
+        return x.new_empty(_operator_out_shape(mod, x))
+    return forward
+
+
+def _hook_layers(model, stubbed: list, costs: list, covered: set) -> list:
+    """Forward hooks on every module outside the stubbed operators: a leaf layer with a closed form
+    (layer_cost) adds its cost under its path; returns the hook handles."""
+    names = {m: n for n, m in model.named_modules()}
 
     def post(mod, args, kwargs, out):
         if next(mod.children(), None) is not None or any(mod is s for s, _ in stubbed):
@@ -74,19 +96,14 @@ def voice_formula(model, inputs, conv: Conventions, res_parts: list) -> tuple[di
         if lc is None:
             return
         costs.append((names[mod], lc))
-        covered_params.update(id(p) for p in mod.parameters())
+        covered.update(id(p) for p in mod.parameters())
 
-    for n, m in model.named_modules():
-        if not any(_is_inside(n, sn) for _, sn in stubbed):
-            handles.append(m.register_forward_hook(post, with_kwargs=True))
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-        for mod, _ in stubbed:
-            del mod.forward
+    return [m.register_forward_hook(post, with_kwargs=True) for n, m in model.named_modules()
+            if not any(_is_inside(n, sn) for _, sn in stubbed)]
+
+
+def _tally(costs: list, conv: Conventions, res_parts: list) -> tuple[dict, Counter]:
+    """MACs per stage and category, and parameters per stage, from the recorded closed forms."""
     stages, params = _init_stages(), Counter()
     for name, oc in costs:
         for t in oc.terms:
@@ -96,17 +113,21 @@ def voice_formula(model, inputs, conv: Conventions, res_parts: list) -> tuple[di
                               "macs": t.macs, "counted": conv.counts(t.category)})
         for p, n in oc.params.items():
             params[stage_of(f"{name}.{p}" if p else name)] += n
-    # parameters outside any closed form (an unknown layer type): by numel, said so
+    return stages, params
+
+
+def _uncovered_params(model, covered: set, params: Counter) -> list[str]:
+    """Add the parameters no closed form accounts for (an unknown layer type) by numel; a note names them."""
     missing = Counter()
     for mname, mod in model.named_modules():
         for pname, p in mod.named_parameters(recurse=False):
-            if id(p) not in covered_params:
+            if id(p) not in covered:
                 params[stage_of(mname)] += p.numel()
                 missing[f"{type(mod).__name__}.{pname}"] += p.numel()
-    if missing:
-        notes.append("formula: no closed form for " + ", ".join(f"{k} ({v:,} params, MACs not counted)"
-                                                                  for k, v in missing.items()))
-    return stages, dict(params), notes
+    if not missing:
+        return []
+    return ["formula: no closed form for " + ", ".join(f"{k} ({v:,} params, MACs not counted)"
+                                                       for k, v in missing.items())]
 
 
 def _is_inside(name: str, parent: str) -> bool:
@@ -120,6 +141,12 @@ def _is_operator(mod) -> bool:
                             SpatialReductionAttention))
 
 
+def _direct_children(names: list[str], parent: str) -> list[str]:
+    """The module paths one level below `parent` ("" is the model itself)."""
+    prefix = parent + "." if parent else ""
+    return [c for c in names if c != parent and c.startswith(prefix) and "." not in c[len(prefix):]]
+
+
 def _fvcore_analysis(model, inputs, handles: dict | None):
     from fvcore.nn import FlopCountAnalysis
     fa = FlopCountAnalysis(model, inputs)
@@ -129,24 +156,23 @@ def _fvcore_analysis(model, inputs, handles: dict | None):
     return fa
 
 
+def _fvcore_params(model) -> dict:
+    """fvcore's parameter count per stage, by the path of the module owning each parameter."""
+    from fvcore.nn import parameter_count
+    pc = parameter_count(model)
+    params = Counter()
+    for pname, _ in model.named_parameters():
+        params[stage_of(pname.rsplit(".", 1)[0] if "." in pname else "")] += pc[pname]
+    return dict(params)
+
+
 def voice_fvcore(model, inputs, inventory: dict | None = None):
     """fvcore with the suite's handles. Each handle call is also recorded with the innermost module
-    scope of its node, which gives per-path, per-category counts (checked against fvcore's total)."""
+    scope of its node, which gives per-path, per-category counts (checked against fvcore's total).
+    Returns (stage -> Counter(category -> MACs), params per stage, [(path, op, calls)] unsupported)."""
     per_scope = defaultdict(Counter)
-    base = suite_handles()
-
-    def recorded(kind, h):
-        def f(inputs_, outputs_):
-            c = h(inputs_, outputs_)
-            scope = outputs_[0].node().scopeName().split("/")[-1] if outputs_ else ""
-            per_scope[scope].update(c)
-            if inventory is not None:
-                for key, v in c.items():
-                    inventory[(scope, kind)][key.split("|")[1]] += v
-            return c
-        return f
-
-    fa = _fvcore_analysis(model, inputs, {k: (recorded(k, h) if h else None) for k, h in base.items()})
+    handles = {k: (_recorded(k, h, per_scope, inventory) if h else None) for k, h in suite_handles().items()}
+    fa = _fvcore_analysis(model, inputs, handles)
     total = fa.total()
     got = sum(sum(c.values()) for c in per_scope.values())
     if got != total:
@@ -160,40 +186,44 @@ def voice_fvcore(model, inputs, inventory: dict | None = None):
             if cat == "elem" and mod is not None:
                 cat = elem_category(mod)
             stages[stage_of(scope)][cat] += v
-    # unsupported ops, attributed to their innermost module
-    unsupported = []
-    names = [n for n, _ in model.named_modules()]
+    return stages, _fvcore_params(model), _unsupported(fa, [n for n, _ in model.named_modules()])
+
+
+def _recorded(kind: str, handle, per_scope: dict, inventory: dict | None):
+    """`handle`, also adding its counts to per_scope[scope] and inventory[(scope, kind)][category]."""
+    def f(inputs_, outputs_):
+        c = handle(inputs_, outputs_)
+        scope = outputs_[0].node().scopeName().split("/")[-1] if outputs_ else ""
+        per_scope[scope].update(c)
+        if inventory is not None:
+            for key, v in c.items():
+                inventory[(scope, kind)][key.split("|")[1]] += v
+        return c
+    return f
+
+
+def _unsupported(fa, names: list[str]) -> list[tuple]:
+    """Ops fvcore has no handle for, attributed to their innermost module: [(path, op, calls)]."""
+    out = []
     for n in names:
         own = Counter(fa.unsupported_ops(n))
-        for child in names:
-            if child != n and child.startswith(n + "." if n else "") and "." not in child[len(n) + (1 if n else 0):]:
-                own.subtract(fa.unsupported_ops(child))
+        for child in _direct_children(names, n):
+            own.subtract(fa.unsupported_ops(child))
         for op, cnt in own.items():
             if cnt > 0:
-                unsupported.append((n, op, cnt))
-    from fvcore.nn import parameter_count
-    pc = parameter_count(model)
-    params = Counter()
-    for pname, p in model.named_parameters():
-        params[stage_of(pname.rsplit(".", 1)[0] if "." in pname else "")] += pc[pname]
-    return stages, dict(params), unsupported
+                out.append((n, op, cnt))
+    return out
 
 
 def voice_fvcore_default(model, inputs):
-    from fvcore.nn import parameter_count
+    """fvcore with its default handles only: what a plain FlopCountAnalysis call reports."""
     fa = _fvcore_analysis(model, inputs, None)
     bm = fa.by_module()
     names = [n for n, _ in model.named_modules()]
     stages = Counter()
     for n in names:
-        own = bm.get(n, 0) - sum(bm.get(c, 0) for c in names
-                                 if c != n and c.startswith(n + "." if n else "") and "." not in c[len(n) + (1 if n else 0):])
-        stages[stage_of(n)] += own
-    pc = parameter_count(model)
-    params = Counter()
-    for pname, _ in model.named_parameters():
-        params[stage_of(pname.rsplit(".", 1)[0] if "." in pname else "")] += pc[pname]
-    return dict(stages), dict(params)
+        stages[stage_of(n)] += bm.get(n, 0) - sum(bm.get(c, 0) for c in _direct_children(names, n))
+    return dict(stages), _fvcore_params(model)
 
 
 class _PathList(list):
