@@ -178,6 +178,8 @@ def create_dm(name: str, **kw):
     import datamodules
 
     name = _DM_NAMES.get(name, name)
+    if name == "synthetic":  # generated in memory: it has no root (and passes root=None itself)
+        kw.pop("root", None)
     if hasattr(datamodules, "create_datamodule"):
         return datamodules.create_datamodule(name, **kw)
     cls = getattr(datamodules, _DM_CLASSES.get(name, ""), None)
