@@ -20,11 +20,27 @@ SUBCOMMANDS = [
 ]
 
 
+def version() -> str:
+    """The installed package's version (pyproject.toml), or the source tree's when not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("acmix-bench")
+    except metadata.PackageNotFoundError:
+        import os
+        import re
+
+        pp = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml")
+        m = re.search(r'^version = "([^"]+)"', open(pp).read(), re.M) if os.path.exists(pp) else None
+        return (m.group(1) + " (source tree)") if m else "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="acmix-bench",
         description="Benchmark suite for convolution, self-attention and ACmix operators.",
     )
+    parser.add_argument("--version", action="version", version=f"acmix-bench {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(name).register(sub)

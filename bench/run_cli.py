@@ -149,6 +149,11 @@ def run(args) -> int:
         df = C.cells_table(cells)
         if args.format == "csv":
             sys.stdout.write(df.to_csv(index=False))
+        elif args.format == "json":
+            import json
+
+            sys.stdout.write(json.dumps({"config": cfg["name"], "shard": args.shard, "cells": json.loads(
+                df.to_json(orient="records"))}, indent=1) + "\n")
         else:
             print(f"{cfg['name']}: {len(cells)} cells" + (f" (shard {args.shard})" if args.shard else ""))
             print(df.to_string(index=False))
@@ -202,7 +207,8 @@ def run(args) -> int:
 
     if is_rank_zero():
         prepare_data(cfg)
-    res = run_matrix(cfg, cells, out, progress=not args.no_progress, retry_failed=args.retry_failed)
+    res = run_matrix(cfg, cells, out, progress=not args.no_progress, retry_failed=args.retry_failed,
+                     verbose=args.verbose)
     if not is_rank_zero():
         return 0
     st = ", ".join(f"{k} {v}" for k, v in sorted(res["status"].items())) or "none run"
@@ -232,13 +238,16 @@ def register(sub) -> None:
     p.add_argument("config", help="matrix YAML, e.g. configs/default.yaml")
     p.add_argument("--out", help="results directory (records in OUT/cells/, table in OUT/results.csv)")
     p.add_argument("--dry-run", action="store_true", help="print the expanded cells and exit")
-    p.add_argument("--format", choices=("text", "csv"), default="text", help="--dry-run output format")
+    p.add_argument("--format", choices=("text", "csv", "json"), default="text", help="--dry-run output format")
     p.add_argument("--shard", metavar="I/N", help="run only shard I of N (0-based, round-robin over the cells)")
     p.add_argument("--executor", choices=("inline", "slurm", "local"), default="inline",
                    help="inline: run here; slurm: one submitit job per cell; local: submitit's local executor")
     p.add_argument("--wait", action="store_true", help="with --executor slurm: wait for the jobs, then rebuild results")
     p.add_argument("--retry-failed", action="store_true", help="rerun cells recorded as failed, nan or oom")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per cell only)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per cell only)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="Lightning's own per-cell progress bars and messages (default: the matrix bar and one "
+                        "line per cell)")
     p.add_argument("--no-report", action="store_true", help="do not print the report after the matrix")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set any config key, e.g. --set data.batch_size=64 --set trainer.precision=bf16-mixed "

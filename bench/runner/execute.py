@@ -494,25 +494,51 @@ def summary_line(rec: dict) -> str:
     return " ".join(parts)
 
 
+@contextlib.contextmanager
+def _quiet_lightning(verbose: bool):
+    """Lightning's per-Trainer info lines (accelerator summary, tips) once per cell drown the per-cell lines:
+    keep only its warnings unless verbose."""
+    import logging
+
+    names = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
+    old = {n: logging.getLogger(n).level for n in names}
+    if not verbose:
+        for n in names:
+            logging.getLogger(n).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for n, lvl in old.items():
+            logging.getLogger(n).setLevel(lvl)
+
+
 def run_matrix(cfg: dict, cells: list[dict], out: str, *, progress: bool = True, retry_failed: bool = False,
-               echo=print) -> dict:
-    """Run every unfinished cell; return {"ran", "skipped", "status": {status: n}, "interrupted": bool}."""
+               echo=print, verbose: bool = False) -> dict:
+    """Run every unfinished cell; return {"ran", "skipped", "status": {status: n}, "interrupted": bool}.
+
+    progress: the matrix bar (one bar, per-cell lines printed above it); verbose: Lightning's own bars
+    and info lines for every cell too."""
     writer = is_rank_zero()
     os.makedirs(out, exist_ok=True)
     todo, done = pending(cells, out, retry_failed)
+    bar = None
+
     def say(*a):
-        if writer:
+        if not writer:
+            return
+        if bar is not None:  # above the bar, which stays whole at the bottom
+            bar.write(" ".join(map(str, a)), file=sys.stdout)
+        else:
             echo(*a)
-            sys.stdout.flush()
+        sys.stdout.flush()
     say(f"acmix-bench run: {len(cells)} cells, {len(done)} already finished, {len(todo)} to run; results in {out}")
     counts: dict = {}
     result = {"ran": 0, "skipped": len(done), "busy": 0, "status": counts, "interrupted": False}
-    bar = None
     if progress and writer and todo:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(todo), desc="cells", unit="cell", position=0, leave=True, file=sys.stdout)
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), _quiet_lightning(verbose):
             for i, cell in enumerate(todo, 1):
                 with _cell_lock(out, cell["cell_id"]) as got:
                     if not got:  # another process on this machine is running it
@@ -525,9 +551,11 @@ def run_matrix(cfg: dict, cells: list[dict], out: str, *, progress: bool = True,
                         continue
                     say(f"[{i}/{len(todo)}] start       {cell['cell_id']}")
                     try:
-                        rec = run_cell(cell, cfg, out, progress=progress)
-                    except CellInterrupted:
+                        rec = run_cell(cell, cfg, out, progress=verbose)
+                    except CellInterrupted as e:
                         result["interrupted"] = True
+                        if isinstance(e.__cause__, SystemExit):  # e.g. submitit's requeue exit: the caller re-raises
+                            result["exit"] = e.__cause__.code
                         counts["interrupted"] = counts.get("interrupted", 0) + 1
                         say(f"[{i}/{len(todo)}] interrupted {cell['cell_id']}: finished records are intact; "
                             f"rerun the same command to resume")
