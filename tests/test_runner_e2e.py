@@ -410,3 +410,53 @@ def test_wait_jobs_collects_job_level_errors(tmp_path):
                        echo=lines.append)
     assert failed == [{"job_id": "2", "cell_id": "b", "error": "Job 2 (task: 0) failed with exit code 137"}]
     assert lines[-1] == "all 2 job(s) finished (1 with a job-level error)"
+
+
+def _ppid(pid: int):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def test_submitit_job_checkpoints_requeues_and_resumes(tmp_path):
+    """The job function is a submitit Checkpointable: interrupting a running job (the signal Slurm sends before a
+    time-out or preemption) requeues it, and the rerun resumes the cell from its last.ckpt."""
+    import submitit
+
+    from bench.runner.cells import expand
+    from bench.runner.config import load_config
+    from bench.runner.submit import CellsJob
+
+    cfg = load_config(tiny_config(tmp_path, matrix={"backbones": ["resnet26"], "operators": ["conv"],
+                                                     "datasets": ["synthetic"], "seeds": [0]},
+                                  data={"train_subset": 1024}))
+    cell = expand(cfg)[0]["cell_id"]
+    out = str(tmp_path / "out")
+    assert isinstance(CellsJob(), submitit.helpers.Checkpointable)
+    ex = submitit.AutoExecutor(folder=str(tmp_path / "sub" / "%j"), cluster="local")
+    ex.update_parameters(timeout_min=30)
+    job = ex.submit(CellsJob(), cfg, out, [cell])
+    ckpt = os.path.join(out, "ckpt", cell, "last.ckpt")
+    t0 = time.time()
+    while not os.path.exists(ckpt) and time.time() - t0 < 300 and not job.done():
+        time.sleep(0.2)
+    assert os.path.exists(ckpt), job.stderr()
+    # preempt the running task the way Slurm's signal reaches it: SIGUSR2 to the job's task process (submitit's
+    # handler then calls checkpoint() and exits with its requeue code; the local controller starts it again)
+    ctl = job._process.pid
+    tasks = [int(d) for d in os.listdir("/proc") if d.isdigit() and _ppid(int(d)) == ctl]
+    assert tasks, "the job's task process was not found"
+    for pid in tasks:
+        os.kill(pid, signal.SIGUSR2)
+    res = job.result()
+    assert res["status"] == {"ok": 1}
+    rec = R.read_record(out, cell)
+    assert rec["status"] == "ok" and rec["resumed_from"] == f"ckpt/{cell}/last.ckpt"
+    assert rec["metrics"]["steps"] == 64  # 1024 samples / batch 16, one epoch, whole despite the requeue
+    _, ev = finishes(out)
+    assert [e["event"] for e in ev] == ["start", "requeue", "finish", "start", "finish"]
+    assert [e.get("status") for e in ev if e["event"] == "finish"] == ["interrupted", "ok"]
+    assert "Requeued job" in (job.stderr() or "") + (job.stdout() or "")
+    assert "preempted" in (job.stderr() or "") + (job.stdout() or "")

@@ -418,7 +418,7 @@ def run_cell(cell: dict, cfg: dict, out: str, *, progress: bool = False) -> dict
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     if interrupted is not None:
-        raise CellInterrupted(rec["cell_id"])
+        raise CellInterrupted(rec["cell_id"]) from interrupted
     return rec
 
 
