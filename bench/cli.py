@@ -7,8 +7,11 @@ SUBCOMMANDS.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
+
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 SUBCOMMANDS = [
     "bench.demo",
@@ -57,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
         print(f"acmix-bench {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the disk, not the input: full, read-only, no permission
+        if e.errno not in DISK_ERRNOS:
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"acmix-bench {args.command}: error: {e.strerror or e}{where}; free space or fix the directory and "
+              f"rerun the same command (records already written are intact)", file=sys.stderr)
         return 2
 
 

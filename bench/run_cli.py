@@ -111,6 +111,25 @@ def _name_not_ok(bad: list[dict], echo=print) -> None:
         echo(f"  {r['status']:<7} {r['cell_id']}: {r.get('reason') or ''}")
 
 
+def warn_unreadable_records(out: str, echo=print) -> list[str]:
+    """Records that are not valid JSON (edited by hand, copied half): their cells count as not run and run again."""
+    import json
+
+    d = os.path.join(out, "cells")
+    bad = []
+    for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+        if not name.endswith(".json") or name.startswith("."):
+            continue
+        try:
+            with open(os.path.join(d, name)) as f:
+                json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            bad.append(name)
+            echo(f"acmix-bench run: warning: {os.path.join(d, name)} is not a readable record "
+                 f"({' '.join(str(e).split())[:120]}); its cell runs again and the record is replaced")
+    return bad
+
+
 def warn_other_code(out: str, echo=print) -> bool:
     """Before resuming OUT: say so when its records were written by another commit (or a dirty tree) than the
     code about to run, since finished cells are kept and the table would mix both. True when it warned."""
@@ -161,12 +180,15 @@ def run(args) -> int:
     out = args.out
     if out is None:
         raise ValueError("--out DIR is required to run (records go to DIR/cells/); use --dry-run to only list cells")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is a file; pass a directory (records go to DIR/cells/)")
     os.makedirs(out, exist_ok=True)
     from bench.runner.execute import is_rank_zero
     from bench.runner.records import atomic_write_json
 
     if is_rank_zero():
         warn_other_code(out)
+        warn_unreadable_records(out)
     if is_rank_zero():  # the whole matrix (every shard writes the same plan), for reports' "planned but missing"
         atomic_write_json(os.path.join(out, "plan.json"), {"config": cfg["name"], "config_file": args.config,
                                                            "cells": [c["cell_id"] for c in every]})

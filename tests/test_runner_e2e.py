@@ -460,3 +460,50 @@ def test_submitit_job_checkpoints_requeues_and_resumes(tmp_path):
     assert [e.get("status") for e in ev if e["event"] == "finish"] == ["interrupted", "ok"]
     assert "Requeued job" in (job.stderr() or "") + (job.stdout() or "")
     assert "preempted" in (job.stderr() or "") + (job.stdout() or "")
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: a cell killed mid-epoch and resumed from last.ckpt does not "
+                                       "equal the uninterrupted cell (metrics differ). The train DataLoader is not "
+                                       "resumable (no state_dict/load_state_dict), so Lightning restarts the "
+                                       "epoch's batch order and warns 'resuming from a checkpoint that ended "
+                                       "before the epoch ended and your dataloader is not resumable'")
+def test_resumed_cell_equals_uninterrupted_cell_bitwise(tmp_path):
+    """Kill a cell mid-training (SIGKILL after a checkpoint), resume it: its metrics and final weights equal, bit
+    for bit, those of the same cell run without interruption (CPU, one thread, deterministic)."""
+    cfg = tiny_config(tmp_path, operators=("acmix",), matrix={"backbones": ["resnet26"], "operators": ["acmix"],
+                                                              "datasets": ["synthetic"], "seeds": [0]},
+                      data={"train_subset": 384, "augment": False},
+                      trainer={"accelerator": "cpu", "max_epochs": 1, "log_every_n_steps": 1,
+                               "checkpoint_every_n_steps": 1, "keep_checkpoints": True, "deterministic": True},
+                      optim={"lr": 0.05, "warmup_epochs": 0.25})
+    whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
+    p = _spawn(cfg, whole)
+    log = p.communicate(timeout=900)[0]
+    assert p.returncode == 0, log[-3000:]
+    p = _spawn(cfg, cut)
+
+    def after_some_steps():
+        d = os.path.join(cut, "logs")
+        ck = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(cut, "ckpt")) for f in fs if f == "last.ckpt"]
+        return bool(ck) and os.path.getsize(ck[0]) > 0 and os.path.isdir(d) and \
+            torch.load(ck[0], map_location="cpu", weights_only=False)["global_step"] >= 5
+    ok = _wait_for(after_some_steps, p, timeout=600)
+    os.killpg(p.pid, signal.SIGKILL)
+    log = p.communicate()[0]
+    assert ok, log[-3000:]
+    (rec,) = R.read_records(cut)
+    assert rec["status"] == "running"
+    p = _spawn(cfg, cut)
+    log = p.communicate(timeout=900)[0]
+    assert p.returncode == 0, log[-3000:]
+    a, b = R.read_records(whole)[0], R.read_records(cut)[0]
+    assert b["resumed_from"] and a["resumed_from"] is None
+    assert a["cell_id"] == b["cell_id"] and a["status"] == b["status"] == "ok"
+    assert a["metrics"] == b["metrics"] and a["metrics"]["steps"] == 24
+    assert a["mixing_by_depth"] == b["mixing_by_depth"]
+    wa = torch.load(os.path.join(whole, "ckpt", a["cell_id"], "last.ckpt"), map_location="cpu", weights_only=False)
+    wb = torch.load(os.path.join(cut, "ckpt", b["cell_id"], "last.ckpt"), map_location="cpu", weights_only=False)
+    assert wa["global_step"] == wb["global_step"] == 24
+    assert wa["state_dict"].keys() == wb["state_dict"].keys()
+    for k, v in wa["state_dict"].items():
+        assert torch.equal(v, wb["state_dict"][k]), k

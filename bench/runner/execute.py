@@ -290,6 +290,24 @@ def _metric(metrics: dict, *keys):
     return None
 
 
+def _checkpoint_readable(path: str, state: dict) -> bool:
+    """A last.ckpt that cannot be loaded (cut short by a full disk, a crash mid-copy) is moved aside and the cell
+    starts from scratch, rather than failing on every rerun; the record's `resume_note` says so."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(ck, dict) or "state_dict" not in ck:
+            raise ValueError("no state_dict in it")
+        return True
+    except Exception as e:  # noqa: BLE001 - any unreadable file: set it aside, keep it for inspection
+        aside = f"{path}.unreadable-{int(time.time())}"
+        os.replace(path, aside)
+        note = (f"checkpoint {os.path.basename(path)} was unreadable ({one_line(e)[:160]}); moved to "
+                f"{os.path.basename(aside)}, the cell restarted from scratch")
+        state["resume_note"] = note
+        print(f"acmix-bench run: warning: {note}", file=sys.stderr)
+        return False
+
+
 def train_and_test(cell: dict, cfg: dict, model, out: str, progress: bool, state: dict) -> None:
     """Fit (resuming from the cell's last checkpoint) and test; fills state['metrics'] etc. as it goes."""
     import lightning.pytorch as pl
@@ -307,7 +325,7 @@ def train_and_test(cell: dict, cfg: dict, model, out: str, progress: bool, state
     callbacks, tp = _callbacks(ckpt_dir, cfg)
     trainer = make_trainer(cfg, callbacks, os.path.join(out, "logs", cell["cell_id"]), progress)
     state["trainer"] = trainer
-    resume = last if os.path.isfile(last) else None
+    resume = last if os.path.isfile(last) and _checkpoint_readable(last, state) else None
     state["resumed_from"] = os.path.relpath(resume, out) if resume else None
     pl.seed_everything(cell["seed"], workers=True, verbose=False)
     dev = _device_for(cfg)
@@ -405,6 +423,8 @@ def run_cell(cell: dict, cfg: dict, out: str, *, progress: bool = False) -> dict
         rec["status"], rec["reason"] = classify(e), one_line(e)
     finally:
         rec["resumed_from"] = state.get("resumed_from")
+        if state.get("resume_note"):
+            rec["resume_note"] = state["resume_note"]
         if "metrics" in state and rec["metrics"] is None:
             rec["metrics"] = state["metrics"]
         rec["wall_s"] = float(rec["wall_s"]) + time.perf_counter() - t0
