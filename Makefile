@@ -1,7 +1,8 @@
 # Set-up is part of every target: `.venv` is created on first use.
 # torch/torchvision are pinned to the builds this project's CPU machines carry on disk;
 # the package metadata itself does not pin them (GPU users bring their own CUDA build).
-PY ?= python3.11
+# any python3 >= 3.10; pick one with `make PY=python3.12 setup` (only used to create .venv)
+PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
@@ -10,6 +11,8 @@ THREADS ?= 2
 .PHONY: bench test setup clean
 
 $(BIN)/.installed: pyproject.toml
+	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+		{ echo "make: $(PY) is older than Python 3.10; run e.g. make PY=python3.11"; exit 1; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PINS)

@@ -15,7 +15,9 @@ the closest widths found.
 """
 from __future__ import annotations
 
+import json
 import math
+import sys
 from dataclasses import asdict, dataclass
 
 import torch
@@ -195,8 +197,20 @@ def run(args) -> int:
     if args.shift:
         overrides["shift"] = args.shift
     ref_over = {} if args.reference.startswith("torchvision:") else dict(overrides)
-    res = match_widths(args.reference, args.variants, args.size, tol=args.tol, conventions=args.conventions,
-                       multiple_of=args.multiple_of, reference_overrides=ref_over, overrides=overrides)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if isinstance(args.variants, str) \
+        else list(args.variants)
+    # counting takes seconds per model: say where it is (stderr, so csv/json output stays clean)
+    print(f"acmix-bench match: counting the reference {args.reference} ...", file=sys.stderr, flush=True)
+    target = model_macs(args.reference, args.size, Conventions.parse(args.conventions), **ref_over)
+    res = []
+    for i, v in enumerate(variants, 1):
+        print(f"acmix-bench match: [{i}/{len(variants)}] searching widths for {v} ...", file=sys.stderr, flush=True)
+        res += match_widths(target, [v], args.size, tol=args.tol, conventions=args.conventions,
+                            multiple_of=args.multiple_of, overrides=overrides)
+    if args.format == "json":
+        print(json.dumps([{"model": r.model, "target_macs": r.target_macs, "macs": r.macs, "rel_error": r.rel_error,
+                           "widths": list(r.widths)} for r in res], indent=1))
+        return 0
     if args.format == "csv":
         print("model,target_macs,macs,rel_error,widths")
         for r in res:
@@ -224,6 +238,6 @@ def register(sub) -> None:
     p.add_argument("--stem", default=None, help="stem override for registry models (imagenet | small)")
     p.add_argument("--shift", default=None, help="shift implementation override for the variants")
     p.add_argument("--conventions", default=None, help="as for acmix-bench flops")
-    p.add_argument("--format", default="table", choices=("table", "csv"))
+    p.add_argument("--format", default="table", choices=("table", "csv", "json"))
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=run)

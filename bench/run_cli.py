@@ -111,6 +111,25 @@ def _name_not_ok(bad: list[dict], echo=print) -> None:
         echo(f"  {r['status']:<7} {r['cell_id']}: {r.get('reason') or ''}")
 
 
+def warn_unreadable_records(out: str, echo=print) -> list[str]:
+    """Records that are not valid JSON (edited by hand, copied half): their cells count as not run and run again."""
+    import json
+
+    d = os.path.join(out, "cells")
+    bad = []
+    for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+        if not name.endswith(".json") or name.startswith("."):
+            continue
+        try:
+            with open(os.path.join(d, name)) as f:
+                json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            bad.append(name)
+            echo(f"acmix-bench run: warning: {os.path.join(d, name)} is not a readable record "
+                 f"({' '.join(str(e).split())[:120]}); its cell runs again and the record is replaced")
+    return bad
+
+
 def warn_other_code(out: str, echo=print) -> bool:
     """Before resuming OUT: say so when its records were written by another commit (or a dirty tree) than the
     code about to run, since finished cells are kept and the table would mix both. True when it warned."""
@@ -149,6 +168,11 @@ def run(args) -> int:
         df = C.cells_table(cells)
         if args.format == "csv":
             sys.stdout.write(df.to_csv(index=False))
+        elif args.format == "json":
+            import json
+
+            sys.stdout.write(json.dumps({"config": cfg["name"], "shard": args.shard, "cells": json.loads(
+                df.to_json(orient="records"))}, indent=1) + "\n")
         else:
             print(f"{cfg['name']}: {len(cells)} cells" + (f" (shard {args.shard})" if args.shard else ""))
             print(df.to_string(index=False))
@@ -156,12 +180,15 @@ def run(args) -> int:
     out = args.out
     if out is None:
         raise ValueError("--out DIR is required to run (records go to DIR/cells/); use --dry-run to only list cells")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is a file; pass a directory (records go to DIR/cells/)")
     os.makedirs(out, exist_ok=True)
     from bench.runner.execute import is_rank_zero
     from bench.runner.records import atomic_write_json
 
     if is_rank_zero():
         warn_other_code(out)
+        warn_unreadable_records(out)
     if is_rank_zero():  # the whole matrix (every shard writes the same plan), for reports' "planned but missing"
         atomic_write_json(os.path.join(out, "plan.json"), {"config": cfg["name"], "config_file": args.config,
                                                            "cells": [c["cell_id"] for c in every],
@@ -203,7 +230,8 @@ def run(args) -> int:
 
     if is_rank_zero():
         prepare_data(cfg)
-    res = run_matrix(cfg, cells, out, progress=not args.no_progress, retry_failed=args.retry_failed)
+    res = run_matrix(cfg, cells, out, progress=not args.no_progress, retry_failed=args.retry_failed,
+                     verbose=args.verbose)
     if not is_rank_zero():
         return 0
     st = ", ".join(f"{k} {v}" for k, v in sorted(res["status"].items())) or "none run"
@@ -233,13 +261,16 @@ def register(sub) -> None:
     p.add_argument("config", help="matrix YAML, e.g. configs/default.yaml")
     p.add_argument("--out", help="results directory (records in OUT/cells/, table in OUT/results.csv)")
     p.add_argument("--dry-run", action="store_true", help="print the expanded cells and exit")
-    p.add_argument("--format", choices=("text", "csv"), default="text", help="--dry-run output format")
+    p.add_argument("--format", choices=("text", "csv", "json"), default="text", help="--dry-run output format")
     p.add_argument("--shard", metavar="I/N", help="run only shard I of N (0-based, round-robin over the cells)")
     p.add_argument("--executor", choices=("inline", "slurm", "local"), default="inline",
                    help="inline: run here; slurm: one submitit job per cell; local: submitit's local executor")
     p.add_argument("--wait", action="store_true", help="with --executor slurm: wait for the jobs, then rebuild results")
     p.add_argument("--retry-failed", action="store_true", help="rerun cells recorded as failed, nan or oom")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per cell only)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per cell only)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="Lightning's own per-cell progress bars and messages (default: the matrix bar and one "
+                        "line per cell)")
     p.add_argument("--no-report", action="store_true", help="do not print the report after the matrix")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set any config key, e.g. --set data.batch_size=64 --set trainer.precision=bf16-mixed "

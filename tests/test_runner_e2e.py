@@ -412,3 +412,100 @@ def test_wait_jobs_collects_job_level_errors(tmp_path):
                        echo=lines.append)
     assert failed == [{"job_id": "2", "cell_id": "b", "error": "Job 2 (task: 0) failed with exit code 137"}]
     assert lines[-1] == "all 2 job(s) finished (1 with a job-level error)"
+
+
+def _ppid(pid: int):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def test_submitit_job_checkpoints_requeues_and_resumes(tmp_path):
+    """The job function is a submitit Checkpointable: interrupting a running job (the signal Slurm sends before a
+    time-out or preemption) requeues it, and the rerun resumes the cell from its last.ckpt."""
+    import submitit
+
+    from bench.runner.cells import expand
+    from bench.runner.config import load_config
+    from bench.runner.submit import CellsJob
+
+    cfg = load_config(tiny_config(tmp_path, matrix={"backbones": ["resnet26"], "operators": ["conv"],
+                                                     "datasets": ["synthetic"], "seeds": [0]},
+                                  data={"train_subset": 1024}))
+    cell = expand(cfg)[0]["cell_id"]
+    out = str(tmp_path / "out")
+    assert isinstance(CellsJob(), submitit.helpers.Checkpointable)
+    ex = submitit.AutoExecutor(folder=str(tmp_path / "sub" / "%j"), cluster="local")
+    ex.update_parameters(timeout_min=30)
+    job = ex.submit(CellsJob(), cfg, out, [cell])
+    ckpt = os.path.join(out, "ckpt", cell, "last.ckpt")
+    t0 = time.time()
+    while not os.path.exists(ckpt) and time.time() - t0 < 300 and not job.done():
+        time.sleep(0.2)
+    assert os.path.exists(ckpt), job.stderr()
+    # preempt the running task the way Slurm's signal reaches it: SIGUSR2 to the job's task process (submitit's
+    # handler then calls checkpoint() and exits with its requeue code; the local controller starts it again)
+    ctl = job._process.pid
+    tasks = [int(d) for d in os.listdir("/proc") if d.isdigit() and _ppid(int(d)) == ctl]
+    assert tasks, "the job's task process was not found"
+    for pid in tasks:
+        os.kill(pid, signal.SIGUSR2)
+    res = job.result()
+    assert res["status"] == {"ok": 1}
+    rec = R.read_record(out, cell)
+    assert rec["status"] == "ok" and rec["resumed_from"] == f"ckpt/{cell}/last.ckpt"
+    assert rec["metrics"]["steps"] == 64  # 1024 samples / batch 16, one epoch, whole despite the requeue
+    _, ev = finishes(out)
+    assert [e["event"] for e in ev] == ["start", "requeue", "finish", "start", "finish"]
+    assert [e.get("status") for e in ev if e["event"] == "finish"] == ["interrupted", "ok"]
+    assert "Requeued job" in (job.stderr() or "") + (job.stdout() or "")
+    assert "preempted" in (job.stderr() or "") + (job.stdout() or "")
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: a cell killed mid-epoch and resumed from last.ckpt does not "
+                                       "equal the uninterrupted cell (metrics differ). The train DataLoader is not "
+                                       "resumable (no state_dict/load_state_dict), so Lightning restarts the "
+                                       "epoch's batch order and warns 'resuming from a checkpoint that ended "
+                                       "before the epoch ended and your dataloader is not resumable'")
+def test_resumed_cell_equals_uninterrupted_cell_bitwise(tmp_path):
+    """Kill a cell mid-training (SIGKILL after a checkpoint), resume it: its metrics and final weights equal, bit
+    for bit, those of the same cell run without interruption (CPU, one thread, deterministic)."""
+    cfg = tiny_config(tmp_path, operators=("acmix",), matrix={"backbones": ["resnet26"], "operators": ["acmix"],
+                                                              "datasets": ["synthetic"], "seeds": [0]},
+                      data={"train_subset": 384, "augment": False},
+                      trainer={"accelerator": "cpu", "max_epochs": 1, "log_every_n_steps": 1,
+                               "checkpoint_every_n_steps": 1, "keep_checkpoints": True, "deterministic": True},
+                      optim={"lr": 0.05, "warmup_epochs": 0.25})
+    whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
+    p = _spawn(cfg, whole)
+    log = p.communicate(timeout=900)[0]
+    assert p.returncode == 0, log[-3000:]
+    p = _spawn(cfg, cut)
+
+    def after_some_steps():
+        d = os.path.join(cut, "logs")
+        ck = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(cut, "ckpt")) for f in fs if f == "last.ckpt"]
+        return bool(ck) and os.path.getsize(ck[0]) > 0 and os.path.isdir(d) and \
+            torch.load(ck[0], map_location="cpu", weights_only=False)["global_step"] >= 5
+    ok = _wait_for(after_some_steps, p, timeout=600)
+    os.killpg(p.pid, signal.SIGKILL)
+    log = p.communicate()[0]
+    assert ok, log[-3000:]
+    (rec,) = R.read_records(cut)
+    assert rec["status"] == "running"
+    p = _spawn(cfg, cut)
+    log = p.communicate(timeout=900)[0]
+    assert p.returncode == 0, log[-3000:]
+    a, b = R.read_records(whole)[0], R.read_records(cut)[0]
+    assert b["resumed_from"] and a["resumed_from"] is None
+    assert a["cell_id"] == b["cell_id"] and a["status"] == b["status"] == "ok"
+    assert a["metrics"] == b["metrics"] and a["metrics"]["steps"] == 24
+    assert a["mixing_by_depth"] == b["mixing_by_depth"]
+    wa = torch.load(os.path.join(whole, "ckpt", a["cell_id"], "last.ckpt"), map_location="cpu", weights_only=False)
+    wb = torch.load(os.path.join(cut, "ckpt", b["cell_id"], "last.ckpt"), map_location="cpu", weights_only=False)
+    assert wa["global_step"] == wb["global_step"] == 24
+    assert wa["state_dict"].keys() == wb["state_dict"].keys()
+    for k, v in wa["state_dict"].items():
+        assert torch.equal(v, wb["state_dict"][k]), k

@@ -178,6 +178,8 @@ def create_dm(name: str, **kw):
     import datamodules
 
     name = _DM_NAMES.get(name, name)
+    if name == "synthetic":  # generated in memory: it has no root (and passes root=None itself)
+        kw.pop("root", None)
     if hasattr(datamodules, "create_datamodule"):
         return datamodules.create_datamodule(name, **kw)
     cls = getattr(datamodules, _DM_CLASSES.get(name, ""), None)
@@ -288,6 +290,24 @@ def _metric(metrics: dict, *keys):
     return None
 
 
+def _checkpoint_readable(path: str, state: dict) -> bool:
+    """A last.ckpt that cannot be loaded (cut short by a full disk, a crash mid-copy) is moved aside and the cell
+    starts from scratch, rather than failing on every rerun; the record's `resume_note` says so."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(ck, dict) or "state_dict" not in ck:
+            raise ValueError("no state_dict in it")
+        return True
+    except Exception as e:  # noqa: BLE001 - any unreadable file: set it aside, keep it for inspection
+        aside = f"{path}.unreadable-{int(time.time())}"
+        os.replace(path, aside)
+        note = (f"checkpoint {os.path.basename(path)} was unreadable ({one_line(e)[:160]}); moved to "
+                f"{os.path.basename(aside)}, the cell restarted from scratch")
+        state["resume_note"] = note
+        print(f"acmix-bench run: warning: {note}", file=sys.stderr)
+        return False
+
+
 def train_and_test(cell: dict, cfg: dict, model, out: str, progress: bool, state: dict) -> None:
     """Fit (resuming from the cell's last checkpoint) and test; fills state['metrics'] etc. as it goes."""
     import lightning.pytorch as pl
@@ -305,7 +325,7 @@ def train_and_test(cell: dict, cfg: dict, model, out: str, progress: bool, state
     callbacks, tp = _callbacks(ckpt_dir, cfg)
     trainer = make_trainer(cfg, callbacks, os.path.join(out, "logs", cell["cell_id"]), progress)
     state["trainer"] = trainer
-    resume = last if os.path.isfile(last) else None
+    resume = last if os.path.isfile(last) and _checkpoint_readable(last, state) else None
     state["resumed_from"] = os.path.relpath(resume, out) if resume else None
     pl.seed_everything(cell["seed"], workers=True, verbose=False)
     dev = _device_for(cfg)
@@ -403,6 +423,8 @@ def run_cell(cell: dict, cfg: dict, out: str, *, progress: bool = False) -> dict
         rec["status"], rec["reason"] = classify(e), one_line(e)
     finally:
         rec["resumed_from"] = state.get("resumed_from")
+        if state.get("resume_note"):
+            rec["resume_note"] = state["resume_note"]
         if "metrics" in state and rec["metrics"] is None:
             rec["metrics"] = state["metrics"]
         rec["wall_s"] = float(rec["wall_s"]) + time.perf_counter() - t0
@@ -416,7 +438,7 @@ def run_cell(cell: dict, cfg: dict, out: str, *, progress: bool = False) -> dict
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     if interrupted is not None:
-        raise CellInterrupted(rec["cell_id"])
+        raise CellInterrupted(rec["cell_id"]) from interrupted
     return rec
 
 
@@ -492,25 +514,51 @@ def summary_line(rec: dict) -> str:
     return " ".join(parts)
 
 
+@contextlib.contextmanager
+def _quiet_lightning(verbose: bool):
+    """Lightning's per-Trainer info lines (accelerator summary, tips) once per cell drown the per-cell lines:
+    keep only its warnings unless verbose."""
+    import logging
+
+    names = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
+    old = {n: logging.getLogger(n).level for n in names}
+    if not verbose:
+        for n in names:
+            logging.getLogger(n).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for n, lvl in old.items():
+            logging.getLogger(n).setLevel(lvl)
+
+
 def run_matrix(cfg: dict, cells: list[dict], out: str, *, progress: bool = True, retry_failed: bool = False,
-               echo=print) -> dict:
-    """Run every unfinished cell; return {"ran", "skipped", "status": {status: n}, "interrupted": bool}."""
+               echo=print, verbose: bool = False) -> dict:
+    """Run every unfinished cell; return {"ran", "skipped", "status": {status: n}, "interrupted": bool}.
+
+    progress: the matrix bar (one bar, per-cell lines printed above it); verbose: Lightning's own bars
+    and info lines for every cell too."""
     writer = is_rank_zero()
     os.makedirs(out, exist_ok=True)
     todo, done = pending(cells, out, retry_failed)
+    bar = None
+
     def say(*a):
-        if writer:
+        if not writer:
+            return
+        if bar is not None:  # above the bar, which stays whole at the bottom
+            bar.write(" ".join(map(str, a)), file=sys.stdout)
+        else:
             echo(*a)
-            sys.stdout.flush()
+        sys.stdout.flush()
     say(f"acmix-bench run: {len(cells)} cells, {len(done)} already finished, {len(todo)} to run; results in {out}")
     counts: dict = {}
     result = {"ran": 0, "skipped": len(done), "busy": 0, "status": counts, "interrupted": False}
-    bar = None
     if progress and writer and todo:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(todo), desc="cells", unit="cell", position=0, leave=True, file=sys.stdout)
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), _quiet_lightning(verbose):
             for i, cell in enumerate(todo, 1):
                 with _cell_lock(out, cell["cell_id"]) as got:
                     if not got:  # another process on this machine is running it
@@ -523,9 +571,11 @@ def run_matrix(cfg: dict, cells: list[dict], out: str, *, progress: bool = True,
                         continue
                     say(f"[{i}/{len(todo)}] start       {cell['cell_id']}")
                     try:
-                        rec = run_cell(cell, cfg, out, progress=progress)
-                    except CellInterrupted:
+                        rec = run_cell(cell, cfg, out, progress=verbose)
+                    except CellInterrupted as e:
                         result["interrupted"] = True
+                        if isinstance(e.__cause__, SystemExit):  # e.g. submitit's requeue exit: the caller re-raises
+                            result["exit"] = e.__cause__.code
                         counts["interrupted"] = counts.get("interrupted", 0) + 1
                         say(f"[{i}/{len(todo)}] interrupted {cell['cell_id']}: finished records are intact; "
                             f"rerun the same command to resume")

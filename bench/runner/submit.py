@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+from submitit.helpers import Checkpointable
+
 from . import records as R
 from .cells import expand
 
@@ -23,7 +25,25 @@ def run_cells_job(cfg: dict, out: str, cell_ids: list[str]) -> dict:
     missing = set(cell_ids) - {c["cell_id"] for c in cells}
     if missing:
         raise ValueError(f"cells {sorted(missing)} are not in this config's expansion")
-    return run_matrix(cfg, cells, out, progress=False)
+    res = run_matrix(cfg, cells, out, progress=False)
+    if res.get("exit") is not None:
+        # the cell was stopped by a SystemExit (submitit's requeue after checkpoint(): it exits with the code its
+        # scheduler reads); the runner recorded the cell as interrupted, the exit itself must go through
+        raise SystemExit(res["exit"])
+    return res
+
+
+class CellsJob(Checkpointable):
+    """The job function, a submitit Checkpointable: on preemption or time-out (Slurm signals the job; submitit
+    calls checkpoint()) the same call is resubmitted, and the rerun resumes each unfinished cell from
+    OUT/ckpt/<cell_id>/last.ckpt (written every trainer.checkpoint_every_n_steps steps), skipping finished ones."""
+
+    def __call__(self, cfg: dict, out: str, cell_ids: list[str]) -> dict:
+        return run_cells_job(cfg, out, cell_ids)
+
+    def checkpoint(self, cfg: dict, out: str, cell_ids: list[str]):
+        R.log_event(out, "requeue", ",".join(cell_ids))
+        return super().checkpoint(cfg, out, cell_ids)
 
 
 def submit(cfg: dict, cells: list[dict], out: str, *, cluster: str | None = None, wait: bool = False,
@@ -61,7 +81,7 @@ def submit(cfg: dict, cells: list[dict], out: str, *, cluster: str | None = None
     jobs = []
     with ex.batch():
         for c in cells:
-            jobs.append(ex.submit(run_cells_job, cfg, out, [c["cell_id"]]))
+            jobs.append(ex.submit(CellsJob(), cfg, out, [c["cell_id"]]))
     for c, j in zip(cells, jobs):
         R.log_event(out, "submitted", c["cell_id"], job_id=str(j.job_id), cluster=ex.cluster)
     echo(f"submitted {len(jobs)} job(s) to {ex.cluster} (logs in {os.path.join(out, 'submitit')}): "
