@@ -1,4 +1,4 @@
-"""Closed-form parameter and MAC counts of the suite's operators (ACMIX.md), per stage path.
+"""Closed-form parameter and MAC counts of the suite's operators (docs/operators.md), per stage path.
 
 One unit inside: MACs (multiply-accumulates). FLOPs = 2 MACs appear only in
 labelled output. Counts are per image (batch 1).
@@ -15,7 +15,7 @@ is counted:
                LayerNorm / GroupNorm (5 per element with affine, 4 without): fvcore's rules
     softmax    one per logit
     act        one per activation output element (ReLU, GELU, ...)
-    shift_add  the adds of a tensor shift (ACMIX.md: "k^2 C HW shift-sum adds");
+    shift_add  the adds of a tensor shift (docs/operators.md: "k^2 C HW shift-sum adds");
                the code runs k^2 - 1 adds per output element, and that is what is counted
 
 Not counted in any voice the suite controls (documented, not switchable):
@@ -25,12 +25,12 @@ movement (pad, unfold, slicing, roll, cat, reshape), mask construction, and
 reductions done with `mean` outside a pooling module.
 
 Operators are counted as they run (their `impl`, "fast" by default). The
-fast sliding-window attention is an exact algebraic rewrite of ACMIX.md
+fast sliding-window attention is an exact algebraic rewrite of docs/operators.md
 section 3 that costs slightly more than the formula as written: its
 positional term becomes 2 extra query channels per head (W_p^T q, 2 C H'W'
 MACs, instead of the positional 1x1 conv 2 d H W) dotted with the padded
 coordinate grid (2 N k_a^2 H'W' more logit MACs). `acmix_spec_parts` gives the
-parts exactly as ACMIX.md lists them, and the "reference" impl formulas count
+parts exactly as docs/operators.md lists them, and the "reference" impl formulas count
 them that way.
 """
 from __future__ import annotations
@@ -96,7 +96,7 @@ class Conventions:
 @dataclass
 class Term:
     path: str        # relative to the operator: "stage1", "stage2.attention", "stage2.conv", "stage2", "proj", ""
-    part: str        # what it is, in ACMIX.md's words where it has one
+    part: str        # what it is, in docs/operators.md's words where it has one
     category: str    # one of CATEGORIES
     macs: int
 
@@ -139,12 +139,12 @@ def out_size(n: int, stride: int) -> int:
 
 
 def shift_cost(d: int, k: int, copies: int, H: int, W: int, stride: int, shift: str, impl: str = "fast") -> OpCost:
-    """ShiftAggregation (ACMIX.md section 2): input (d k^2, H, W) -> (d N, H', W'), N = copies.
+    """ShiftAggregation (docs/operators.md section 3): input (d k^2, H, W) -> (d N, H', W'), N = copies.
 
     tensor      (k^2 - 1) d H'W' shift adds (k^2 maps summed); copies are free
     fixed       grouped conv with d outputs, k^2 inputs each: d k^4 H'W'; the copies repeat it
     learnable   as fixed, d k^4 parameters
-    multigroup  grouped conv with d N outputs: d N k^4 H'W' (ACMIX.md: k^4 C HW), d N k^4 parameters
+    multigroup  grouped conv with d N outputs: d N k^4 H'W' (docs/operators.md: k^4 C HW), d N k^4 parameters
     The "reference" impl runs every weighted form with its full (d N) kernel: d N k^4 H'W'.
     """
     Ho, Wo = out_size(H, stride), out_size(W, stride)
@@ -195,7 +195,7 @@ def conv_path_cost(heads: int, d: int, k: int, H: int, W: int, stride: int, shif
 
 def local_attention_cost(C: int, heads: int, kernel_att: int, H: int, W: int, stride: int = 1,
                          impl: str = "fast") -> OpCost:
-    """Sliding-window attention path (ACMIX.md section 3), C = N d channels, output H' x W'.
+    """Sliding-window attention path (docs/operators.md section 4), C = N d channels, output H' x W'.
 
     reference (the formulas as written): positional 1x1 conv 2 -> d on the grid (2 d H W; its bias add
       cancels in pe[p] - PE[p+o] and is not counted),
@@ -222,7 +222,7 @@ def local_attention_cost(C: int, heads: int, kernel_att: int, H: int, W: int, st
 
 
 def window_attention_cost(C: int, heads: int, window: int, H: int, W: int) -> OpCost:
-    """Swin window attention path (ACMIX.md section 4): per window of L = M^2 tokens and head,
+    """Swin window attention path (docs/operators.md section 5): per window of L = M^2 tokens and head,
     L x L logits of d MACs and L x L weighted sums of d MACs: 2 H W M^2 C in all; (2M-1)^2 N params."""
     M, N = window, heads
     c = OpCost()
@@ -279,7 +279,7 @@ def local_self_attention_cost(C_in: int, C: int, heads: int, kernel_att: int, H:
 def acmix_cost(C_in: int, C: int, heads: int, kernel_att: int, kernel_conv: int, H: int, W: int, stride: int = 1,
                shift: str = "multigroup", mixing: str = "learnable", impl: str = "fast",
                fused: bool = False, conv_impl: str | None = None) -> OpCost:
-    """ResNet-ACmix (ACMIX.md section 3). Fixed mixings build (and count) only the paths they use."""
+    """ResNet-ACmix (docs/operators.md section 4). Fixed mixings build (and count) only the paths they use."""
     N, d = heads, C // heads
     c = OpCost().extend(qkv_conv_cost(C_in, C, H, W), "stage1")
     if mixing != "conv":
@@ -306,7 +306,7 @@ def window_self_attention_cost(C: int, heads: int, window: int, H: int, W: int, 
 
 def window_acmix_cost(C: int, heads: int, window: int, H: int, W: int, kernel_conv: int = 3,
                       shift: str = "multigroup", mixing: str = "learnable", impl: str = "fast") -> OpCost:
-    """Swin-ACmix (ACMIX.md section 4): the conv path (FC with bias) bypasses the projection."""
+    """Swin-ACmix (docs/operators.md section 5): the conv path (FC with bias) bypasses the projection."""
     T, N = H * W, heads
     c = OpCost().add("stage1", "qkv linear C -> 3C", "mac", 3 * C * C * T).add("stage1", "qkv bias", "bias", 3 * C * T)
     c.param("stage1", 3 * C * C + 3 * C)
@@ -383,7 +383,7 @@ def sr_acmix_cost(C: int, heads: int, sr_ratio: int, H: int, W: int, cls_token: 
 
 def acmix_spec_parts(C_in: int, C: int, heads: int, kernel_att: int, kernel_conv: int, H: int, W: int,
                      stride: int = 1, light_fc: str = "release") -> dict[str, int]:
-    """The ResNet-ACmix block exactly as ACMIX.md section 3 lists it (MACs per image; params).
+    """The ResNet-ACmix block exactly as docs/operators.md section 4 lists it (MACs per image; params).
 
     light_fc: "release" (3N -> k^2, the authors' correction: k^2 3N params) or "paper"
     (3N x k^2 N as printed: k^2 3N^2 params and N times the MACs).
@@ -406,7 +406,7 @@ def acmix_spec_parts(C_in: int, C: int, heads: int, kernel_att: int, kernel_conv
 
 
 def paper_table(C: int, heads: int, kernel_att: int, kernel_conv: int, H: int, W: int) -> dict[str, dict[str, int]]:
-    """ACMIX.md section 1 cost table (square C -> C, stride 1), Stage II of ACmix as released."""
+    """docs/operators.md section 1 cost table (square C -> C, stride 1), Stage II of ACmix as released."""
     k, ka, N, HW = kernel_conv, kernel_att, heads, H * W
     return {
         "conv": {"stage1_params": k * k * C * C, "stage1_macs": k * k * C * C * HW, "stage2_params": 0,

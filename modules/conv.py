@@ -1,6 +1,6 @@
 """k x k convolution as an operator of the suite, fused and decomposed.
 
-Decomposition (ACMIX.md section 1): a k x k conv (zero padding k//2, stride s)
+Decomposition (docs/operators.md section 1): a k x k conv (zero padding k//2, stride s)
 equals k^2 separate 1x1 projections C_in -> C_out (Stage I, run as one 1x1 conv
 with k^2 * C_out outputs) followed by shifting each projected map by its kernel
 offset and summing (Stage II). Both forms expose `stage1` and `stage2`.

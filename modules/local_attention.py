@@ -4,12 +4,12 @@ Stage I: q, k, v 1x1 convs (with bias), run as one conv with 3 * C_out outputs
 (channels [q | k | v], head n of each at n*d .. n*d+d-1).
 Stage II: per head and output pixel p (every stride-th pixel), logits over the
 k_a x k_a window (reflection padded, dilation spacing), softmax, weighted sum of
-v. Positional encoding as in ACMIX.md section 3.
+v. Positional encoding as in docs/operators.md section 4.
 
 Two Stage II implementations with one signature:
   local_attention_reference  the formulas as written: unfolded keys, values and
                              positional encodings (k_a^2 x C x H x W tensors)
-  local_attention_fast       the algebra of ACMIX.md: the positional term becomes
+  local_attention_fast       the algebra of docs/operators.md: the positional term becomes
                              two extra query channels per head dotted with the
                              padded coordinate grid; no unfolded tensors
 Policy for inputs the release crashes on:
@@ -59,7 +59,7 @@ def _reflect(x: torch.Tensor, pad: int) -> torch.Tensor:
 
 def local_attention_reference(q, k, v, pe_weight, pe_bias, heads: int, kernel_att: int,
                               stride: int = 1, dilation: int = 1) -> torch.Tensor:
-    """ACMIX.md section 3 as written. q, k, v: (B, C, H, W), q not yet scaled.
+    """docs/operators.md section 4 as written. q, k, v: (B, C, H, W), q not yet scaled.
     pe_weight (d, 2, 1, 1), pe_bias (d,) or None. Returns (B, C, H', W')."""
     B, C, H, W = q.shape
     N, ka, s = heads, kernel_att, stride

@@ -189,7 +189,7 @@ class LocalSelfAttention(nn.Module):
 
 
 class ACmix(nn.Module):
-    """ACmix, sliding-window form (ResNet-ACmix), ACMIX.md section 3.
+    """ACmix, sliding-window form (ResNet-ACmix), docs/operators.md section 4.
 
     G = alpha * attention(q, k, v) + beta * conv(q, k, v), alpha = beta = 0.5 at init.
     `shift` picks the conv path's shift implementation (the release: "multigroup").
@@ -297,7 +297,7 @@ class WindowSelfAttention(nn.Module):
 
 
 class WindowACmix(WindowSelfAttention):
-    """ACmix, window form (Swin-ACmix), ACMIX.md section 4.
+    """ACmix, window form (Swin-ACmix), docs/operators.md section 5.
 
     Output = alpha * proj(window attention) + beta * conv path (kernel 3, FC with
     bias); alpha = beta = 0.5 at init (mix_init), as the release initialises its two

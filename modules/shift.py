@@ -1,4 +1,4 @@
-"""Stage II of convolution: shift-and-sum, in the four forms of ACMIX.md section 2.
+"""Stage II of convolution: shift-and-sum, in the four forms of docs/operators.md section 3.
 
 Input layout (B, d * k^2, H, W), channel c = i * k^2 + j (i: channel within a
 head, j: kernel offset, offset (j // k - k//2, j % k - k//2)). Output

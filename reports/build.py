@@ -306,7 +306,7 @@ class Report:
         b.append(Block("list", _env_lines(f)))
         b.append(Block("p", "Units: every count is in MACs (multiply-accumulates) per image at the record's input size; "
                             "FLOPs would be 2 x MACs and are not shown. Counts come from the counter voice named in each "
-                            "table (the formula voice of ACMIX.md where present, else fvcore). Accuracy: mean ± sample "
+                            "table (the formula voice of docs/operators.md where present, else fvcore). Accuracy: mean ± sample "
                             "std over seeds, n = finished seeds. Speed: median over timing repeats with its "
                             "interquartile range (IQR); over seeds the median of the per-seed medians, the largest IQR and the range "
                             "of the per-seed medians (on a busy machine that range is the larger noise). "
@@ -328,7 +328,7 @@ class Report:
         if len(vt):
             b.append(Block("h3", "Counters cross-checked: total MACs per voice"))
             b.append(Block("p", "Each counter voice's totals; macs_vs_formula = voice MACs / formula MACs. fvcore and "
-                                "similar counters miss ops they have no handle for (ACMIX.md: the sliding-window "
+                                "similar counters miss ops they have no handle for (docs/operators.md: the sliding-window "
                                 "attention path), so a ratio below 1 is the part they do not see."))
             b.append(Block("table", display(vt, {"params": fmt_count, "macs": fmt_count, "stage2_macs": fmt_count,
                                                  "macs_vs_formula": lambda x: f"{x:.3f}"})))

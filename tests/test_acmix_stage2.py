@@ -2,7 +2,7 @@
 
 The node runs by default for sliding-window ACmix on CPU float32/float64 with both C++ kernels; its
 references are the same block with the node switched off (the two paths as separate autograd ops)
-and `impl="reference"` (ACMIX.md's formulas). Values and the gradients of the input and of every
+and `impl="reference"` (docs/operators.md's formulas). Values and the gradients of the input and of every
 parameter in float64 over strides, dilations, window sizes, odd maps, heads and fixed mixing;
 gradcheck of the node; the kernel's reflection-folded key/value gradient against torch's padding
 backward; when the node must not run (counters, other backends, dtypes, one path, other shifts).
@@ -91,7 +91,7 @@ def _node_equals_split_and_reference(m, x, monkeypatch):
 def test_node_equals_split_paths_and_reference_float64(shape, heads, ka, stride, dil, monkeypatch):
     m = _block(shape[1], heads, ka, stride, dil)
     g = _node_equals_split_and_reference(m, torch.randn(*shape, dtype=f64), monkeypatch)
-    assert g["stage2.attention.pe.bias"].abs().max() == 0  # cancels in the logits (ACMIX.md)
+    assert g["stage2.attention.pe.bias"].abs().max() == 0  # cancels in the logits (docs/operators.md)
 
 
 @pytest.mark.parametrize("mixing", ["half", "alpha frozen"])

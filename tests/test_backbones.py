@@ -54,7 +54,7 @@ def test_resnet50_conv_matches_torchvision_parameter_count():
 
 
 def test_published_parameter_counts_close():
-    # SASA ResNet-26 (10.3M), ACmix ResNet-50 (18.6M, ACMIX.md); within 3 %
+    # SASA ResNet-26 (10.3M), ACmix ResNet-50 (18.6M, docs/operators.md); within 3 %
     for name, published in (("resnet26-sa", 10.3e6), ("resnet50-acmix", 18.6e6), ("resnet26-acmix", 10.6e6)):
         n = sum(p.numel() for p in create_model(name).parameters())
         assert abs(n - published) / published < 0.03, (name, n)

@@ -20,4 +20,4 @@ def test_demo_command_prints_table_and_exits_zero():
     out = buf.getvalue()
     assert rc == 0, out
     assert "FAIL" not in out
-    assert "ACmix sliding window" in out and "17,822" in out  # ACMIX.md block: 64 channels, N = 4
+    assert "ACmix sliding window" in out and "17,822" in out  # docs/operators.md block: 64 channels, N = 4

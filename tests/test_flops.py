@@ -1,4 +1,4 @@
-"""Counting: formulas vs fvcore per stage (exact), ACMIX.md and torchvision anchors, the audit, conventions, CLI."""
+"""Counting: formulas vs fvcore per stage (exact), docs/operators.md and torchvision anchors, the audit, conventions, CLI."""
 from __future__ import annotations
 
 import json
@@ -59,7 +59,7 @@ def test_acmix_md_section3_numbers():
 
 
 def test_acmix_block_reference_equals_acmix_md_in_formula_and_fvcore():
-    """Section-3 block with the attention as ACMIX.md writes it: 79,980,544 MACs in both voices;
+    """Section-3 block with the attention as docs/operators.md writes it: 79,980,544 MACs in both voices;
     the off-the-shelf fvcore call sees about 60.3 M (the issue's number)."""
     op, _ = build_op("acmix", channels=64, heads=4)
     res = count_model(op, input_size=(1, 64, 56, 56), voices=("formula", "fvcore", "fvcore-default"),

@@ -200,7 +200,7 @@ def test_local_attention_fast_equals_reference(B, C, heads, H, W, ka, stride, di
     gr = torch.autograd.grad((ref * w).sum(), inputs)
     for name, a, b in zip("q k v pe_w pe_b".split(), gf, gr):
         assert torch.allclose(a, b, atol=1e-10), name
-    # ACMIX.md: the positional conv's bias cancels in the softmax, so its gradient is zero
+    # docs/operators.md: the positional conv's bias cancels in the softmax, so its gradient is zero
     assert gf[4].abs().max().item() < 1e-12
     assert gr[4].abs().max().item() < 1e-10
 
@@ -217,7 +217,7 @@ def test_local_attention_gradcheck(fn, stride, dil):
 
 @pytest.mark.parametrize("s,dil", [(2, 1), (1, 2)])
 def test_local_attention_against_per_pixel_loop(s, dil):
-    """The reference against explicit loops over the ACMIX.md formula with reflection indices
+    """The reference against explicit loops over the docs/operators.md formula with reflection indices
     (dilation: window offsets spaced by `dil`, padding dil * (k_a - 1) / 2)."""
     B, C, N, H, W, ka = 1, 4, 2, 5, 4, 3
     d, pad = C // N, dil * (ka // 2)
@@ -387,7 +387,7 @@ def test_window_operator_accepts_flat_tokens():
 
 
 def test_acmix_resnet_parameter_count_matches_spec():
-    """ACMIX.md section 3: 17,822 parameters at C_in = C_out = 64, N = 4, k = 3, k_a = 7."""
+    """docs/operators.md section 4: 17,822 parameters at C_in = C_out = 64, N = 4, k = 3, k_a = 7."""
     op = ACmix(64, 64, kernel_att=7, head=4, kernel_conv=3)
     assert sum(p.numel() for p in op.parameters()) == 17822
 

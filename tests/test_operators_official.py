@@ -1,7 +1,7 @@
 """from_official: release checkpoints ported into the suite's operators.
 
 Expected outputs are computed here, independently of the suite's code, from
-ACMIX.md's description of the release (explicit reflection indices, the
+docs/operators.md's description of the release (explicit reflection indices, the
 release's tensor layouts, torch primitives only), with every parameter random.
 """
 import pytest
@@ -33,7 +33,7 @@ def release_resnet_state(Cin, Cout, N, k, seed=0):
 
 
 def expected_resnet(sd, x, N, ka, k, stride):
-    """ACMIX.md section 3, written with explicit index arithmetic."""
+    """docs/operators.md section 4, written with explicit index arithmetic."""
     B, Cin, H, W = x.shape
     conv1x1 = lambda name: torch.einsum("oc,bchw->bohw", sd[name + ".weight"][:, :, 0, 0], x) \
         + sd[name + ".bias"].view(1, -1, 1, 1)  # noqa: E731
@@ -76,7 +76,7 @@ def expected_resnet(sd, x, N, ka, k, stride):
 @pytest.mark.parametrize("Cin,Cout,N,ka,k,stride,H,W", [
     (6, 8, 2, 3, 3, 1, 6, 5),
     (8, 12, 3, 5, 3, 2, 8, 6),
-    (4, 8, 4, 3, 3, 2, 7, 5),   # odd sizes at stride 2: the release crashes, ACMIX.md's maths is defined
+    (4, 8, 4, 3, 3, 2, 7, 5),   # odd sizes at stride 2: the release crashes, docs/operators.md's maths is defined
     (4, 8, 2, 3, 5, 1, 6, 6),   # kernel_conv = 5: the release pads 1 (crash); the maths pads 2
 ])
 def test_from_official_resnet_matches_release_formulas(Cin, Cout, N, ka, k, stride, H, W):
@@ -134,7 +134,7 @@ def release_swin_state(C, M, N, seed=0):
 
 
 def expected_swin(sd, x, H, W, M, N, mask=None):
-    """ACMIX.md section 4: windows visited one by one; conv path on the full map."""
+    """docs/operators.md section 5: windows visited one by one; conv path on the full map."""
     B, _, _, C = x.shape
     d = C // N
     qkv = x @ sd["qkv.weight"].T + sd["qkv.bias"]  # (B, H, W, 3C)
