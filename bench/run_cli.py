@@ -65,7 +65,7 @@ def prepare_data(cfg: dict, echo=print) -> None:
 
 def _print_report(out: str, cfg: dict, echo=print) -> None:
     try:
-        import bench.report_cli  # noqa: F401 - the reports helper's `acmix-bench report`
+        import bench.report_cli  # noqa: F401 - `acmix-bench report` is importable
         have_report = True
     except ImportError:
         have_report = False
