@@ -305,6 +305,6 @@ def register(sub) -> None:
     o.add_argument("--steps", type=int, default=20, help="timed steps per repeat (after --warmup)")
     o.add_argument("--warmup", type=int, default=3)
     o.add_argument("--repeats", type=int, default=3)
-    o.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as configs/default.yaml)")
+    o.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     o.add_argument("--accelerator", default="auto")
     o.set_defaults(func=overhead)

@@ -384,6 +384,183 @@ def format_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+# ---------------------------------------------------------------- preset: the default cells' blocks
+
+PRESETS = ("default-cells",)
+PRESET_OPS = ("conv", "sa", "acmix")
+PRESET_COLUMNS = ["preset", "part", "batch", "pass", "conv_shape", "sa_shape", "acmix_shape", "conv_ms", "sa_ms",
+                  "acmix_ms", "conv_iqr_ms", "sa_iqr_ms", "acmix_iqr_ms", "sa_vs_conv", "acmix_vs_conv", "threads",
+                  "rounds", "torch"]
+
+
+def preset_models(config: str = "configs/default.yaml") -> tuple[dict, dict]:
+    """(validated config, {op: (model, cell)}) for conv, sa and acmix (the config's first shift and mixing) as the runner builds
+    them: the config's model settings and widths matched to the group reference (bench.runner)."""
+    from bench.runner.cells import expand
+    from bench.runner.config import load_config
+    from bench.runner.execute import build_model, resolve_widths
+
+    cfg = load_config(config)
+    out = {}
+    for cell in expand(cfg):
+        op = cell["op"]
+        if op in PRESET_OPS and op not in out and (op != "acmix" or (
+                cell["shift"] == cfg["matrix"]["shifts"][0] and cell["mixing"] == cfg["matrix"]["mixings"][0])):
+            widths, _ = resolve_widths(cell, cfg)
+            torch.manual_seed(0)
+            out[op] = (build_model(cell, widths), cell)
+    missing = [op for op in PRESET_OPS if op not in out]
+    if missing:
+        raise ValueError(f"--preset default-cells: {config} has no {', '.join(missing)} cells; it compares "
+                         f"{', '.join(PRESET_OPS)} (matrix.operators)")
+    return cfg, out
+
+
+def _block_inputs(model, x) -> dict:
+    """{block path: its input} of a ResNet for input x (one forward, hooks on every Bottleneck)."""
+    from modules.backbones.resnet import Bottleneck
+
+    seen, hooks = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, Bottleneck):
+            hooks.append(m.register_forward_pre_hook(lambda mod, inp, name=name: seen.__setitem__(name, inp[0].detach())))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _train_step(model, x, y):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return step
+
+
+def _fwd_bwd(mod, x):
+    x = x.clone().requires_grad_(True)
+    with torch.no_grad():
+        g = torch.randn_like(mod(x))
+
+    def run():
+        for p in mod.parameters():
+            p.grad = None
+        x.grad = None
+        mod(x).backward(g)
+    return run
+
+
+def run_preset(name: str, batches, threads: int = 2, min_run_time: float = 1.0, repeats: int = 5, rounds: int = 3,
+               config: str = "configs/default.yaml", log=None) -> list[dict]:
+    """The default cells' training step and every bottleneck block (and its spatial operator alone), conv, sa
+    and acmix at their matched widths side by side, fwd+bwd, timed in alternating rounds. *_vs_conv = conv
+    time / op time: the op's throughput as a fraction of conv's (the issue's >= 0.75 target is on the step)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown --preset {name!r}; allowed: {', '.join(PRESETS)}")
+    torch.set_num_threads(threads)
+    from bench.runner.cells import input_size
+
+    cfg, models = preset_models(config)
+    size = input_size(cfg, models["conv"][1]["dataset"])
+    rows = []
+    for B in batches:
+        torch.manual_seed(0)
+        x = torch.randn(B, *size)
+        y = torch.randint(0, 10, (B,))
+        parts = [("train step", {op: _train_step(m, x, y) for op, (m, _) in models.items()},
+                 {op: "x".join(map(str, x.shape)) for op in PRESET_OPS})]
+        inputs = {op: _block_inputs(m, x) for op, (m, _) in models.items()}
+        for path in inputs["conv"]:
+            mods = {op: dict(models[op][0].named_modules())[path] for op in PRESET_OPS}
+            shapes = {op: "x".join(map(str, inputs[op][path].shape[1:])) + f" s{mods[op].conv2.stride}"
+                      for op in PRESET_OPS}
+            parts.append((path, {op: _fwd_bwd(mods[op], inputs[op][path]) for op in PRESET_OPS}, shapes))
+            # the spatial operator alone, fed what its block feeds it
+            mid = {}
+            for op in PRESET_OPS:
+                blk = mods[op]
+                with torch.no_grad():
+                    mid[op] = blk.relu(blk.bn1(blk.conv1(inputs[op][path])))
+            parts.append((path + ".conv2", {op: _fwd_bwd(mods[op].conv2, mid[op]) for op in PRESET_OPS},
+                          {op: "x".join(map(str, mid[op].shape[1:])) for op in PRESET_OPS}))
+        for part, fns, shapes in parts:
+            if log:
+                log(f"  batch {B} {part} ...")
+            for m, _ in models.values():
+                m.train()
+            ts = dict(zip(PRESET_OPS, time_interleaved([fns[op] for op in PRESET_OPS], threads, min_run_time,
+                                                       repeats, rounds)))
+            row = {"preset": name, "part": part, "batch": B, "pass": "train step" if part == "train step" else "fwd+bwd",
+                   "threads": threads, "rounds": rounds, "torch": torch.__version__}
+            for op in PRESET_OPS:
+                row[f"{op}_shape"] = shapes[op]
+                row[f"{op}_ms"] = ts[op]["median_ms"]
+                row[f"{op}_iqr_ms"] = ts[op]["iqr_ms"]
+            for op in ("sa", "acmix"):
+                row[f"{op}_vs_conv"] = ts["conv"]["median_ms"] / ts[op]["median_ms"]
+            rows.append(row)
+    return rows
+
+
+def format_preset_table(rows: list[dict], env: dict, config: str) -> str:
+    lines = [f"acmix-bench speed --preset {rows[0]['preset'] if rows else '?'} ({config}): torch {env['torch']}, "
+             f"python {env['python']}, {env['threads']} threads, cpu {env.get('cpu', env['machine'])} "
+             f"({env.get('cpus')} cores), fast backend {env['fast_backend']}",
+             "conv, sa and acmix at the config's matched widths (same MACs per image); each part fwd+bwd (the train "
+             "step: forward, backward and an SGD step), torch.utils.benchmark medians (ms) pooled over "
+             f"{rows[0]['rounds'] if rows else 1} alternating rounds; *_vs_conv = conv time / op time (throughput as a "
+             "fraction of conv's); shapes are the input (C x H x W, s = the block's stride)"]
+    head = ["batch", "part", "conv", "sa", "acmix", "conv_ms", "sa_ms", "acmix_ms", "sa_vs_conv", "acmix_vs_conv"]
+    body = [[str(r["batch"]), r["part"], r["conv_shape"], r["sa_shape"], r["acmix_shape"], _fmt(r["conv_ms"], 2),
+             _fmt(r["sa_ms"], 2), _fmt(r["acmix_ms"], 2), _fmt(r["sa_vs_conv"], 2), _fmt(r["acmix_vs_conv"], 2)]
+            for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i < 5 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join(lines + ["", fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
+
+
+def run_preset_cli(args) -> int:
+    try:
+        batches = [int(t) for t in str(args.batch).split(",") if t.strip()]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) <= 0:
+        raise ValueError(f"--batch must be positive integers, comma separated (e.g. 32,128), got {args.batch!r}")
+    if args.threads <= 0:
+        raise ValueError(f"--threads must be positive, got {args.threads}")
+    if args.rounds <= 0:
+        raise ValueError(f"--rounds must be positive, got {args.rounds}")
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else None
+    env = environment(args.threads, "cpu")
+    rows = run_preset(args.preset, batches, args.threads, args.min_run_time, args.repeats, args.rounds,
+                      args.config, log)
+    if args.format == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, PRESET_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (round(r[k], 4) if isinstance(r.get(k), float) else r.get(k, "")) for k in PRESET_COLUMNS})
+        text = buf.getvalue()
+    elif args.format == "json":
+        text = json.dumps({"env": env, "rows": rows}, indent=1)
+    else:
+        text = format_preset_table(rows, env, args.config)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+    print(text.rstrip("\n"))
+    return 0
+
+
 def _list(text: str, allowed, name: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if items == ["all"]:
@@ -405,6 +582,8 @@ def _strides(text) -> list[int]:
 
 
 def run(args) -> int:
+    if getattr(args, "preset", None):
+        return run_preset_cli(args)
     shape = parse_shape(args.shape)
     op = OPERATOR_ALIASES.get(args.op, args.op)
     if op not in OPS:
@@ -444,6 +623,11 @@ def run(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("speed", help="time and peak memory of an operator vs nn.Conv2d 3x3 and its reference",
                        description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=PRESETS,
+                   help="default-cells: the training step and every bottleneck block of configs/default.yaml's conv, "
+                        "sa and acmix cells at their matched widths, side by side (ignores --op/--shape/--stride)")
+    p.add_argument("--config", default="configs/default.yaml", help="matrix config of --preset (default %(default)s)")
+    p.add_argument("--batch", default="32,128", help="batch size(s) of --preset, e.g. 32,128 (default %(default)s)")
     p.add_argument("--op", default="acmix", help=f"operator: {', '.join(OPS)} (default acmix; swin-sa and "
                                                  "swin-acmix name the window kinds)")
     p.add_argument("--shape", default="8,64,56,56", help="B,C,H,W (default 8,64,56,56)")

@@ -125,7 +125,7 @@ def test_shards_partition_the_matrix():
             C.parse_shard(bad)
 
 
-@pytest.mark.parametrize("name, n", [("default", 18), ("resnet_imagenet", 9), ("swin_t_imagenet", 5),
+@pytest.mark.parametrize("name, n", [("default", 12), ("shifts", 15), ("resnet_imagenet", 9), ("swin_t_imagenet", 5),
                                      ("cifar100", 12)])
 def test_shipped_configs_validate_against_the_registry(name, n):
     import os
@@ -134,3 +134,26 @@ def test_shipped_configs_validate_against_the_registry(name, n):
     cells = C.expand(c)
     assert len(cells) == n
     assert len({x["cell_id"] for x in cells}) == n
+
+
+def test_measure_threads_auto_default_and_errors():
+    from bench.runner.config import validate_config
+    from bench.runner.execute import _processes_per_machine
+    from bench.runner.measure import physical_cores, resolve_threads
+
+    base = {"matrix": {"backbones": ["resnet26"], "operators": ["conv"], "datasets": ["fashion_mnist"]}}
+    cfg = validate_config(base)
+    assert cfg["measure"]["threads"] == "auto"
+    for ok in (1, 3, None, "auto"):
+        assert validate_config({**base, "measure": {"threads": ok}})["measure"]["threads"] == ok
+    for bad in (0, -2, "all", True, 1.5):
+        with pytest.raises(ValueError, match="measure.threads.*'auto'"):
+            validate_config({**base, "measure": {"threads": bad}})
+    import os
+
+    n = physical_cores()
+    assert 1 <= n <= os.cpu_count()
+    assert resolve_threads("auto") == n and resolve_threads(3) == 3 and resolve_threads(None) is None
+    assert resolve_threads("auto", processes_per_machine=4 * n) == 1
+    ddp = validate_config({**base, "trainer": {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}})
+    assert _processes_per_machine(ddp) == 2 and _processes_per_machine(cfg) == 1

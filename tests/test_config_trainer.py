@@ -89,7 +89,7 @@ def test_report_section_and_threads_auto():
     assert cfg(measure={"threads": "auto"})["measure"]["threads"] == "auto"
     msg = one_line_error(measure={"threads": "many"})
     assert "'measure.threads'" in msg and "'auto'" in msg
-    from bench.runner.provenance import physical_cores
+    from bench.runner.measure import physical_cores
     assert 1 <= physical_cores() <= os.cpu_count()
 
 

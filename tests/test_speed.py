@@ -128,3 +128,27 @@ def test_cuda_without_gpu_says_so(capsys):
 def test_cuda_run(capsys):
     rows = _csv(capsys, ["--device", "cuda", "--shape", "2,16,14,14"])
     assert all(r["device"] == "cuda" and float(r["peak_mem_mb"]) >= 0 for r in rows)
+
+
+def test_preset_default_cells_rows(tmp_path, capsys):
+    import yaml
+
+    cfg = {"name": "tiny", "matrix": {"backbones": ["resnet26"], "operators": ["conv", "sa", "acmix"],
+                                      "shifts": ["multigroup"], "datasets": ["fashion_mnist"], "seeds": [0]},
+           "model": {"stem": "small", "widths": [8, 8, 8, 8]}, "data": {"image_size": 8}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["speed", "--preset", "default-cells", "--config", str(path), "--batch", "2", "--rounds", "1",
+                 "--format", "csv", *FAST]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    parts = [r["part"] for r in rows]
+    # the step, then every bottleneck of ResNet-26 (1, 2, 4, 1 blocks) and its spatial operator alone
+    assert parts[0] == "train step" and len(parts) == 1 + 2 * 8
+    assert "layer2.0" in parts and "layer2.0.conv2" in parts and "layer4.0.conv2" in parts
+    blk = next(r for r in rows if r["part"] == "layer2.0")
+    assert blk["conv_shape"] == "32x8x8 s2" and blk["acmix_shape"] == "32x8x8 s2"
+    for r in rows:
+        assert r["batch"] == "2" and r["threads"] == "2"
+        for op in ("sa", "acmix"):
+            assert float(r[f"{op}_vs_conv"]) == pytest.approx(float(r["conv_ms"]) / float(r[f"{op}_ms"]), rel=0.02)
+    assert main(["speed", "--preset", "default-cells", "--config", str(path), "--batch", "0"]) == 2

@@ -47,7 +47,8 @@ class _Spec:
         if self.choices is not None:
             return "one of " + ", ".join(map(repr, self.choices)) + (" or null" if self.nullable else "")
         words = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-                 list: "a list", dict: "a mapping", "ratio": "an integer count or a fraction in (0, 1]"}
+                 list: "a list", dict: "a mapping", "ratio": "an integer count or a fraction in (0, 1]",
+                 "threads": "an integer >= 1 or 'auto' (physical cores)"}
         s = words.get(self.kind, str(self.kind))
         if self.lo is not None and self.hi is not None:
             s += f" in [{self.lo}, {self.hi}]"
@@ -80,6 +81,12 @@ class _Spec:
                 _fail(path, value, self.allowed())
             return value
         kind = self.kind
+        if kind == "threads":  # a positive count or "auto" (the machine's physical cores)
+            if value == "auto":
+                return value
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                _fail(path, value, self.allowed())
+            return value
         if kind == "ratio":  # Lightning's limit_*_batches: int count or float fraction
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 _fail(path, value, self.allowed())
@@ -281,7 +288,9 @@ SECTIONS: dict[str, dict[str, _Spec]] = {
         "counts": _Spec(bool, True),
         "voices": _Spec(list, ["formula", "fvcore"]),
         "speed": _Spec(bool, True),
-        "threads": _Spec("threads", None, nullable=True),  # an integer, or "auto": the physical cores
+        # torch intra-op threads: "auto" = the physical cores this process may use (shared by the DDP
+        # processes of one machine), an integer, or null (leave torch's setting alone)
+        "threads": _Spec("threads", "auto", nullable=True),
         "batch_size": _Spec(int, 32, lo=1),
         "latency": _Spec(bool, True),
         "min_run_time": _Spec(float, 0.5, lo=0.0),

@@ -25,7 +25,7 @@ import torch
 
 from . import records as R
 from .cells import input_size
-from .measure import inference_speed
+from .measure import inference_speed, resolve_threads
 from .provenance import stage2_backends
 
 
@@ -160,6 +160,14 @@ def resolve_widths(cell: dict, cfg: dict):
 
 
 # ---------------------------------------------------------------- training
+
+def _processes_per_machine(cfg) -> int:
+    """Training processes sharing one machine's cores: CPU DDP starts `devices` of them per node."""
+    t = cfg["trainer"]
+    if t["accelerator"] == "cpu" and str(t["strategy"]).startswith("ddp"):
+        return int(t["devices"])
+    return 1
+
 
 def _device_for(cfg) -> torch.device:
     acc = cfg["trainer"]["accelerator"]
@@ -368,10 +376,7 @@ def run_cell(cell: dict, cfg: dict, out: str, *, progress: bool = False) -> dict
     """Run one cell and return its record (already written when on rank 0). Re-raises CellInterrupted."""
     writer = is_rank_zero()
     started, t0 = R.now(), time.perf_counter()
-    threads = cfg["measure"]["threads"]
-    if threads == "auto":
-        from .provenance import physical_cores
-        threads = physical_cores()
+    threads = resolve_threads(cfg["measure"]["threads"], _processes_per_machine(cfg))
     if threads:  # before the record's environment is taken, so env.threads is what ran
         torch.set_num_threads(threads)
     rec = _base_record(cell, cfg, started)

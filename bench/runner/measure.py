@@ -7,6 +7,7 @@ the unit named by the key (samples/s or ms).
 """
 from __future__ import annotations
 
+import os
 import statistics
 
 import torch
@@ -18,6 +19,43 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
         return values[0], 0.0
     q = statistics.quantiles(values, n=4, method="inclusive")
     return statistics.median(values), q[2] - q[0]
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on (Linux: distinct (package, core) pairs of
+    /proc/cpuinfo within the affinity mask; elsewhere os.cpu_count()). Hyper-threads share a core's
+    vector units, so a compute-bound torch step gains little from a second thread per core."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        allowed = None
+    try:
+        cores, cpu, pkg = set(), None, "0"
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                key, val = key.strip(), val.strip()
+                if key == "processor":
+                    cpu, pkg = int(val), "0"
+                elif key == "physical id":
+                    pkg = val
+                elif key == "core id" and (allowed is None or cpu in allowed):
+                    cores.add((pkg, val))
+        if cores:
+            return len(cores)
+    except (OSError, ValueError):
+        pass
+    return len(allowed) if allowed else (os.cpu_count() or 1)
+
+
+def resolve_threads(setting, processes_per_machine: int = 1) -> int | None:
+    """torch threads for measure.threads: an integer as given, "auto" = physical cores divided among the
+    processes of one machine (at least 1), None = leave torch's setting alone."""
+    if setting is None:
+        return None
+    if setting == "auto":
+        return max(1, physical_cores() // max(1, int(processes_per_machine)))
+    return int(setting)
 
 
 def reset_peak_rss() -> bool:

@@ -28,28 +28,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def physical_cores() -> int:
-    """Physical cores of this machine (hyper-threads not counted); os.cpu_count() where unknown."""
-    cores = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            phys = core = None
-            for line in f:
-                if line.startswith("physical id"):
-                    phys = line.split(":", 1)[1].strip()
-                elif line.startswith("core id"):
-                    core = line.split(":", 1)[1].strip()
-                elif not line.strip():
-                    if core is not None:
-                        cores.add((phys, core))
-                    phys = core = None
-            if core is not None:
-                cores.add((phys, core))
-    except OSError:
-        pass
-    return len(cores) or os.cpu_count() or 1
-
-
 def library_versions(names=COUNTING_LIBRARIES) -> dict[str, str | None]:
     """Installed version of each package (None: not installed)."""
     out = {}

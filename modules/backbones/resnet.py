@@ -29,6 +29,7 @@ from ..factory import create_op
 from ..names import RESNET_OPS, SHIFT_IMPLS
 from ..operators import parse_mixing
 from ..shift import out_size
+from ..pointwise import PointwiseConv2d
 
 RESNET_DEPTHS = {"resnet26": (1, 2, 4, 1), "resnet38": (2, 3, 5, 2), "resnet50": (3, 4, 6, 3)}
 STEMS = ("imagenet", "small")
@@ -53,16 +54,17 @@ class Bottleneck(nn.Module):
     def __init__(self, in_planes: int, width: int, stride: int, op_kwargs: dict):
         super().__init__()
         out_planes = width * EXPANSION
-        self.conv1 = nn.Conv2d(in_planes, width, 1, bias=False)
+        # the 1x1 convs as GEMMs on CPU (modules/pointwise.py), for every operator alike
+        self.conv1 = PointwiseConv2d(in_planes, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = make_spatial_op(in_planes=width, out_planes=width, stride=stride, **op_kwargs)
         self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, out_planes, 1, bias=False)
+        self.conv3 = PointwiseConv2d(width, out_planes, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or in_planes != out_planes:
-            self.downsample = nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False),
+            self.downsample = nn.Sequential(PointwiseConv2d(in_planes, out_planes, 1, stride=stride, bias=False),
                                             nn.BatchNorm2d(out_planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
