@@ -100,7 +100,7 @@ def local_attention_fast(q, k, v, pe_weight, pe_bias, heads: int, kernel_att: in
     backward saves only q, padded k and padded v and recomputes the softmax weights block by
     block; the torch twin also saves the weights (B*N, k_a^2, H', W').
     """
-    from ._fast import split_phases, window_attention
+    from ._fast import local_attention, split_phases
 
     B, C, H, W = q.shape
     N, ka, s, dil = heads, kernel_att, stride, dilation
@@ -123,7 +123,7 @@ def local_attention_fast(q, k, v, pe_weight, pe_bias, heads: int, kernel_att: in
     grid = split_phases(_reflect(position_grid(H, W, dtype, q.device), pad).reshape(2, Hp, Wp), s)
     kd = split_phases(_reflect(k, pad).reshape(B * N, d, Hp, Wp), s)
     vd = split_phases(_reflect(v, pad).reshape(B * N, d, Hp, Wp), s)
-    out = window_attention(q_ext, kd, grid, vd, ka, dil)
+    out = local_attention(q_ext, kd, grid, vd, ka, dil)
     return out.reshape(B, C, Ho, Wo).to(orig_dtype)
 
 

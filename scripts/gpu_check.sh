@@ -24,7 +24,7 @@ echo "== device"; nvidia-smi -L || { echo "no nvidia-smi: not a GPU machine"; ex
 
 echo "== CUDA tests (pytest -k cuda)"
 timeout 240 "$PY" -m pytest -q -rs -p no:cacheprovider -k cuda tests/test_fast_triton.py \
-  tests/test_fast_window_attention.py tests/test_operators.py tests/test_speed.py 2>&1 | tee "$OUTDIR/pytest_cuda.txt" | tail -25
+  tests/test_fast_local_attention.py tests/test_operators.py tests/test_speed.py 2>&1 | tee "$OUTDIR/pytest_cuda.txt" | tail -25
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 echo "== attention kernel alone (float32, k_a 7, 4 heads; triton vs torch_impl)"

@@ -27,7 +27,7 @@ f64 = torch.float64
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.skipif(
-    _fast.load_extension("window_attention") is None or _fast.load_extension("conv_path") is None,
+    _fast.load_extension("local_attention") is None or _fast.load_extension("conv_path") is None,
     reason=f"C++ extensions could not be built here: {_fast.extension_error()}")
 
 
@@ -142,7 +142,7 @@ def test_backward_fold_equals_padding_backward(stride):
     torch's reflection padding (autograd of F.pad), at the right channels, keeping dst's contents."""
     from modules.local_attention import _reflect, position_grid
 
-    ext = _fast.load_extension("window_attention")
+    ext = _fast.load_extension("local_attention")
     torch.manual_seed(2)
     B, N, d, H, W, ka, dil = 2, 3, 4, 9, 11, 5, 1
     C, pad, s = N * d, dil * (ka - 1) // 2, stride
@@ -179,7 +179,7 @@ def test_backward_fold_equals_padding_backward(stride):
 
 
 def test_backward_fold_rejects_mismatched_destination():
-    ext = _fast.load_extension("window_attention")
+    ext = _fast.load_extension("local_attention")
     q, kd = torch.zeros(2, 6, 4, 4), torch.zeros(2, 4, 8, 1, 8)
     grid, vd, dout = torch.zeros(2, 8, 1, 8), torch.zeros(2, 4, 8, 1, 8), torch.zeros(2, 4, 4, 4)
     with pytest.raises(RuntimeError, match="batch must be B \\* heads"):
@@ -214,7 +214,7 @@ def test_node_results_do_not_depend_on_the_thread_count():
     """1 and 2 threads agree to rounding (a race or a lost partial sum would differ at O(1)). Not bitwise:
     the node's small batched BLAS products (the positional term, 2 x d per head) and torch's reductions
     may order their sums by thread count; the C++ kernels themselves do not (tested bitwise in
-    test_fast_window_attention.py and test_fast_conv_path.py)."""
+    test_fast_local_attention.py and test_fast_conv_path.py)."""
     code = (
         "import sys, torch; sys.path.insert(0, {repo!r}); torch.set_num_threads(int(sys.argv[1]))\n"
         "from modules.operators import ACmix\n"
@@ -240,7 +240,7 @@ def test_node_results_do_not_depend_on_the_thread_count():
 @pytest.mark.parametrize("pad", [0, 1, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, f64])
 def test_pad_split_equals_reflect_pad_then_phase_split(stride, pad, dtype):
-    ext = _fast.load_extension("window_attention")
+    ext = _fast.load_extension("local_attention")
     for shape, c0, c in (((2, 11, 7, 9), 3, 6), ((3, 70, 5, 8), 5, 60)):  # planes per thread chunk: 1, and several
         src = torch.randn(*shape, dtype=dtype)
         got = ext.pad_split(src, c0, c, pad, stride)
@@ -251,7 +251,7 @@ def test_pad_split_equals_reflect_pad_then_phase_split(stride, pad, dtype):
 
 
 def test_pad_split_rejects_bad_arguments():
-    ext = _fast.load_extension("window_attention")
+    ext = _fast.load_extension("local_attention")
     with pytest.raises(RuntimeError, match="pad < H"):
         ext.pad_split(torch.zeros(1, 4, 3, 8), 0, 4, 3, 1)
     with pytest.raises(RuntimeError, match="channel range"):

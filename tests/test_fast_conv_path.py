@@ -173,7 +173,7 @@ def test_fallback_when_extension_cannot_build(monkeypatch):
     monkeypatch.setattr(_fast, "_exts", {})
     monkeypatch.setattr(_fast, "_errors", {})
 
-    def broken(kernel="window_attention"):
+    def broken(kernel="local_attention"):
         raise RuntimeError("no compiler found (simulated)")
     monkeypatch.setattr(_fast, "_build", broken)
     monkeypatch.setenv("ACMIX_FAST_BACKEND", "auto")

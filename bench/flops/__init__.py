@@ -25,8 +25,8 @@ ops; the audit lists, per voice, every Stage II op it counts as zero.
 
 Counting runs the model once per voice at batch 1 in eval mode, as it is built
 (Stage II `impl` "fast" unless the caller switched it). The fast sliding-window
-attention runs in a custom autograd Function (modules/_fast, `_WindowAttention`):
-fvcore counts it through a handle for `prim::PythonOp._WindowAttention`; the
+attention runs in a custom autograd Function (modules/_fast, `_LocalAttention`):
+fvcore counts it through a handle for `prim::PythonOp._LocalAttention`; the
 dispatch-level voices do not see its C++ kernel at all.
 
 Layout: stages.py (stage of a module path, parameters per stage, PathTracker),

@@ -91,15 +91,15 @@ def _h_sdpa(inputs, outputs):
                     "scaled_dot_product_attention|softmax": rows})
 
 
-def _h_window_attention(inputs, outputs):
-    """modules/_fast _WindowAttention(q (BN, Cq, H', W'), kd, grid, vd (BN, Cv, ...), ka, dil, backend):
+def _h_local_attention(inputs, outputs):
+    """modules/_fast _LocalAttention(q (BN, Cq, H', W'), kd, grid, vd (BN, Cv, ...), ka, dil, backend):
     logits Cq k_a^2 and aggregation Cv k_a^2 MACs per query pixel, k_a^2 softmax entries."""
     ka = int(outputs[0].node().scalar_args()[0])
     q, vd = _shape(inputs[0]), _shape(inputs[3])
     BN, Cq, Ho, Wo = (int(s) for s in q)
     P = BN * Ho * Wo
-    return Counter({"_WindowAttention|mac": P * ka * ka * (Cq + int(vd[1])),
-                    "_WindowAttention|softmax": P * ka * ka})
+    return Counter({"_LocalAttention|mac": P * ka * ka * (Cq + int(vd[1])),
+                    "_LocalAttention|softmax": P * ka * ka})
 
 
 def _h_mul(inputs, outputs):
@@ -165,7 +165,7 @@ def suite_handles() -> dict:
         "aten::baddbmm": _h_baddbmm,
         "aten::einsum": _h_einsum,
         "aten::scaled_dot_product_attention": _h_sdpa,
-        "prim::PythonOp._WindowAttention": _h_window_attention,
+        "prim::PythonOp._LocalAttention": _h_local_attention,
         "aten::mul": _h_mul,
         "aten::mul_": _h_mul,
         "aten::add": _h_elem("add"),

@@ -1,14 +1,15 @@
-"""Fast Stage II kernels: sliding-window attention and the ACmix conv path's grouped conv.
+"""Fast Stage II kernels: local (sliding-window) attention and the ACmix conv path's grouped conv.
 
-Compiled kernels (KERNELS), one C++ source each beside this file, built with torch's extension
-tooling at first use into a cache directory (ACMIX_BENCH_CACHE, default ~/.cache/acmix-bench),
-keyed by source, torch, Python, flags and CPU; `load_extension(name)`:
+Compiled kernels (KERNELS), C++ sources beside this file, built with torch's extension tooling at
+first use into a cache directory (ACMIX_BENCH_CACHE, default ~/.cache/acmix-bench), keyed by the
+sources, every header here (simd.h, ...), torch, Python, flags and CPU; `load_extension(name)`:
 
-  window_attention  softmax attention over each query's k_a x k_a window (the attention path):
-                    blocks of output rows share every key/value vector load, explicit SIMD tiles;
-                    backward in one pass per (b, n) recomputing the softmax weights
-  conv_path         the conv path's grouped k x k conv read in place from the Stage I output
-                    (conv_path.py)
+  local_attention  softmax attention over each query's k_a x k_a window (the attention path;
+                   local_attention.h): blocks of output rows share every key/value vector load,
+                   explicit SIMD tiles; backward in one pass per (b, n) recomputing the softmax
+                   weights; pad_split builds its padded, phase-split key/value layout
+  conv_path        the conv path's grouped k x k conv read in place from the Stage I output
+                   (conv_path.py)
 
 Backends of the attention, same inputs and outputs (ACMIX_FAST_BACKEND):
 
@@ -39,8 +40,12 @@ from . import torch_impl
 
 BACKENDS = ("auto", "cpp", "torch", "triton")
 _DIR = Path(__file__).parent
-# compiled kernels: name -> C++ source beside this file; each builds into its own extension
-KERNELS = ("window_attention", "conv_path")
+# compiled kernels: name -> its C++ sources beside this file; each builds into its own extension
+KERNELS = {
+    "local_attention": ("local_attention_forward.cpp", "local_attention_backward.cpp", "pad_split.cpp",
+                        "local_attention_bindings.cpp"),
+    "conv_path": ("conv_path.cpp",),
+}
 _lock = threading.Lock()
 _exts: dict[str, object] = {}
 _errors: dict[str, str | None] = {}
@@ -70,7 +75,16 @@ def _cflags() -> list[str]:
     return flags
 
 
-def _build(kernel: str = "window_attention"):
+def source_key(kernel: str) -> str:
+    """Hash of what a build of `kernel` depends on: its sources and every header beside them (an edit
+    to a shared header such as simd.h rebuilds every kernel), torch, Python, flags and the CPU."""
+    files = [_DIR / s for s in KERNELS[kernel]] + sorted(_DIR.glob("*.h"))
+    parts = [f"{f.name}\n{f.read_text()}" for f in files]
+    parts += [torch.__version__, sys.version, " ".join(_cflags()), _cpu_signature()]
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:12]
+
+
+def _build(kernel: str = "local_attention"):
     # importing cpp_extension warns "No CUDA runtime is found" on CPU-only machines: noise for a CPU build
     log = logging.getLogger("torch.utils.cpp_extension")
     level = log.level
@@ -85,18 +99,15 @@ def _build(kernel: str = "window_attention"):
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     except ImportError:
         pass
-    source = _DIR / f"{kernel}.cpp"
-    flags = _cflags()
-    key = hashlib.sha1("\n".join([source.read_text(), torch.__version__, sys.version, " ".join(flags),
-                                  _cpu_signature()]).encode()).hexdigest()[:12]
+    key = source_key(kernel)
     build_dir = cache_dir() / f"{kernel}_{key}"
     build_dir.mkdir(parents=True, exist_ok=True)
-    return cpp_extension.load(name=f"acmix_{kernel}_{key}", sources=[str(source)],
-                              extra_cflags=flags, extra_ldflags=["-fopenmp"],
+    return cpp_extension.load(name=f"acmix_{kernel}_{key}", sources=[str(_DIR / s) for s in KERNELS[kernel]],
+                              extra_cflags=_cflags(), extra_ldflags=["-fopenmp"],
                               build_directory=str(build_dir), verbose=False)
 
 
-def load_extension(kernel: str = "window_attention"):
+def load_extension(kernel: str = "local_attention"):
     """The compiled module for `kernel`, or None (reason in extension_error()). Built once per process."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown compiled kernel {kernel!r}; known: {', '.join(KERNELS)}")
@@ -131,7 +142,7 @@ def requested_backend() -> str:
     return b
 
 
-def backend_for(t: torch.Tensor, backend: str | None = None, kernel: str = "window_attention") -> str:
+def backend_for(t: torch.Tensor, backend: str | None = None, kernel: str = "local_attention") -> str:
     """Which backend runs `kernel` for tensor t: "cpp" or "torch"."""
     b = backend or requested_backend()
     if b not in BACKENDS:
@@ -156,11 +167,11 @@ def backend_for(t: torch.Tensor, backend: str | None = None, kernel: str = "wind
     return "cpp" if cpu_ok and load_extension(kernel) is not None else "torch"
 
 
-class _WindowAttention(torch.autograd.Function):
+class _LocalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, kd, grid, vd, ka, dil, backend):
         if backend == "cpp":  # its backward recomputes the softmax weights: nothing k_a^2-sized is saved
-            out, _ = _exts["window_attention"].forward(q, kd, grid, vd, ka, dil, False)
+            out, _ = _exts["local_attention"].forward(q, kd, grid, vd, ka, dil, False)
             saved = (q, kd, grid, vd)
         elif backend == "triton":  # recomputes the softmax weights in backward, like cpp
             from . import triton_impl
@@ -178,7 +189,7 @@ class _WindowAttention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
         if ctx.backend == "cpp":
-            dq, dkd, dvd = _exts["window_attention"].backward(dout.contiguous(), *ctx.saved_tensors, ctx.ka, ctx.dil)
+            dq, dkd, dvd = _exts["local_attention"].backward(dout.contiguous(), *ctx.saved_tensors, ctx.ka, ctx.dil)
         elif ctx.backend == "triton":
             from . import triton_impl
             dq, dkd, dvd = triton_impl.backward(dout.contiguous(), *ctx.saved_tensors, ctx.ka, ctx.dil)
@@ -199,13 +210,13 @@ def split_phases(t: torch.Tensor, stride: int) -> torch.Tensor:
     return t.unflatten(-1, (Wq, stride)).transpose(-1, -2)
 
 
-def window_attention(q: torch.Tensor, kd: torch.Tensor, grid: torch.Tensor, vd: torch.Tensor,
-                     kernel_att: int, dilation: int = 1, backend: str | None = None) -> torch.Tensor:
-    """Softmax attention of each query row over its k_a x k_a window (see window_attention.cpp).
+def local_attention(q: torch.Tensor, kd: torch.Tensor, grid: torch.Tensor, vd: torch.Tensor,
+                    kernel_att: int, dilation: int = 1, backend: str | None = None) -> torch.Tensor:
+    """Softmax attention of each query row over its k_a x k_a window (see local_attention.h).
 
     q (BN, Ck+G, H', W'), kd (BN, Ck, Hp, S, Wq), grid (G, Hp, S, Wq), vd (BN, Cv, Hp, S, Wq)
     -> (BN, Cv, H', W'). Differentiable in q, kd, vd.
     """
     which = backend_for(q, backend)
     q, kd, grid, vd = (t.contiguous() for t in (q, kd, grid, vd))
-    return _WindowAttention.apply(q, kd, grid, vd, int(kernel_att), int(dilation), which)
+    return _LocalAttention.apply(q, kd, grid, vd, int(kernel_att), int(dilation), which)

@@ -12,7 +12,7 @@ the gradient of qkv accumulated from the two paths by an out-of-place add of the
 `cat` of dq, dk and dv, torch's reflection-padding backward, the mixing products and the `cat`
 building the extended query. Here the backward writes one gradient buffer: the conv kernel's
 dx is that buffer, the attention kernel adds its key and value gradients into it through the
-reflection padding's adjoint (`backward_fold` in window_attention.cpp, per (b, n), no padded
+reflection padding's adjoint (`backward_fold` in local_attention_backward.cpp, per (b, n), no padded
 gradient materialised), and the query gradient is added at the strided pixels.
 
 Runs only where both compiled kernels do (CPU float32/float64, contiguous qkv, not under a trace
@@ -35,7 +35,7 @@ def applies(qkv: torch.Tensor, conv: bool = True) -> bool:
     b = requested_backend()
     if b not in ("auto", "cpp"):
         return False
-    return backend_for(qkv, b, "window_attention") == "cpp" and (not conv or backend_for(qkv, b, "conv_path") == "cpp")
+    return backend_for(qkv, b, "local_attention") == "cpp" and (not conv or backend_for(qkv, b, "conv_path") == "cpp")
 
 
 def _grid(H, W, pad, s, dtype):
@@ -47,7 +47,7 @@ def _grid(H, W, pad, s, dtype):
 class _ACmixStage2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv, pe_w, pe_b, wconv, alpha, beta, heads, ka, stride, dil):
-        att_ext = load_extension("window_attention")
+        att_ext = load_extension("local_attention")
         B, C3, H, W = qkv.shape
         C, N, s = C3 // 3, heads, stride
         d = C // N
@@ -99,7 +99,7 @@ class _ACmixStage2(torch.autograd.Function):
                 dw = dw_eff * beta if need_w else None
                 dbeta = (dw_eff * wconv).sum().reshape(1) if need_b else None
             dqkv = dx.view(B, 3 * C, H, W)
-        dq = load_extension("window_attention").backward_fold(g.view(B * N, d, Ho, Wo), q_ext, kd, grid, vd, ka,
+        dq = load_extension("local_attention").backward_fold(g.view(B * N, d, Ho, Wo), q_ext, kd, grid, vd, ka,
                                                               dil, dqkv, N, C, 2 * C, pad, a)
         dqe = dq.view(B * N, d + 2, Ho * Wo)
         drq = dqe[:, d:]

@@ -28,34 +28,13 @@
 #include <cstring>
 #include <vector>
 
+#include "simd.h"
+
 namespace {
 
-template <typename T> struct VecOf;
-template <> struct VecOf<float> { typedef float type __attribute__((vector_size(64))); };
-template <> struct VecOf<double> { typedef double type __attribute__((vector_size(64))); };
-
-template <typename T> using vec_t = typename VecOf<T>::type;
+// 64-byte vectors (one AVX-512 register; two AVX registers elsewhere)
+template <typename T> using vec_t = typename VecB<T, 64>::type;
 template <typename T> constexpr int64_t lanes() { return 64 / sizeof(T); }
-
-template <typename T>
-inline vec_t<T> vload(const T* p) {
-  vec_t<T> v;
-  __builtin_memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <typename T>
-inline void vstore(T* p, vec_t<T> v) { __builtin_memcpy(p, &v, sizeof(v)); }
-
-// Keep a loaded vector in a register: without this GCC folds the load into every FMA that uses
-// it (one load per FMA instead of one per vector), and the dW loop becomes load-bound.
-template <typename V>
-inline void pin(V& v) {
-#if defined(__AVX512F__)
-  __asm__("" : "+v"(v));
-#else
-  (void)v;
-#endif
-}
 
 constexpr int XT = 4;  // vectors per register tile along the flat pixel index (then single-vector tails)
 
@@ -110,7 +89,7 @@ void corr_block(const T* src, const int64_t* off, int64_t J, const T* wm, int64_
       const T* s = src + off[j] + f;
       V in[XT];
 #pragma GCC unroll 8
-      for (int t = 0; t < XT; ++t) in[t] = vload(s + t * VL);
+      for (int t = 0; t < XT; ++t) in[t] = ldv<64>(s + t * VL);
       const T* wj = wm + j * ws;
 #pragma GCC unroll 8
       for (int nb = 0; nb < NB; ++nb) {
@@ -122,7 +101,7 @@ void corr_block(const T* src, const int64_t* off, int64_t J, const T* wm, int64_
 #pragma GCC unroll 8
     for (int nb = 0; nb < NB; ++nb)
 #pragma GCC unroll 8
-      for (int t = 0; t < XT; ++t) vstore(dst + nb * ds + f + t * VL, acc[nb][t]);
+      for (int t = 0; t < XT; ++t) stv<64>(dst + nb * ds + f + t * VL, acc[nb][t]);
   }
 }
 
@@ -168,7 +147,7 @@ void dot_block(const T* D, int64_t dstr, const T* src, const int64_t* off, int64
 #pragma GCC unroll 8
   for (int nb = 0; nb < NB; ++nb)
 #pragma GCC unroll 8
-    for (int tb = 0; tb < TB; ++tb) acc[nb][tb] = vload(acc_out + (nb * os + tb) * VL);
+    for (int tb = 0; tb < TB; ++tb) acc[nb][tb] = ldv<64>(acc_out + (nb * os + tb) * VL);
   const T* s[TB];
 #pragma GCC unroll 8
   for (int tb = 0; tb < TB; ++tb) s[tb] = src + off[tb];
@@ -176,13 +155,13 @@ void dot_block(const T* D, int64_t dstr, const T* src, const int64_t* off, int64
     V dv[NB];
 #pragma GCC unroll 8
     for (int nb = 0; nb < NB; ++nb) {
-      dv[nb] = vload(D + nb * dstr + f);
-      pin(dv[nb]);
+      dv[nb] = ldv<64>(D + nb * dstr + f);
+      in_reg(dv[nb]);
     }
 #pragma GCC unroll 8
     for (int tb = 0; tb < TB; ++tb) {
-      V in = vload(s[tb] + f);
-      pin(in);
+      V in = ldv<64>(s[tb] + f);
+      in_reg(in);
 #pragma GCC unroll 8
       for (int nb = 0; nb < NB; ++nb) acc[nb][tb] += dv[nb] * in;
     }
@@ -190,7 +169,7 @@ void dot_block(const T* D, int64_t dstr, const T* src, const int64_t* off, int64
 #pragma GCC unroll 8
   for (int nb = 0; nb < NB; ++nb)
 #pragma GCC unroll 8
-    for (int tb = 0; tb < TB; ++tb) vstore(acc_out + (nb * os + tb) * VL, acc[nb][tb]);
+    for (int tb = 0; tb < TB; ++tb) stv<64>(acc_out + (nb * os + tb) * VL, acc[nb][tb]);
 }
 
 template <typename T, int NB>
@@ -225,9 +204,6 @@ void dots(const T* D, int64_t dstr, int64_t nout, const T* src, const int64_t* o
   }
 }
 
-template <typename T> struct IdxOf;
-template <> struct IdxOf<float> { typedef int32_t type __attribute__((vector_size(64))); };
-template <> struct IdxOf<double> { typedef int64_t type __attribute__((vector_size(64))); };
 
 // Stride 2: a whole plane (n = H*W values) split by the parity of its flat index, and merged
 // back: ev[j] = src[2j], od[j] = src[2j + 1]. Row y (flat start y*W) then finds its even and odd
@@ -236,29 +212,29 @@ template <> struct IdxOf<double> { typedef int64_t type __attribute__((vector_si
 template <typename T>
 void split_flat(const T* src, int64_t n, T* ev, T* od) {
   using V = vec_t<T>;
-  using I = typename IdxOf<T>::type;
+  using I = typename IntVecB<T, 64>::type;
   constexpr int64_t VL = lanes<T>();
   I e, o;
   for (int64_t l = 0; l < VL; ++l) { e[l] = 2 * l; o[l] = 2 * l + 1; }
   int64_t j = 0;
   for (; 2 * (j + VL) <= n; j += VL) {
-    const V a = vload(src + 2 * j), b = vload(src + 2 * j + VL);
-    vstore(ev + j, __builtin_shuffle(a, b, e));
-    vstore(od + j, __builtin_shuffle(a, b, o));
+    const V a = ldv<64>(src + 2 * j), b = ldv<64>(src + 2 * j + VL);
+    stv<64>(ev + j, __builtin_shuffle(a, b, e));
+    stv<64>(od + j, __builtin_shuffle(a, b, o));
   }
   if (2 * j < n) {
     alignas(64) T tmp[2 * VL] = {};
     std::memcpy(tmp, src + 2 * j, (n - 2 * j) * sizeof(T));
-    const V a = vload(tmp), b = vload(tmp + VL);
-    vstore(ev + j, __builtin_shuffle(a, b, e));
-    vstore(od + j, __builtin_shuffle(a, b, o));
+    const V a = ldv<64>(tmp), b = ldv<64>(tmp + VL);
+    stv<64>(ev + j, __builtin_shuffle(a, b, e));
+    stv<64>(od + j, __builtin_shuffle(a, b, o));
   }
 }
 
 template <typename T>
 void merge_flat(const T* ev, const T* od, int64_t n, T* dst) {
   using V = vec_t<T>;
-  using I = typename IdxOf<T>::type;
+  using I = typename IntVecB<T, 64>::type;
   constexpr int64_t VL = lanes<T>();
   I lo, hi;
   for (int64_t l = 0; l < VL; ++l) {
@@ -267,15 +243,15 @@ void merge_flat(const T* ev, const T* od, int64_t n, T* dst) {
   }
   int64_t j = 0;
   for (; 2 * (j + VL) <= n; j += VL) {
-    const V a = vload(ev + j), b = vload(od + j);
-    vstore(dst + 2 * j, __builtin_shuffle(a, b, lo));
-    vstore(dst + 2 * j + VL, __builtin_shuffle(a, b, hi));
+    const V a = ldv<64>(ev + j), b = ldv<64>(od + j);
+    stv<64>(dst + 2 * j, __builtin_shuffle(a, b, lo));
+    stv<64>(dst + 2 * j + VL, __builtin_shuffle(a, b, hi));
   }
   if (2 * j < n) {
     alignas(64) T tmp[2 * VL];
-    const V a = vload(ev + j), b = vload(od + j);
-    vstore(tmp, __builtin_shuffle(a, b, lo));
-    vstore(tmp + VL, __builtin_shuffle(a, b, hi));
+    const V a = ldv<64>(ev + j), b = ldv<64>(od + j);
+    stv<64>(tmp, __builtin_shuffle(a, b, lo));
+    stv<64>(tmp + VL, __builtin_shuffle(a, b, hi));
     std::memcpy(dst + 2 * j, tmp, (n - 2 * j) * sizeof(T));
   }
 }

@@ -1,4 +1,4 @@
-"""Pure-PyTorch twin of window_attention.cpp: same inputs, outputs and saved tensors.
+"""Pure-PyTorch twin of the C++ local attention kernel (local_attention.h): same inputs, outputs and saved tensors.
 
 Loops over the k_a^2 window offsets; every step is a whole-tensor op on strided
 views of the padded maps, so no unfolded (k_a^2 x C x H' x W') tensor exists.

@@ -1,4 +1,4 @@
-"""Triton twin of window_attention.cpp / torch_impl.py: the sliding-window attention for CUDA.
+"""Triton twin of the C++ local attention kernel / torch_impl.py: the sliding-window attention for CUDA.
 
 VERIFIED ONLY IN TRITON'S INTERPRETER (TRITON_INTERPRET=1, CPU tensors, numpy-backed), NEVER ON A GPU.
 No GPU was lent to the session that wrote it: nothing here has been run on a CUDA device, and no GPU
@@ -18,7 +18,7 @@ Not checked: launching on a GPU, speed, the choice of BLOCK_X/num_warps (a heuri
 The CUDA test in tests/test_fast_triton.py (marked cuda) and scripts/gpu_check.sh are what a session
 with a GPU should run first.
 
-Same inputs and outputs as the other backends (header of window_attention.cpp):
+Same inputs and outputs as the other backends (header of local_attention.h):
   q  (BN, Cq, Ho, Wo) scaled queries; the last G = Cq - Ck channels pair with grid (G, Hp, S, Wq)
   kd (BN, Ck, Hp, S, Wq), vd (BN, Cv, Hp, S, Wq) padded, phase-split keys and values
   out (BN, Cv, Ho, Wo). Window offset j = a*ka + b reads padded row y*S + a*dil, column phase

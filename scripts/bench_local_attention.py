@@ -1,11 +1,9 @@
-"""Time the C++ sliding-window attention kernel (modules/_fast/window_attention.cpp), forward and
-backward, at the issue's ResNet-ACmix shapes, optionally side by side with another version of the
-kernel source (e.g. an older commit), interleaved in one process so a shared machine's load hits
-both alike.
+"""Time the C++ local (sliding-window) attention kernel (modules/_fast/local_attention*.cpp), forward
+and backward, at the issue's ResNet-ACmix shapes, optionally side by side with the kernel of another
+git revision, interleaved in one process so a shared machine's load hits both alike.
 
-    python scripts/bench_window_attention.py                      # this tree's kernel
-    git show HEAD~3:modules/_fast/window_attention.cpp > /tmp/old.cpp
-    python scripts/bench_window_attention.py --baseline /tmp/old.cpp --threads 2
+    python scripts/bench_local_attention.py                        # this tree's kernel
+    python scripts/bench_local_attention.py --baseline HEAD~3 --threads 2
 
 Prints one row per (shape, stride, pass): median ms (IQR) over all runs of all rounds per kernel, and
 baseline / current.
@@ -15,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,16 +28,37 @@ from modules.local_attention import position_grid  # noqa: E402
 SHAPES = [(8, 64, 56, 56), (8, 128, 28, 28), (8, 256, 14, 14), (32, 64, 32, 32)]
 
 
-def build_baseline(path: str):
+def _git_show(rev: str, path: str) -> str | None:
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(["git", "-C", str(root), "show", f"{rev}:{path}"], capture_output=True, text=True)
+    return r.stdout if r.returncode == 0 else None
+
+
+def build_baseline(rev: str):
+    """The local attention extension as of git revision `rev` (its sources and headers; before the kernel
+    was split into several files, the one file window_attention.cpp)."""
     from torch.utils import cpp_extension
-    src = Path(path).read_text()
-    key = hashlib.sha1((src + torch.__version__).encode()).hexdigest()[:12]
+    files = {}
+    for name in _fast.KERNELS["local_attention"] + ("local_attention.h", "local_attention_tiles.h",
+                                                    "local_attention_blocks.h", "softmax_exp.h", "simd.h"):
+        text = _git_show(rev, f"modules/_fast/{name}")
+        if text is not None:
+            files[name] = text
+    sources = [n for n in _fast.KERNELS["local_attention"] if n in files]
+    if not sources:
+        text = _git_show(rev, "modules/_fast/window_attention.cpp")
+        if text is None:
+            raise SystemExit(f"no local attention kernel at git revision {rev!r}")
+        files, sources = {"window_attention.cpp": text}, ["window_attention.cpp"]
+    key = hashlib.sha1(("".join(f"{n}{t}" for n, t in sorted(files.items())) + torch.__version__).encode()
+                       ).hexdigest()[:12]
     d = _fast.cache_dir() / f"bench_baseline_{key}"
     d.mkdir(parents=True, exist_ok=True)
-    copy = d / "window_attention_baseline.cpp"
-    copy.write_text(src)
-    return cpp_extension.load(name=f"acmix_wa_baseline_{key}", sources=[str(copy)], extra_cflags=_fast._cflags(),
-                              extra_ldflags=["-fopenmp"], build_directory=str(d), verbose=False)
+    for n, t in files.items():
+        (d / n).write_text(t)
+    return cpp_extension.load(name=f"acmix_la_baseline_{key}", sources=[str(d / n) for n in sources],
+                              extra_cflags=_fast._cflags(), extra_ldflags=["-fopenmp"], build_directory=str(d),
+                              verbose=False)
 
 
 def inputs(B, C, H, W, stride, heads=4, ka=7, dtype=torch.float32):
@@ -58,7 +78,7 @@ def inputs(B, C, H, W, stride, heads=4, ka=7, dtype=torch.float32):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--baseline", help="another window_attention.cpp to time side by side")
+    ap.add_argument("--baseline", metavar="REV", help="a git revision whose kernel to time side by side")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--strides", default="1,2")
     ap.add_argument("--shapes", default=";".join(",".join(map(str, s)) for s in SHAPES),
