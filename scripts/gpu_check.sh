@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-go GPU check for a session lent a CUDA machine (never run by its author: no GPU was lent).
+# One-go GPU check on a CUDA machine (not yet run on one: the kernels were verified on CPU only).
 #   1. the CUDA tests (pytest -k cuda: fast attention and operators vs the reference on CUDA, the Triton
 #      kernels vs torch_impl on CUDA)
 #   2. the attention kernel alone, triton_impl vs torch_impl (scripts/gpu_kernel_bench.py)

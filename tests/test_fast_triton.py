@@ -4,8 +4,8 @@ No GPU here: the kernels run in Triton's interpreter (TRITON_INTERPRET=1, CPU te
 flag must be set before triton is imported and must not leak into other tests, so the checks run in a
 subprocess (this file run as a script with --worker) that prints one JSON line per case; the tests
 below assert on those lines and on the subprocess' exit code. A second subprocess compiles the three
-kernels ahead of time for sm_90 with Triton's bundled ptxas (no GPU needed), so a GPU session does not
-discover a compile error first. The CUDA test (marked cuda) runs the same comparison on a real GPU and
+kernels ahead of time for sm_90 with Triton's bundled ptxas (no GPU needed), so a first run on a GPU does not
+discover a compile error. The CUDA test (marked cuda) runs the same comparison on a real GPU and
 is skipped where none is visible.
 """
 from __future__ import annotations

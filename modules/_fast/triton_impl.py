@@ -1,8 +1,7 @@
 """Triton twin of the C++ local attention kernel / torch_impl.py: the sliding-window attention for CUDA.
 
-VERIFIED ONLY IN TRITON'S INTERPRETER (TRITON_INTERPRET=1, CPU tensors, numpy-backed), NEVER ON A GPU.
-No GPU was lent to the session that wrote it: nothing here has been run on a CUDA device, and no GPU
-timing of it exists. What was checked (tests/test_fast_triton.py, triton 3.8.0):
+VERIFIED ONLY IN TRITON'S INTERPRETER (TRITON_INTERPRET=1, CPU tensors, numpy-backed), NEVER ON A GPU:
+nothing here has been run on a CUDA device, and no GPU timing of it exists. What was checked (tests/test_fast_triton.py, triton 3.8.0):
   - interpreter: forward and backward equal to torch_impl.forward/backward on tiny maps: strides 1, 2, 3;
     dilations 1, 2, 3; k_a 1, 3, 5, 7; batch 1 and 3 (BN up to 6); non-square maps; float64 (max error
     ~4e-15), float32 (~1e-6), float16 (~5e-4) and bfloat16 (~1.5e-2, input rounding) inputs, the last
@@ -15,8 +14,8 @@ timing of it exists. What was checked (tests/test_fast_triton.py, triton 3.8.0):
     output widths 56, 28, 14 (_config); none spills registers (no stack frame, no local memory in
     cuobjdump --dump-resource-usage), which the test asserts.
 Not checked: launching on a GPU, speed, the choice of BLOCK_X/num_warps (a heuristic, not tuned).
-The CUDA test in tests/test_fast_triton.py (marked cuda) and scripts/gpu_check.sh are what a session
-with a GPU should run first.
+The CUDA test in tests/test_fast_triton.py (marked cuda) and scripts/gpu_check.sh are the first things
+to run on a machine with a GPU.
 
 Same inputs and outputs as the other backends (header of local_attention.h):
   q  (BN, Cq, Ho, Wo) scaled queries; the last G = Cq - Ck channels pair with grid (G, Hp, S, Wq)
