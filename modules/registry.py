@@ -6,6 +6,8 @@ Swin-T/S (and small-input configs swin_mini, swin_micro) with op sa | acmix;
 SAN-10/15/19 with op pairwise | patchwise | acmix (SAN-ACmix, on patchwise SAN unless sa_type says).
 PVT-Tiny/Small (pvt_t, pvt_s) with op sa (spatial-reduction attention) | acmix.
 
+Release checkpoints: `create_model("swin_t-acmix", pretrained="ckpt.pth")` (see modules/official.py).
+
 Overrides (any subset; unknown keys are a ValueError listing the allowed ones):
   shift       shift implementation of the conv path (tensor|fixed|learnable|multigroup)
   mixing      learnable | half | att | conv (or a pair such as (1, 0))
@@ -87,9 +89,15 @@ def _check_keys(name, overrides, allowed):
         raise ValueError(f"{name}: unknown override(s) {', '.join(bad)}; allowed: {', '.join(allowed)}")
 
 
-def create_model(name: str, **overrides) -> nn.Module:
-    """Build a registered model; see the module docstring for names and overrides."""
+def create_model(name: str, pretrained=None, **overrides) -> nn.Module:
+    """Build a registered model; see the module docstring for names and overrides.
+
+    pretrained: a release checkpoint (path or state dict) loaded by `modules.official.load_official`.
+    """
     spec = _lookup(name)
+    if pretrained is not None:
+        from .official import load_official
+        return load_official(pretrained, name, **overrides)
     ov = {k: v for k, v in overrides.items() if v is not None}
     if spec["family"] == "resnet":
         _check_keys(name, ov, RESNET_OVERRIDES)
