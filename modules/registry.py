@@ -13,7 +13,7 @@ Overrides (any subset; unknown keys are a ValueError listing the allowed ones):
   mixing      learnable | half | att | conv (or a pair such as (1, 0))
   stem        "imagenet" (224 px; Swin: patch 4) | "small" (28-64 px; Swin: patch 2)
   widths      ResNet: 4 per-stage base widths (bottleneck inner width); Swin: embed dim (int)
-  width_mult  scales the default widths (rounded to a multiple of the head count)
+  width_mult  scales the default widths (rounded to a multiple of the head count); ignored when widths are given
   num_classes, in_chans, img_size
   kernel_att  ResNet attention window (clamped per stage to fit small maps, see resnet.py)
   heads       ResNet: heads of every attention op; Swin: first-stage heads (doubled per stage) or a list
@@ -125,7 +125,8 @@ def create_model(name: str, pretrained=None, **overrides) -> nn.Module:
             cfg["patch_size"] = _SWIN_STEM_PATCH[stem]
             if "img_size" not in ov and stem == "small":
                 cfg["img_size"] = 32
-        if "widths" in ov:
+        explicit = "widths" in ov
+        if explicit:
             w = ov.pop("widths")
             if isinstance(w, (list, tuple)):
                 if len(w) != 1:
@@ -138,7 +139,7 @@ def create_model(name: str, pretrained=None, **overrides) -> nn.Module:
             n = len(tuple(cfg["depths"]))
             cfg["heads"] = (h + [h[-1] * 2 ** (i + 1) for i in range(max(0, n - len(h)))])[:n]
         mult = cfg.pop("width_mult", 1.0)
-        if mult != 1.0:
+        if mult != 1.0 and not explicit:  # explicit widths are final (as for ResNet and SAN)
             if not (isinstance(mult, (int, float)) and mult > 0):
                 raise ValueError(f"width_mult must be a positive number, got {mult!r}")
             h0 = cfg["heads"] if isinstance(cfg["heads"], int) else cfg["heads"][0]
@@ -156,10 +157,11 @@ def _create_pvt(name: str, spec: dict, ov: dict) -> nn.Module:
         raise ValueError(f"unknown stem {stem!r}; allowed: {', '.join(PVT_STEM_PATCH)}")
     cfg["patch_size"] = PVT_STEM_PATCH[stem]
     cfg["img_size"] = ov.pop("img_size", _STEM_IMG[stem])
-    if "widths" in ov:
+    explicit = "widths" in ov
+    if explicit:
         cfg["embed_dims"] = ov.pop("widths")
     mult = ov.pop("width_mult", 1.0)
-    if mult != 1.0:
+    if mult != 1.0 and not explicit:  # explicit widths are final (as for ResNet and SAN)
         if not (isinstance(mult, (int, float)) and mult > 0):
             raise ValueError(f"width_mult must be a positive number, got {mult!r}")
         heads = ov.get("heads", cfg["heads"])
