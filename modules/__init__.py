@@ -3,7 +3,7 @@ from .conv import Conv, DecomposedConv
 from .factory import create_op
 from .local_attention import (local_attention_fast, local_attention_reference, position_grid)
 from .names import OPERATOR_KINDS
-from .official import from_official
+from .official import from_official, load_official
 from .operators import (ACmix, ConvPath, LocalSelfAttention, MIXING_MODES, Stage2, WindowACmix,
                         WindowSelfAttention, parse_mixing, set_stage2_impl)
 from .san import SANACmix, SANSelfAttention
@@ -13,7 +13,7 @@ from .window_attention import window_attention_fast, window_attention_reference
 __all__ = [
     "ACmix", "Conv", "ConvPath", "DecomposedConv", "LocalSelfAttention", "MIXING_MODES", "OPERATOR_KINDS",
     "SANACmix", "SANSelfAttention", "SHIFT_IMPLS", "ShiftAggregation", "Stage2", "WindowACmix", "WindowSelfAttention",
-    "from_official",
+    "from_official", "load_official",
     "local_attention_fast", "local_attention_reference", "parse_mixing", "position_grid",
     "set_stage2_impl", "shift_aggregate_reference", "tensor_shift_sum", "window_attention_fast",
     "window_attention_reference", "create_model", "create_op", "list_models", "model_spec",

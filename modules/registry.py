@@ -6,12 +6,14 @@ Swin-T/S (and small-input configs swin_mini, swin_micro) with op sa | acmix;
 SAN-10/15/19 with op pairwise | patchwise | acmix (SAN-ACmix, on patchwise SAN unless sa_type says).
 PVT-Tiny/Small (pvt_t, pvt_s) with op sa (spatial-reduction attention) | acmix.
 
+Release checkpoints: `create_model("swin_t-acmix", pretrained="ckpt.pth")` (see modules/official.py).
+
 Overrides (any subset; unknown keys are a ValueError listing the allowed ones):
   shift       shift implementation of the conv path (tensor|fixed|learnable|multigroup)
   mixing      learnable | half | att | conv (or a pair such as (1, 0))
   stem        "imagenet" (224 px; Swin: patch 4) | "small" (28-64 px; Swin: patch 2)
   widths      ResNet: 4 per-stage base widths (bottleneck inner width); Swin: embed dim (int)
-  width_mult  scales the default widths (rounded to a multiple of the head count)
+  width_mult  scales the default widths (rounded to a multiple of the head count); ignored when widths are given
   num_classes, in_chans, img_size
   kernel_att  ResNet attention window (clamped per stage to fit small maps, see resnet.py)
   heads       ResNet: heads of every attention op; Swin: first-stage heads (doubled per stage) or a list
@@ -90,9 +92,15 @@ def _check_keys(name, overrides, allowed):
         raise ValueError(f"{name}: unknown override(s) {', '.join(bad)}; allowed: {', '.join(allowed)}")
 
 
-def create_model(name: str, **overrides) -> nn.Module:
-    """Build a registered model; see the module docstring for names and overrides."""
+def create_model(name: str, pretrained=None, **overrides) -> nn.Module:
+    """Build a registered model; see the module docstring for names and overrides.
+
+    pretrained: a release checkpoint (path or state dict) loaded by `modules.official.load_official`.
+    """
     spec = _lookup(name)
+    if pretrained is not None:
+        from .official import load_official
+        return load_official(pretrained, name, **overrides)
     ov = {k: v for k, v in overrides.items() if v is not None}
     if spec["family"] == "resnet":
         _check_keys(name, ov, RESNET_OVERRIDES)
@@ -120,7 +128,8 @@ def create_model(name: str, **overrides) -> nn.Module:
             cfg["patch_size"] = _SWIN_STEM_PATCH[stem]
             if "img_size" not in ov and stem == "small":
                 cfg["img_size"] = 32
-        if "widths" in ov:
+        explicit = "widths" in ov
+        if explicit:
             w = ov.pop("widths")
             if isinstance(w, (list, tuple)):
                 if len(w) != 1:
@@ -133,7 +142,7 @@ def create_model(name: str, **overrides) -> nn.Module:
             n = len(tuple(cfg["depths"]))
             cfg["heads"] = (h + [h[-1] * 2 ** (i + 1) for i in range(max(0, n - len(h)))])[:n]
         mult = cfg.pop("width_mult", 1.0)
-        if mult != 1.0:
+        if mult != 1.0 and not explicit:  # explicit widths are final (as for ResNet and SAN)
             if not (isinstance(mult, (int, float)) and mult > 0):
                 raise ValueError(f"width_mult must be a positive number, got {mult!r}")
             h0 = cfg["heads"] if isinstance(cfg["heads"], int) else cfg["heads"][0]
@@ -151,10 +160,11 @@ def _create_pvt(name: str, spec: dict, ov: dict) -> nn.Module:
         raise ValueError(f"unknown stem {stem!r}; allowed: {', '.join(PVT_STEM_PATCH)}")
     cfg["patch_size"] = PVT_STEM_PATCH[stem]
     cfg["img_size"] = ov.pop("img_size", _STEM_IMG[stem])
-    if "widths" in ov:
+    explicit = "widths" in ov
+    if explicit:
         cfg["embed_dims"] = ov.pop("widths")
     mult = ov.pop("width_mult", 1.0)
-    if mult != 1.0:
+    if mult != 1.0 and not explicit:  # explicit widths are final (as for ResNet and SAN)
         if not (isinstance(mult, (int, float)) and mult > 0):
             raise ValueError(f"width_mult must be a positive number, got {mult!r}")
         heads = ov.get("heads", cfg["heads"])

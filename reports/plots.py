@@ -185,22 +185,33 @@ def shifts(shift_tab: pd.DataFrame):
     return fig
 
 
+FAMILY_NAMES = {"resnet": "ResNet-ACmix", "san": "SAN-ACmix", "pvt": "PVT-ACmix", "swin": "Swin-ACmix"}
+
+
 def mixing(mix: pd.DataFrame):
+    """|alpha|, |beta|, log|alpha/beta| by layer depth: one row of three panels per backbone family (depths of
+    different families are different layers), one series per configuration within it."""
     if not len(mix):
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for i, (label, g) in enumerate(mix.groupby("label", sort=True)):
-        g = g.sort_values("depth")
-        for ax, q in zip(axes, ("abs_alpha", "abs_beta", "log_ratio")):
-            ax.errorbar(g["depth"], g[f"{q}_mean"], yerr=[_zero(x) for x in g[f"{q}_std"]], marker="o", ms=4,
-                        capsize=2, label=f"{label} (n={int(g['n'].max())})", color=plt.cm.tab10(i % 10))
-    for ax, t in zip(axes, ("|alpha| (attention weight)", "|beta| (convolution weight)",
-                            "log|alpha/beta| (>0: attention, <0: convolution)")):
-        ax.set_xlabel("layer depth (block index)")
-        ax.set_title(t, fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[2].axhline(0, color="k", lw=0.8)
-    axes[0].legend(fontsize=7)
-    fig.suptitle("ACmix learned mixing by depth (bars: seed std)", fontsize=10)
+    mix = mix.copy()
+    mix["family"] = mix["family"].fillna("?").astype(str) if "family" in mix else "?"
+    order = ["resnet", "san", "pvt", "swin"]
+    families = sorted(mix["family"].unique(), key=lambda f: (order.index(f) if f in order else len(order), f))
+    fig, axes = plt.subplots(len(families), 3, figsize=(15, 3.6 * len(families) + 0.6), squeeze=False)
+    for row, fam in zip(axes, families):
+        for i, (label, g) in enumerate(mix[mix["family"] == fam].groupby("label", sort=True)):
+            g = g.sort_values("depth")
+            for ax, q in zip(row, ("abs_alpha", "abs_beta", "log_ratio")):
+                ax.errorbar(g["depth"], g[f"{q}_mean"], yerr=[_zero(x) for x in g[f"{q}_std"]], marker="o", ms=4,
+                            capsize=2, label=f"{label} (n={int(g['n'].max())})", color=plt.cm.tab10(i % 10))
+        name = FAMILY_NAMES.get(fam, fam)
+        for ax, t in zip(row, ("|alpha| (attention weight)", "|beta| (convolution weight)",
+                               "log|alpha/beta| (>0: attention, <0: convolution)")):
+            ax.set_xlabel("layer depth (ACmix layer index)")
+            ax.set_title(f"{name}: {t}", fontsize=10)
+            ax.grid(alpha=0.3)
+        row[2].axhline(0, color="k", lw=0.8)
+        row[0].legend(fontsize=7)
+    fig.suptitle("ACmix learned mixing by depth, per backbone family (bars: seed std)", fontsize=10)
     fig.tight_layout()
     return fig

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 
 import numpy as np
 import pandas as pd
@@ -124,6 +125,16 @@ def match_table(frame: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["dataset", "group", "op"], key=lambda c: c.astype(str)).reset_index(drop=True)
 
 
+FAMILY_ORDER = ("resnet", "san", "pvt", "swin")  # the paper's order of backbones
+
+
+def model_family(model) -> str:
+    """Backbone family of a registry name, from the name alone: resnet26-acmix -> resnet, swin_t-acmix -> swin,
+    san10-acmix -> san, pvt_s-acmix -> pvt (the leading letters); other names give themselves."""
+    m = re.match(r"[a-z]+", str(model or "").split(":")[-1].lower())
+    return m.group(0) if m else str(model)
+
+
 def mixing_table(records: list[dict]) -> pd.DataFrame:
     """Per configuration and layer: alpha, beta, |alpha|, |beta|, log|alpha/beta| (mean, std, n over seeds)."""
     from .records import config_key, label_map
@@ -140,21 +151,23 @@ def mixing_table(records: list[dict]) -> pd.DataFrame:
             except (KeyError, TypeError, ValueError):
                 continue
             raw.append({"config": config_key(rec["cell"]), "label": labels[config_key(rec["cell"])],
+                        "family": model_family(rec["cell"].get("model")),
                         "dataset": rec["cell"].get("dataset"), "layer": d.get("layer"), "depth": depth,
                         "seed": rec["cell"].get("seed"), "abs_alpha": abs(a), "abs_beta": abs(b),
                         "log_ratio": math.log(abs(a) / abs(b)) if a != 0 and b != 0 else math.nan})
-    cols = ["dataset", "label", "layer", "depth"]
+    cols = ["dataset", "family", "label", "layer", "depth"]
     out_cols = cols + [f"{q}_{s}" for q in ("abs_alpha", "abs_beta", "log_ratio") for s in ("mean", "std")] + ["n"]
     if not raw:
         return pd.DataFrame(columns=out_cols + ["config"])
     df = pd.DataFrame(raw)
     rows = []
     for (cfg, depth, layer), g in df.groupby(["config", "depth", "layer"], sort=True, dropna=False):
-        row = {"config": cfg, "dataset": g["dataset"].iloc[0], "label": g["label"].iloc[0], "layer": layer, "depth": depth}
+        row = {"config": cfg, "dataset": g["dataset"].iloc[0], "family": g["family"].iloc[0],
+               "label": g["label"].iloc[0], "layer": layer, "depth": depth}
         for q in ("abs_alpha", "abs_beta", "log_ratio"):
             row[f"{q}_mean"], row[f"{q}_std"], row["n"] = seed_stats(g[q])
         rows.append(row)
-    return pd.DataFrame(rows)[out_cols + ["config"]].sort_values(["label", "depth"]).reset_index(drop=True)
+    return pd.DataFrame(rows)[out_cols + ["config"]].sort_values(["family", "label", "depth"]).reset_index(drop=True)
 
 
 def mixing_raw(records: list[dict]) -> pd.DataFrame:
