@@ -15,7 +15,7 @@ from modules import names
 from ..formulas import Conventions
 from .audit import audit_rows
 from .result import CountResult
-from .stages import stage_order
+from .stages import stage_of, stage_order
 from .voices import (OPTIONAL_VOICES, VOICES, voice_formula, voice_fvcore, voice_fvcore_default, voice_ptflops_aten,
                      voice_ptflops_pytorch, voice_torch)
 
@@ -74,7 +74,8 @@ def _stage2_impl(model: nn.Module, impl: str | None):
 
 
 def count_model(model: nn.Module, input_size=None, inputs=None, voices=VOICES, conventions=None,
-                backward: str = "none", stage2_impl: str | None = None, meta: bool = True) -> CountResult:
+                backward: str = "none", stage2_impl: str | None = None, meta: bool = True,
+                per_path: dict | None = None) -> CountResult:
     """Params and MACs per stage for each voice, per image (batch 1), and the audit.
 
     input_size: (C, H, W) or (1, C, H, W) (maps) / (1, H, W, C) (tokens); or pass `inputs`.
@@ -86,6 +87,10 @@ def count_model(model: nn.Module, input_size=None, inputs=None, voices=VOICES, c
     read shapes (formula, ptflops-aten, torch) on a meta-device copy (fast; fvcore traces the real model).
     On meta the fast sliding-window attention runs its pure-PyTorch twin instead of the C++ kernel; the
     dispatch-level voices give it zero either way.
+    per_path: a dict, filled with voice -> Counter((path, stage) -> MACs), MACs as in the rows (after
+    conventions and the backward rule); path is where the voice put the count (a module path, or for
+    formula terms a path inside an operator), stage is stage_of(path). bench/flops/layers.py builds
+    the per-module tree from it.
     """
     conv = Conventions.parse(conventions)
     if backward not in BACKWARD_MODES:
@@ -102,7 +107,7 @@ def count_model(model: nn.Module, input_size=None, inputs=None, voices=VOICES, c
     rows, notes, seconds, parts, audit = [], [], {}, [], []
     inventory = defaultdict(Counter)
     unsupported = []
-    results = {}
+    results, raw_paths = {}, {}
     twin = [None]
 
     def shapes_only():
@@ -132,24 +137,26 @@ def count_model(model: nn.Module, input_size=None, inputs=None, voices=VOICES, c
     try:
         for v in voices:
             t0 = time.perf_counter()
+            paths = Counter()
             if v == "formula":
-                st, params, n = on_meta(voice_formula, conv, parts)
+                st, params, n = on_meta(voice_formula, conv, parts, paths)
                 notes += n
                 macs = {s: sum(x for c, x in cats.items() if conv.counts(c)) for s, cats in st.items()}
             elif v == "fvcore":
-                st, params, unsupported = voice_fvcore(model, inputs, inventory)
+                st, params, unsupported = voice_fvcore(model, inputs, inventory, paths)
                 macs = {s: sum(x for c, x in cats.items() if conv.counts(c)) for s, cats in st.items()}
             elif v == "fvcore-default":
-                macs, params = voice_fvcore_default(model, inputs)
+                macs, params = voice_fvcore_default(model, inputs, paths)
             elif v == "ptflops-pytorch":
                 # real model: on meta, decompositions call patched torch functions and count twice
-                macs, params = voice_ptflops_pytorch(model, inputs)
+                macs, params = voice_ptflops_pytorch(model, inputs, paths)
             elif v == "ptflops-aten":
-                macs, params = on_meta(voice_ptflops_aten)
+                macs, params = on_meta(voice_ptflops_aten, paths)
             else:
-                macs, params = on_meta(voice_torch, backward=(backward == "counted"))
+                macs, params = on_meta(voice_torch, backward=(backward == "counted"), paths=paths)
             seconds[v] = time.perf_counter() - t0
             results[v] = (macs, params)
+            raw_paths[v] = paths
     finally:
         model.train(was_training)
         impl_ctx.__exit__(None, None, None)
@@ -171,6 +178,11 @@ def count_model(model: nn.Module, input_size=None, inputs=None, voices=VOICES, c
             else:
                 m, p = macs.get(s, 0), params.get(s, 0)
             rows.append({"stage": s, "voice": v, "params": int(p), "macs": int(m) * mult})
+        if per_path is not None:
+            out = per_path[v] = Counter()
+            for (path, cat), m in raw_paths[v].items():
+                if cat is None or conv.counts(cat):
+                    out[(path, stage_of(path))] += int(m) * mult
     if "fvcore" in voices:
         audit = audit_rows(model, inventory, unsupported, voices, conv)
     if backward == "counted":

@@ -36,8 +36,9 @@ def _operator_out_shape(mod, x: torch.Tensor) -> tuple:
     return (B, mod.out_planes, (H - 1) // s + 1, (W - 1) // s + 1)
 
 
-def voice_formula(model, inputs, conv: Conventions, res_parts: list) -> tuple[dict, dict, list[str]]:
-    """Closed forms. Each suite operator is replaced, for this pass only, by a stub that records its
+def voice_formula(model, inputs, conv: Conventions, res_parts: list, paths: Counter | None = None
+                  ) -> tuple[dict, dict, list[str]]:
+    """Closed forms. paths (optional): filled with (full term path, category) -> MACs. Each suite operator is replaced, for this pass only, by a stub that records its
     input shape and returns an empty tensor of its output shape (the formulas need shapes, not values);
     standard layers outside operators run and are read by forward hooks."""
     costs: list[tuple[str, OpCost]] = []
@@ -92,6 +93,8 @@ def voice_formula(model, inputs, conv: Conventions, res_parts: list) -> tuple[di
         for t in oc.terms:
             full = f"{name}.{t.path}" if t.path else name
             stages[stage_of(full)][t.category] += t.macs
+            if paths is not None:
+                paths[(full, t.category)] += t.macs
             res_parts.append({"module": name, "stage": stage_of(full), "part": t.part, "category": t.category,
                               "macs": t.macs, "counted": conv.counts(t.category)})
         for p, n in oc.params.items():
@@ -129,9 +132,10 @@ def _fvcore_analysis(model, inputs, handles: dict | None):
     return fa
 
 
-def voice_fvcore(model, inputs, inventory: dict | None = None):
+def voice_fvcore(model, inputs, inventory: dict | None = None, paths: Counter | None = None):
     """fvcore with the suite's handles. Each handle call is also recorded with the innermost module
-    scope of its node, which gives per-path, per-category counts (checked against fvcore's total)."""
+    scope of its node, which gives per-path, per-category counts (checked against fvcore's total);
+    paths (optional) is filled with (module path, category) -> MACs."""
     per_scope = defaultdict(Counter)
     base = suite_handles()
 
@@ -160,6 +164,8 @@ def voice_fvcore(model, inputs, inventory: dict | None = None):
             if cat == "elem" and mod is not None:
                 cat = elem_category(mod)
             stages[stage_of(scope)][cat] += v
+            if paths is not None:
+                paths[(scope, cat)] += v
     # unsupported ops, attributed to their innermost module
     unsupported = []
     names = [n for n, _ in model.named_modules()]
@@ -179,7 +185,7 @@ def voice_fvcore(model, inputs, inventory: dict | None = None):
     return stages, dict(params), unsupported
 
 
-def voice_fvcore_default(model, inputs):
+def voice_fvcore_default(model, inputs, paths: Counter | None = None):
     from fvcore.nn import parameter_count
     fa = _fvcore_analysis(model, inputs, None)
     bm = fa.by_module()
@@ -189,6 +195,8 @@ def voice_fvcore_default(model, inputs):
         own = bm.get(n, 0) - sum(bm.get(c, 0) for c in names
                                  if c != n and c.startswith(n + "." if n else "") and "." not in c[len(n) + (1 if n else 0):])
         stages[stage_of(n)] += own
+        if paths is not None and own:
+            paths[(n, None)] += own
     pc = parameter_count(model)
     params = Counter()
     for pname, _ in model.named_parameters():
@@ -208,7 +216,7 @@ class _PathList(list):
         self.by_path[self.tracker.current] += int(v)
 
 
-def voice_ptflops_pytorch(model, inputs):
+def voice_ptflops_pytorch(model, inputs, paths: Counter | None = None):
     """ptflops backend "pytorch", driven through its engine so counts stay per module
     (get_model_complexity_info only returns a total)."""
     from ptflops import pytorch_engine as pe
@@ -225,8 +233,12 @@ def voice_ptflops_pytorch(model, inputs):
             for n, m in model.named_modules():
                 if pe.is_supported_instance(m) and hasattr(m, "__flops__"):
                     stages[stage_of(n)] += int(m.__flops__)
+                    if paths is not None:
+                        paths[(n, None)] += int(m.__flops__)
             for path, v in collector.by_path.items():
                 stages[stage_of(path)] += v
+                if paths is not None:
+                    paths[(path, None)] += v
         finally:
             pe.unpatch_functional()
             pe.unpatch_tensor_ops()
@@ -239,7 +251,7 @@ def voice_ptflops_pytorch(model, inputs):
     return dict(stages), param_stage_counts(model, lambda p: p.requires_grad)
 
 
-def voice_ptflops_aten(model, inputs):
+def voice_ptflops_aten(model, inputs, paths: Counter | None = None):
     from ptflops.aten_engine import FlopCounterMode as PtCounter
     out_params = {"serialize_params": {"units": None, "precision": 2}, "print_params": {"file": io.StringIO()}}
     counter = PtCounter(None, verbose=False, print_per_layer_stat=False, output_params=out_params)
@@ -255,10 +267,12 @@ def voice_ptflops_aten(model, inputs):
     for path, ops in counter.flop_counts.items():
         if path != "Global":
             stages[stage_of(path)] += sum(ops.values())
+            if paths is not None:
+                paths[(path, None)] += sum(ops.values())
     return dict(stages), param_stage_counts(model, lambda p: p.requires_grad)
 
 
-def voice_torch(model, inputs, backward: bool = False):
+def voice_torch(model, inputs, backward: bool = False, paths: Counter | None = None):
     from torch.utils.flop_counter import FlopCounterMode
 
     per_path = Counter()
@@ -281,4 +295,6 @@ def voice_torch(model, inputs, backward: bool = False):
     stages = Counter()
     for path, v in per_path.items():
         stages[stage_of(path)] += v
+        if paths is not None:
+            paths[(path, None)] += v // 2
     return {s: v // 2 for s, v in stages.items()}, param_stage_counts(model)
