@@ -10,7 +10,8 @@ from modules import names
 from modules.names import OPERATOR_ALIASES, OPERATOR_KINDS, SHIFT_IMPLS
 
 from .count import BACKWARD_MODES, build_model, build_op, count_model, count_op
-from .layers import DEFAULT_DEPTH, PER_LAYER_VOICES, format_layers_csv, format_layers_table, layer_counts
+from .layers import (DEFAULT_DEPTH, PER_LAYER_VOICES, check_per_layer, format_layers_csv, format_layers_table,
+                     layer_counts)
 from .result import format_csv, format_table
 from .voices import OPTIONAL_VOICES, VOICES
 
@@ -60,6 +61,7 @@ def run(args) -> int:
 def _run_per_layer(args) -> int:
     voice = args.voice or "formula"
     depth = DEFAULT_DEPTH if args.depth is None else args.depth
+    check_per_layer(voice, depth, args.backward)  # before building the model
     if args.op:
         module, layout = build_op(args.op, channels=args.channels, heads=args.heads, kernel_att=args.kernel_att,
                                   kernel_conv=args.kernel_conv, stride=args.stride, shift=args.shift,

@@ -56,9 +56,8 @@ def _owner(path: str, modules: dict) -> str:
     return path
 
 
-def layer_counts(model: nn.Module, input_size=None, inputs=None, voice: str = "formula", depth: int = DEFAULT_DEPTH,
-                 conventions=None, backward: str = "none", stage2_impl: str | None = None) -> LayerCounts:
-    """One voice over `model`, per module down to `depth` (0: the root only)."""
+def check_per_layer(voice: str, depth: int, backward: str = "none") -> None:
+    """ValueError (one line) for a per-layer request that cannot be met."""
     if voice not in PER_LAYER_VOICES:
         raise ValueError(f"--per-layer takes one voice from {', '.join(PER_LAYER_VOICES)}, got {voice!r}")
     if depth < 0:
@@ -66,6 +65,12 @@ def layer_counts(model: nn.Module, input_size=None, inputs=None, voice: str = "f
     if backward == "counted":
         raise ValueError("--per-layer counts the forward (--backward none or x2); with --backward counted the "
                          "backward ops run outside every module and cannot be attributed")
+
+
+def layer_counts(model: nn.Module, input_size=None, inputs=None, voice: str = "formula", depth: int = DEFAULT_DEPTH,
+                 conventions=None, backward: str = "none", stage2_impl: str | None = None) -> LayerCounts:
+    """One voice over `model`, per module down to `depth` (0: the root only)."""
+    check_per_layer(voice, depth, backward)
     per_path: dict = {}
     res = count_model(model, input_size=input_size, inputs=inputs, voices=(voice,), conventions=conventions,
                       backward=backward, stage2_impl=stage2_impl, per_path=per_path)
