@@ -32,17 +32,21 @@ dispatch-level voices do not see its C++ kernel at all.
 Layout: stages.py (stage of a module path, parameters per stage, PathTracker),
 handles.py (fvcore op handles), voices.py (the counters), audit.py (the
 zero-op audit), result.py (CountResult, table and CSV), count.py
-(count_model, count_op, build_op, build_model), cli.py (`acmix-bench flops`).
+(count_model, count_op, build_op, build_model), layers.py (per-module tree,
+`--per-layer`), cli.py (`acmix-bench flops`).
 """
 from .audit import audit_rows
 from .cli import register, run
 from .count import BACKWARD_MODES, STAGE2_IMPLS, build_model, build_op, count_model, count_op
+from .layers import DEFAULT_DEPTH, PER_LAYER_VOICES, LayerCounts, format_layers_csv, format_layers_table, layer_counts
 from .handles import ACTIVATIONS, FREE_OPS, suite_handles
 from .result import CountResult, format_csv, format_table
 from .stages import PathTracker, param_stage_counts, stage_of, stage_order
 from .voices import OPTIONAL_VOICES, VOICES
 
-__all__ = ["ACTIVATIONS", "BACKWARD_MODES", "CountResult", "FREE_OPS", "OPTIONAL_VOICES", "PathTracker",
+__all__ = ["ACTIVATIONS", "BACKWARD_MODES", "CountResult", "DEFAULT_DEPTH", "FREE_OPS", "LayerCounts",
+           "OPTIONAL_VOICES", "PER_LAYER_VOICES", "PathTracker", "format_layers_csv", "format_layers_table",
+           "layer_counts",
            "STAGE2_IMPLS", "VOICES", "audit_rows", "build_model", "build_op", "count_model", "count_op",
            "format_csv", "format_table", "param_stage_counts", "register", "run", "stage_of", "stage_order",
            "suite_handles"]

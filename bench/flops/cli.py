@@ -9,7 +9,9 @@ import torch
 from modules import names
 from modules.names import OPERATOR_ALIASES, OPERATOR_KINDS, SHIFT_IMPLS
 
-from .count import BACKWARD_MODES, build_model, count_model, count_op
+from .count import BACKWARD_MODES, build_model, build_op, count_model, count_op
+from .layers import (DEFAULT_DEPTH, PER_LAYER_VOICES, check_per_layer, format_layers_csv, format_layers_table,
+                     layer_counts)
 from .result import format_csv, format_table
 from .voices import OPTIONAL_VOICES, VOICES
 
@@ -20,6 +22,10 @@ def run(args) -> int:
         raise ValueError("give exactly one of --op NAME or --model NAME (e.g. --op acmix --channels 64 --size 56, "
                          "or --model resnet50-acmix --size 224, or --model torchvision:resnet50)")
     torch.set_num_threads(args.threads)
+    if args.per_layer:
+        return _run_per_layer(args)
+    if args.voice is not None or args.depth is not None:
+        raise ValueError("--voice and --depth go with --per-layer (for the per-stage table use --voices)")
     t0, c0 = time.perf_counter(), time.process_time()
     if args.op:
         res = count_op(args.op, args.size, voices, args.conventions, args.backward, channels=args.channels,
@@ -49,6 +55,35 @@ def run(args) -> int:
         per = ", ".join(f"{v} {s:.2f} s" for v, s in res.seconds.items())
         print(f"time: {elapsed:.2f} s wall, {cpu:.2f} s CPU (this process, all threads) in all ({per}); "
               f"{torch.get_num_threads()} threads", file=sys.stderr)
+    return 0
+
+
+def _run_per_layer(args) -> int:
+    voice = args.voice or "formula"
+    depth = DEFAULT_DEPTH if args.depth is None else args.depth
+    check_per_layer(voice, depth, args.backward)  # before building the model
+    if args.op:
+        module, layout = build_op(args.op, channels=args.channels, heads=args.heads, kernel_att=args.kernel_att,
+                                  kernel_conv=args.kernel_conv, stride=args.stride, shift=args.shift,
+                                  mixing=args.mixing, window=args.window, shift_size=args.shift_size,
+                                  in_channels=args.in_channels, bias=args.bias)
+        c = args.in_channels or args.channels
+        shape = (1, c, args.size, args.size) if layout == "map" else (1, args.size, args.size, args.channels)
+        what = f"--op {args.op}"
+    else:
+        overrides = {k: v for k, v in (("shift", args.shift_override), ("stem", args.stem)) if v}
+        module = build_model(args.model, None if args.model.startswith("torchvision:") else args.size, **overrides)
+        shape = (3, args.size, args.size)
+        what = f"--model {args.model}"
+    lc = layer_counts(module, input_size=shape, voice=voice, depth=depth, conventions=args.conventions,
+                      backward=args.backward, stage2_impl=args.stage2_impl)
+    if args.format == "csv":
+        print(format_layers_csv(lc, args.flops))
+    elif args.format == "json":
+        print(lc.to_json())
+    else:
+        print(f"acmix-bench flops {what} at {args.size}x{args.size} --per-layer: torch {torch.__version__}\n")
+        print(format_layers_table(lc, args.flops))
     return 0
 
 
@@ -84,6 +119,15 @@ def register(sub) -> None:
     p.add_argument("--stage2-impl", default=None, choices=names.STAGE2_IMPLS,
                    help="count as built (default), all-fast, or with the sliding-window attention as the spec "
                         "writes it (reference)")
+    p.add_argument("--per-layer", action="store_true",
+                   help="a module tree instead: params and MACs per module (a row holds its module and all below "
+                        "it), MACs split into Stage I / Stage II / other, for one --voice; every voice supports it "
+                        f"({', '.join(PER_LAYER_VOICES)}); --backward counted does not")
+    p.add_argument("--voice", default=None,
+                   help="with --per-layer: the one voice to count (default formula)")
+    p.add_argument("--depth", type=int, default=None,
+                   help=f"with --per-layer: rows down to this module depth (root 0; default {DEFAULT_DEPTH}); "
+                        "deeper modules are folded into their ancestor")
     p.add_argument("--flops", action="store_true", help="show FLOPs (= 2 MACs) instead of MACs, labelled")
     p.add_argument("--format", default="table", choices=("table", "csv", "json"))
     p.add_argument("--time", action="store_true", help="print the counting time (stderr)")

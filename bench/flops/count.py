@@ -15,7 +15,7 @@ from modules import names
 from ..formulas import Conventions
 from .audit import audit_rows
 from .result import CountResult
-from .stages import stage_order
+from .stages import stage_of, stage_order
 from .voices import (OPTIONAL_VOICES, VOICES, voice_formula, voice_fvcore, voice_fvcore_default, voice_ptflops_aten,
                      voice_ptflops_pytorch, voice_torch)
 
@@ -74,7 +74,8 @@ def _stage2_impl(model: nn.Module, impl: str | None):
 
 
 def count_model(model: nn.Module, input_size=None, inputs=None, voices=VOICES, conventions=None,
-                backward: str = "none", stage2_impl: str | None = None, meta: bool = True) -> CountResult:
+                backward: str = "none", stage2_impl: str | None = None, meta: bool = True,
+                per_path: dict | None = None) -> CountResult:
     """Params and MACs per stage for each voice, per image (batch 1), and the audit.
 
     input_size: (C, H, W) or (1, C, H, W) (maps) / (1, H, W, C) (tokens); or pass `inputs`.
@@ -86,6 +87,10 @@ def count_model(model: nn.Module, input_size=None, inputs=None, voices=VOICES, c
     only read shapes (formula, ptflops-aten, torch) on a meta-device copy (fast; fvcore traces the real
     model). On meta the fast sliding-window attention runs its pure-PyTorch twin instead of the C++
     kernel; the dispatch-level voices give it zero either way.
+    per_path: a dict, filled with voice -> Counter((path, stage) -> MACs), MACs as in the rows (after
+    conventions and the backward rule); path is where the voice put the count (a module path, or for
+    formula terms a path inside an operator), stage is stage_of(path). bench/flops/layers.py builds
+    the per-module tree from it.
     """
     conv = Conventions.parse(conventions)
     voices = _check_voices(voices, backward)
@@ -99,6 +104,13 @@ def count_model(model: nn.Module, input_size=None, inputs=None, voices=VOICES, c
         model.train(was_training)
     audit = audit_rows(model, counting.inventory, counting.unsupported, voices, conv) if "fvcore" in voices else []
     notes = counting.notes + _backward_notes(backward)
+    if per_path is not None:
+        for v in voices:
+            mult = _backward_mult(v, backward)
+            out = per_path[v] = Counter()
+            for (path, cat), m in counting.paths[v].items():
+                if cat is None or conv.counts(cat):
+                    out[(path, stage_of(path))] += int(m) * mult
     return CountResult(_rows(results, backward), audit, conv, backward, notes, counting.seconds, counting.parts)
 
 
@@ -124,6 +136,7 @@ class _Counting:
         self.inventory = defaultdict(Counter)  # (module scope, jit op) -> Counter(category -> MACs)
         self.unsupported: list = []  # (module path, jit op, calls) fvcore has no handle for
         self._twin = None
+        self.paths: dict[str, Counter] = {}  # voice -> (path, category or None) -> MACs, before conventions
 
     def voice(self, v: str, backward: str) -> tuple[dict, dict]:
         """(MACs per stage, parameters per stage) of voice `v`, timed into self.seconds."""
@@ -131,7 +144,8 @@ class _Counting:
                "ptflops-pytorch": self._ptflops_pytorch, "ptflops-aten": self._ptflops_aten,
                "torch": self._torch}[v]
         t0 = time.perf_counter()
-        macs, params = run(backward)
+        paths = self.paths[v] = Counter()
+        macs, params = run(backward, paths)
         self.seconds[v] = time.perf_counter() - t0
         return macs, params
 
@@ -139,27 +153,27 @@ class _Counting:
         """MACs per stage of the cost categories the conventions count."""
         return {s: sum(x for c, x in cats.items() if self.conv.counts(c)) for s, cats in stages.items()}
 
-    def _formula(self, backward):
-        stages, params, notes = self._on_meta(voice_formula, self.conv, self.parts)
+    def _formula(self, backward, paths):
+        stages, params, notes = self._on_meta(voice_formula, self.conv, self.parts, paths)
         self.notes += notes
         return self._counted(stages), params
 
-    def _fvcore(self, backward):
-        stages, params, self.unsupported = voice_fvcore(self.model, self.inputs, self.inventory)
+    def _fvcore(self, backward, paths):
+        stages, params, self.unsupported = voice_fvcore(self.model, self.inputs, self.inventory, paths)
         return self._counted(stages), params
 
-    def _fvcore_default(self, backward):
-        return voice_fvcore_default(self.model, self.inputs)
+    def _fvcore_default(self, backward, paths):
+        return voice_fvcore_default(self.model, self.inputs, paths)
 
-    def _ptflops_pytorch(self, backward):
+    def _ptflops_pytorch(self, backward, paths):
         # real model: on meta, decompositions call patched torch functions and count twice
-        return voice_ptflops_pytorch(self.model, self.inputs)
+        return voice_ptflops_pytorch(self.model, self.inputs, paths)
 
-    def _ptflops_aten(self, backward):
-        return self._on_meta(voice_ptflops_aten)
+    def _ptflops_aten(self, backward, paths):
+        return self._on_meta(voice_ptflops_aten, paths)
 
-    def _torch(self, backward):
-        return self._on_meta(voice_torch, backward=(backward == "counted"))
+    def _torch(self, backward, paths):
+        return self._on_meta(voice_torch, backward=(backward == "counted"), paths=paths)
 
     def _shapes_only(self) -> tuple:
         """A meta-device copy of the model and inputs: the voices that only read shapes run on it
@@ -195,7 +209,7 @@ def _rows(results: dict, backward: str) -> list[dict]:
         stages.update(params)
     rows = []
     for v, (macs, params) in results.items():
-        mult = 3 if backward == "x2" or (backward == "counted" and v != "torch") else 1
+        mult = _backward_mult(v, backward)
         for s in stage_order(stages):
             if s == "total":
                 m, p = sum(macs.values()), sum(params.values())
@@ -206,6 +220,11 @@ def _rows(results: dict, backward: str) -> list[dict]:
                 m, p = macs.get(s, 0), params.get(s, 0)
             rows.append({"stage": s, "voice": v, "params": int(p), "macs": int(m) * mult})
     return rows
+
+
+def _backward_mult(voice: str, backward: str) -> int:
+    """Under the x2 rule a training step is 3 x forward (the torch voice counts the real backward)."""
+    return 3 if backward == "x2" or (backward == "counted" and voice != "torch") else 1
 
 
 def _backward_notes(backward: str) -> list[str]:

@@ -36,11 +36,12 @@ def _operator_out_shape(mod, x: torch.Tensor) -> tuple:
     return (B, mod.out_planes, (H - 1) // s + 1, (W - 1) // s + 1)
 
 
-def voice_formula(model, inputs, conv: Conventions, res_parts: list) -> tuple[dict, dict, list[str]]:
+def voice_formula(model, inputs, conv: Conventions, res_parts: list, paths: Counter | None = None
+                  ) -> tuple[dict, dict, list[str]]:
     """Closed forms. Each suite operator is replaced, for this pass only, by a stub that records its
     input shape and returns an empty tensor of its output shape (the formulas need shapes, not values);
     standard layers outside operators run and are read by forward hooks. Every formula term is
-    appended to `res_parts`; returns (stage -> Counter(category -> MACs), params per stage, notes)."""
+    appended to `res_parts` (and, with `paths`, (term path, category) -> MACs); returns (stage -> Counter(category -> MACs), params per stage, notes)."""
     costs: list[tuple[str, OpCost]] = []
     covered = set()  # ids of the parameters a closed form accounts for
     stubbed = _stub_operators(model, costs, covered)
@@ -53,7 +54,7 @@ def voice_formula(model, inputs, conv: Conventions, res_parts: list) -> tuple[di
             h.remove()
         for mod, _ in stubbed:
             del mod.forward
-    stages, params = _tally(costs, conv, res_parts)
+    stages, params = _tally(costs, conv, res_parts, paths)
     notes = _uncovered_params(model, covered, params)
     return stages, dict(params), notes
 
@@ -102,13 +103,15 @@ def _hook_layers(model, stubbed: list, costs: list, covered: set) -> list:
             if not any(_is_inside(n, sn) for _, sn in stubbed)]
 
 
-def _tally(costs: list, conv: Conventions, res_parts: list) -> tuple[dict, Counter]:
+def _tally(costs: list, conv: Conventions, res_parts: list, paths: Counter | None = None) -> tuple[dict, Counter]:
     """MACs per stage and category, and parameters per stage, from the recorded closed forms."""
     stages, params = _init_stages(), Counter()
     for name, oc in costs:
         for t in oc.terms:
             full = f"{name}.{t.path}" if t.path else name
             stages[stage_of(full)][t.category] += t.macs
+            if paths is not None:
+                paths[(full, t.category)] += t.macs
             res_parts.append({"module": name, "stage": stage_of(full), "part": t.part, "category": t.category,
                               "macs": t.macs, "counted": conv.counts(t.category)})
         for p, n in oc.params.items():
@@ -166,7 +169,7 @@ def _fvcore_params(model) -> dict:
     return dict(params)
 
 
-def voice_fvcore(model, inputs, inventory: dict | None = None):
+def voice_fvcore(model, inputs, inventory: dict | None = None, paths: Counter | None = None):
     """fvcore with the suite's handles. Each handle call is also recorded with the innermost module
     scope of its node, which gives per-path, per-category counts (checked against fvcore's total).
     Returns (stage -> Counter(category -> MACs), params per stage, [(path, op, calls)] unsupported)."""
@@ -186,6 +189,8 @@ def voice_fvcore(model, inputs, inventory: dict | None = None):
             if cat == "elem" and mod is not None:
                 cat = elem_category(mod)
             stages[stage_of(scope)][cat] += v
+            if paths is not None:
+                paths[(scope, cat)] += v
     return stages, _fvcore_params(model), _unsupported(fa, [n for n, _ in model.named_modules()])
 
 
@@ -215,14 +220,17 @@ def _unsupported(fa, names: list[str]) -> list[tuple]:
     return out
 
 
-def voice_fvcore_default(model, inputs):
+def voice_fvcore_default(model, inputs, paths: Counter | None = None):
     """fvcore with its default handles only: what a plain FlopCountAnalysis call reports."""
     fa = _fvcore_analysis(model, inputs, None)
     bm = fa.by_module()
     names = [n for n, _ in model.named_modules()]
     stages = Counter()
     for n in names:
-        stages[stage_of(n)] += bm.get(n, 0) - sum(bm.get(c, 0) for c in _direct_children(names, n))
+        own = bm.get(n, 0) - sum(bm.get(c, 0) for c in _direct_children(names, n))
+        stages[stage_of(n)] += own
+        if paths is not None and own:
+            paths[(n, None)] += own
     return dict(stages), _fvcore_params(model)
 
 
@@ -238,7 +246,7 @@ class _PathList(list):
         self.by_path[self.tracker.current] += int(v)
 
 
-def voice_ptflops_pytorch(model, inputs):
+def voice_ptflops_pytorch(model, inputs, paths: Counter | None = None):
     """ptflops backend "pytorch", driven through its engine so counts stay per module
     (get_model_complexity_info only returns a total)."""
     from ptflops import pytorch_engine as pe
@@ -255,8 +263,12 @@ def voice_ptflops_pytorch(model, inputs):
             for n, m in model.named_modules():
                 if pe.is_supported_instance(m) and hasattr(m, "__flops__"):
                     stages[stage_of(n)] += int(m.__flops__)
+                    if paths is not None:
+                        paths[(n, None)] += int(m.__flops__)
             for path, v in collector.by_path.items():
                 stages[stage_of(path)] += v
+                if paths is not None:
+                    paths[(path, None)] += v
         finally:
             pe.unpatch_functional()
             pe.unpatch_tensor_ops()
@@ -269,7 +281,7 @@ def voice_ptflops_pytorch(model, inputs):
     return dict(stages), param_stage_counts(model, lambda p: p.requires_grad)
 
 
-def voice_ptflops_aten(model, inputs):
+def voice_ptflops_aten(model, inputs, paths: Counter | None = None):
     from ptflops.aten_engine import FlopCounterMode as PtCounter
     out_params = {"serialize_params": {"units": None, "precision": 2}, "print_params": {"file": io.StringIO()}}
     counter = PtCounter(None, verbose=False, print_per_layer_stat=False, output_params=out_params)
@@ -285,10 +297,12 @@ def voice_ptflops_aten(model, inputs):
     for path, ops in counter.flop_counts.items():
         if path != "Global":
             stages[stage_of(path)] += sum(ops.values())
+            if paths is not None:
+                paths[(path, None)] += sum(ops.values())
     return dict(stages), param_stage_counts(model, lambda p: p.requires_grad)
 
 
-def voice_torch(model, inputs, backward: bool = False):
+def voice_torch(model, inputs, backward: bool = False, paths: Counter | None = None):
     from torch.utils.flop_counter import FlopCounterMode
 
     per_path = Counter()
@@ -311,4 +325,6 @@ def voice_torch(model, inputs, backward: bool = False):
     stages = Counter()
     for path, v in per_path.items():
         stages[stage_of(path)] += v
+        if paths is not None:
+            paths[(path, None)] += v // 2
     return {s: v // 2 for s, v in stages.items()}, param_stage_counts(model)
