@@ -102,9 +102,28 @@ def _build(kernel: str = "local_attention"):
     key = source_key(kernel)
     build_dir = cache_dir() / f"{kernel}_{key}"
     build_dir.mkdir(parents=True, exist_ok=True)
-    return cpp_extension.load(name=f"acmix_{kernel}_{key}", sources=[str(_DIR / s) for s in KERNELS[kernel]],
+    src = _stage_sources(kernel, build_dir / "src")
+    return cpp_extension.load(name=f"acmix_{kernel}_{key}", sources=[str(src / s) for s in KERNELS[kernel]],
                               extra_cflags=_cflags(), extra_ldflags=["-fopenmp"],
                               build_directory=str(build_dir), verbose=False)
+
+
+def _stage_sources(kernel: str, dest: Path) -> Path:
+    """Copy the kernel's sources and headers into its build directory and compile them from there.
+
+    ninja records absolute source paths: compiled from this file's directory, two checkouts of the same
+    sources (clones, worktrees, an installed copy) would each see the other's build as stale and rebuild
+    it in turn. The build directory is keyed by the sources' content, so its copies are the same for all."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in [_DIR / s for s in KERNELS[kernel]] + sorted(_DIR.glob("*.h")):
+        target = dest / f.name
+        data = f.read_bytes()
+        if target.exists() and target.read_bytes() == data:
+            continue  # unchanged: keep its mtime, so ninja sees nothing to do
+        tmp = dest / f".{f.name}.{os.getpid()}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, target)  # atomic: a concurrent build reads the old or the new file, never half
+    return dest
 
 
 def load_extension(kernel: str = "local_attention"):
@@ -122,6 +141,13 @@ def load_extension(kernel: str = "local_attention"):
                 warnings.warn(f"acmix-bench: C++ {kernel} extension unavailable ({_errors[kernel]}); "
                               f"using the pure-PyTorch fast path", RuntimeWarning, stacklevel=3)
     return _exts.get(kernel)
+
+
+def build_all() -> None:
+    """Build (or load from the cache) every compiled kernel, saying which failed and why; `make setup` runs it."""
+    for kernel in KERNELS:
+        status = "ok" if load_extension(kernel) is not None else f"not built ({extension_error(kernel)})"
+        print(f"C++ kernel {kernel}: {status}", flush=True)
 
 
 def extension_error(kernel: str | None = None) -> str | None:
