@@ -255,9 +255,10 @@ def claim_acmix_beats_single_path(frame: pd.DataFrame, margin: float = DEFAULT_M
               "else one group): ACmix against the best convolution and the best self-attention configuration of the "
               "same budget (top-1, highest mean over seeds). Deciding: the release's ACmix (multigroup shift, "
               "learnable mixing) where present, else every ACmix configuration; other ACmix variants are shown, not "
-              "deciding. Members must be within their MACs tolerance. Held when every deciding comparison is better.")
+              "deciding. Members must be within their MACs tolerance. Held when every deciding comparison is better. The "
+              "best convolution against the best self-attention is shown too, not deciding.")
     s = summary_table(frame)
-    rows, verdicts, notes = [], [], []
+    rows, verdicts, notes, context = [], [], [], []
     budgets = _budgets(frame, s) if len(s) else {}
     if not budgets:
         return Claim(key, statement, UNDECIDED, "no matched-FLOPs group in the records", method)
@@ -288,9 +289,18 @@ def claim_acmix_beats_single_path(frame: pd.DataFrame, margin: float = DEFAULT_M
                 rows.append(dict(c, claim=key, a=a["label"], b=best["label"], dataset=ds, budget=budget,
                                  acmix=a["label"], baseline=best["label"], deciding=decides,
                                  acmix_macs=a["macs"], baseline_macs=best["macs"]))
+        # the two single paths against each other: context for the claim (the paper claims nothing here), so
+        # that every pair of the three operators has its interval in claims.json
+        conv, sa = (need[op].sort_values("top1_mean", ascending=False).iloc[0] for op in ("conv", "sa"))
+        c = compare_acc(frame, conv["config"], sa["config"], margin)
+        if _at_chance(conv, sa):
+            c = _no_verdict(c, "at chance (not trained enough)")
+        elif off_labels & {conv["label"], sa["label"]}:
+            c = _no_verdict(c, "not matched (MACs outside the group's tolerance)")
+        context.append(dict(c, claim=key, a=conv["label"], b=sa["label"], dataset=ds, budget=budget, deciding=False))
     status = _decide(verdicts)
     summary = "; ".join([sentence(r) for r in rows] + notes) or "no comparison possible"
-    return Claim(key, statement, status, summary, method, rows, rows)
+    return Claim(key, statement, status, summary, method, rows, rows + context)
 
 
 # ---------------------------------------------------------------------------- claim 2

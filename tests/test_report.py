@@ -411,3 +411,20 @@ def test_release_acmix_decides_when_other_variants_share_the_budget():
     assert c.status == HELD
     weak = [r for r in c.rows if "tensor" in r["acmix"]]
     assert weak and all(not r["deciding"] and r["verdict"] == "worse" for r in weak)
+
+
+def test_claims_json_compares_every_pair_of_the_three_operators():
+    """conv vs sa rides along as context (not deciding): every pair of conv, sa and acmix has an interval."""
+    from reports.claims import claims_document
+    from reports.records import records_frame
+    recs = mk.full_records()
+    doc = claims_document(check_claims(records_frame(recs), recs), 0.5)
+    rows = [c for c in doc["comparisons"] if c["claim"] == "acmix_vs_single_path" and c["metric"] == "top1"]
+    ops = lambda label: label.split()[0].split("-")[1]  # noqa: E731
+    assert {frozenset((ops(r["a"]), ops(r["b"]))) for r in rows} == {frozenset(p) for p in
+                                                                      (("acmix", "conv"), ("acmix", "sa"), ("conv", "sa"))}
+    context = [r for r in rows if not r["deciding"]]
+    assert [(r["a"], r["b"]) for r in context] == [("resnet26-conv", "resnet26-sa")]
+    c = context[0]
+    assert c["ci_low"] <= c["diff"] <= c["ci_high"] and c["verdict"] in ("better", "worse", "equivalent", "undecided")
+    assert c["n_a"] == c["n_b"] == 3
