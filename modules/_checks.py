@@ -46,6 +46,9 @@ def input_4d(op: str, x: torch.Tensor, channels: int) -> None:
 
 def under_counter() -> bool:
     """True under torch.jit.trace or a TorchDispatchMode (fvcore, torch.utils.flop_counter, ptflops-aten):
-    fast paths built from autograd Functions then run their plain twins, whose ops the counters know."""
+    fast paths built from autograd Functions then run their plain twins, whose ops the counters know.
+    False while torch.compile traces (the compiled graph keeps the fast path; this check is constant)."""
+    if torch.compiler.is_compiling():
+        return False
     stack = getattr(torch._C, "_len_torch_dispatch_stack", None)
     return torch.jit.is_tracing() or (stack is not None and stack() > 0)

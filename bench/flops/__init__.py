@@ -25,9 +25,10 @@ ops; the audit lists, per voice, every Stage II op it counts as zero.
 
 Counting runs the model once per voice at batch 1 in eval mode, as it is built
 (Stage II `impl` "fast" unless the caller switched it). The fast sliding-window
-attention runs in a custom autograd Function (modules/_fast, `_LocalAttention`):
-fvcore counts it through a handle for `prim::PythonOp._LocalAttention`; the
-dispatch-level voices do not see its C++ kernel at all.
+attention runs as the torch operator `acmix::local_attention` (modules/_fast/ops.py):
+fvcore counts it through the handle modules/_fast/flop_formulas.py gives, the torch
+voice through the formula registered there with torch.utils.flop_counter (as run:
+2 extra query channels per head); ptflops-aten has no rule for it.
 
 Layout: stages.py (stage of a module path, parameters per stage, PathTracker),
 handles.py (fvcore op handles), voices.py (the counters), audit.py (the

@@ -11,7 +11,7 @@ _COVERED = {
                        "group_norm", "layer_norm", "instance_norm", "upsample_nearest2d", "upsample_bilinear2d",
                        "adaptive_avg_pool2d", "grid_sampler"},
     "torch": {"_convolution", "conv2d", "linear", "addmm", "mm", "matmul", "bmm", "einsum", "baddbmm",
-              "scaled_dot_product_attention"},
+              "scaled_dot_product_attention", "local_attention"},
     "ptflops-aten": {"_convolution", "conv2d", "linear", "addmm", "mm", "matmul", "bmm", "einsum"},
 }
 

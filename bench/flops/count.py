@@ -85,8 +85,8 @@ def count_model(model: nn.Module, input_size=None, inputs=None, voices=VOICES, c
     backward ops; the others use the x2 rule). stage2_impl: None (as built), "fast", or "reference"
     (the sliding-window attention as the spec writes it; see _stage2_impl). meta: run the voices that
     only read shapes (formula, ptflops-aten, torch) on a meta-device copy (fast; fvcore traces the real
-    model). On meta the fast sliding-window attention runs its pure-PyTorch twin instead of the C++
-    kernel; the dispatch-level voices give it zero either way.
+    model). On meta the kernels' operators run their fake (shape-only) implementations; the torch voice
+    counts them through their registered formulas, ptflops-aten gives them zero.
     per_path: a dict, filled with voice -> Counter((path, stage) -> MACs), MACs as in the rows (after
     conventions and the backward rule); path is where the voice put the count (a module path, or for
     formula terms a path inside an operator), stage is stage_of(path). bench/flops/layers.py builds

@@ -91,17 +91,6 @@ def _h_sdpa(inputs, outputs):
                     "scaled_dot_product_attention|softmax": rows})
 
 
-def _h_local_attention(inputs, outputs):
-    """modules/_fast _LocalAttention(q (BN, Cq, H', W'), kd, grid, vd (BN, Cv, ...), ka, dil, backend):
-    logits Cq k_a^2 and aggregation Cv k_a^2 MACs per query pixel, k_a^2 softmax entries."""
-    ka = int(outputs[0].node().scalar_args()[0])
-    q, vd = _shape(inputs[0]), _shape(inputs[3])
-    BN, Cq, Ho, Wo = (int(s) for s in q)
-    P = BN * Ho * Wo
-    return Counter({"_LocalAttention|mac": P * ka * ka * (Cq + int(vd[1])),
-                    "_LocalAttention|softmax": P * ka * ka})
-
-
 def _h_mul(inputs, outputs):
     # a product of two tensors is a MAC (its accumulation is the following sum or add); a scaling
     # by a scalar or a one-element tensor is not counted
@@ -165,7 +154,6 @@ def suite_handles() -> dict:
         "aten::baddbmm": _h_baddbmm,
         "aten::einsum": _h_einsum,
         "aten::scaled_dot_product_attention": _h_sdpa,
-        "prim::PythonOp._LocalAttention": _h_local_attention,
         "aten::mul": _h_mul,
         "aten::mul_": _h_mul,
         "aten::add": _h_elem("add"),
@@ -181,6 +169,8 @@ def suite_handles() -> dict:
         "aten::adaptive_avg_pool1d": _h_numel("adaptive_avg_pool1d", "pool", "in"),
         "aten::avg_pool2d": _h_numel("avg_pool2d", "pool", "in"),
     }
+    from modules._fast.flop_formulas import fvcore_handles
+    h.update(fvcore_handles())  # the kernels' operators (acmix::local_attention)
     for a in ACTIVATIONS:
         h[f"aten::{a}"] = _h_numel(a.rstrip("_"), "act")
     for f in FREE_OPS:

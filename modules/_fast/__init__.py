@@ -1,8 +1,8 @@
 """Fast Stage II kernels: local (sliding-window) attention and the ACmix conv path's grouped conv.
 
 Compiled kernels (KERNELS), C++ sources beside this file, built with torch's extension tooling at
-first use into a cache directory (ACMIX_BENCH_CACHE, default ~/.cache/acmix-bench), keyed by the
-sources, every header here (simd.h, ...), torch, Python, flags and CPU; `load_extension(name)`:
+first use into a cache directory (ACMIX_BENCH_CACHE, default ~/.cache/acmix-bench), keyed by every
+C++ source and header here (simd.h, ...), torch, Python, flags and CPU; `load_extension(name)`:
 
   local_attention  softmax attention over each query's k_a x k_a window (the attention path;
                    local_attention.h): blocks of output rows share every key/value vector load,
@@ -22,6 +22,26 @@ Backends of the attention, same inputs and outputs (ACMIX_FAST_BACKEND):
 
 None builds unfolded windows; cpp and triton keep no k_a^2-sized activation between forward and
 backward (their backward recomputes the softmax weights).
+
+Torch operators (ops.py, namespace acmix, torch.library.custom_op): every kernel call goes through
+the dispatcher as one of
+
+  acmix::local_attention / local_attention_backward   the attention, any backend (an op argument)
+  acmix::grouped_conv / grouped_conv_backward         the conv path's C++ kernel
+  acmix::acmix_stage2 / acmix_stage2_backward         the one-node Stage II (acmix_stage2.py)
+
+each with a fake kernel (shapes only), autograd registered with register_autograd (the forward op's
+setup_context saves what the backward op reads), and a FLOP formula registered with
+torch.utils.flop_counter (flop_formulas.py, MACs as run). So torch.compile traces a model through
+them without a graph break, models run on the meta device (shape-only counting of large models;
+meta tensors take the backend the CPU would), and FlopCounterMode (bench.flops' torch voice)
+counts them (under counters and traces the one-node Stage II gives way to its two paths, which
+counters attribute to their own modules; see acmix_stage2.py). Tested by tests/test_fast_ops.py: torch.library.opcheck of every op (schema, fake,
+autograd, AOT dispatch with dynamic shapes) in float64 for each backend, gradcheck through the ops,
+meta-device blocks and a full-size ResNet-50-ACmix, zero graph breaks from torch._dynamo.explain on
+an ACmix block and LocalSelfAttention (and, marked slow, every registry model), compiled (aot_eager)
+equal to eager, and FlopCounterMode equal to the formula voice; tests/test_fast_local_attention.py,
+test_fast_conv_path.py and test_acmix_stage2.py hold every path equal to its reference.
 """
 from __future__ import annotations
 
@@ -36,7 +56,7 @@ from pathlib import Path
 
 import torch
 
-from . import torch_impl
+from . import torch_impl  # noqa: F401  (a submodule callers reach as _fast.torch_impl)
 
 BACKENDS = ("auto", "cpp", "torch", "triton")
 _DIR = Path(__file__).parent
@@ -130,6 +150,8 @@ def load_extension(kernel: str = "local_attention"):
     """The compiled module for `kernel`, or None (reason in extension_error()). Built once per process."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown compiled kernel {kernel!r}; known: {', '.join(KERNELS)}")
+    if kernel in _errors:  # built (or failed) already: no lock, so that torch.compile traces this check
+        return _exts.get(kernel)
     with _lock:
         if kernel not in _errors:
             try:
@@ -141,6 +163,13 @@ def load_extension(kernel: str = "local_attention"):
                 warnings.warn(f"acmix-bench: C++ {kernel} extension unavailable ({_errors[kernel]}); "
                               f"using the pure-PyTorch fast path", RuntimeWarning, stacklevel=3)
     return _exts.get(kernel)
+
+
+@torch.compiler.assume_constant_result
+def extension_available(kernel: str) -> bool:
+    """Whether the compiled `kernel` loads (building it on first use). A constant of the process: while
+    torch.compile traces, it is called once and its result kept (no graph break at a first build)."""
+    return load_extension(kernel) is not None
 
 
 def build_all() -> None:
@@ -169,7 +198,8 @@ def requested_backend() -> str:
 
 
 def backend_for(t: torch.Tensor, backend: str | None = None, kernel: str = "local_attention") -> str:
-    """Which backend runs `kernel` for tensor t: "cpp" or "torch"."""
+    """Which backend runs `kernel` for tensor t: "cpp", "torch" or "triton" (ValueError where the one
+    asked for cannot run)."""
     b = backend or requested_backend()
     if b not in BACKENDS:
         raise ValueError(f"unknown fast backend {b!r}; allowed: {', '.join(BACKENDS)}")
@@ -181,47 +211,17 @@ def backend_for(t: torch.Tensor, backend: str | None = None, kernel: str = "loca
         if not ok:
             raise ValueError(f"the triton backend cannot run here ({why}); use ACMIX_FAST_BACKEND=torch or auto")
         return "triton"
-    cpu_ok = t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+    # meta tensors (shapes only: the ops' fake kernels run) take the backend a CPU tensor would
+    cpu_ok = t.device.type in ("cpu", "meta") and t.dtype in (torch.float32, torch.float64)
     if b == "cpp":
         if not cpu_ok:
             raise ValueError(f"the cpp backend runs CPU float32/float64 only, got {t.device.type} {t.dtype}; "
                              f"use ACMIX_FAST_BACKEND=torch or auto")
-        if load_extension(kernel) is None:
+        if not extension_available(kernel):
             raise ValueError(f"the C++ {kernel} extension could not be built ({_errors[kernel]}); "
                              f"use ACMIX_FAST_BACKEND=torch or auto")
         return "cpp"
-    return "cpp" if cpu_ok and load_extension(kernel) is not None else "torch"
-
-
-class _LocalAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, kd, grid, vd, ka, dil, backend):
-        if backend == "cpp":  # its backward recomputes the softmax weights: nothing k_a^2-sized is saved
-            out, _ = _exts["local_attention"].forward(q, kd, grid, vd, ka, dil, False)
-            saved = (q, kd, grid, vd)
-        elif backend == "triton":  # recomputes the softmax weights in backward, like cpp
-            from . import triton_impl
-            out = triton_impl.forward(q, kd, grid, vd, ka, dil)
-            saved = (q, kd, grid, vd)
-        else:
-            out, weights = torch_impl.forward(q, kd, grid, vd, ka, dil)
-            saved = (q, kd, grid, vd, weights)
-        if any(ctx.needs_input_grad[:4]):
-            ctx.save_for_backward(*saved)
-        ctx.ka, ctx.dil, ctx.backend = ka, dil, backend
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dout):
-        if ctx.backend == "cpp":
-            dq, dkd, dvd = _exts["local_attention"].backward(dout.contiguous(), *ctx.saved_tensors, ctx.ka, ctx.dil)
-        elif ctx.backend == "triton":
-            from . import triton_impl
-            dq, dkd, dvd = triton_impl.backward(dout.contiguous(), *ctx.saved_tensors, ctx.ka, ctx.dil)
-        else:
-            dq, dkd, dvd = torch_impl.backward(dout.contiguous(), *ctx.saved_tensors, ctx.ka, ctx.dil)
-        return dq, dkd, None, dvd, None, None, None
+    return "cpp" if cpu_ok and extension_available(kernel) else "torch"
 
 
 def split_phases(t: torch.Tensor, stride: int) -> torch.Tensor:
@@ -241,8 +241,11 @@ def local_attention(q: torch.Tensor, kd: torch.Tensor, grid: torch.Tensor, vd: t
     """Softmax attention of each query row over its k_a x k_a window (see local_attention.h).
 
     q (BN, Ck+G, H', W'), kd (BN, Ck, Hp, S, Wq), grid (G, Hp, S, Wq), vd (BN, Cv, Hp, S, Wq)
-    -> (BN, Cv, H', W'). Differentiable in q, kd, vd.
+    -> (BN, Cv, H', W'). Differentiable in q, kd, vd. Runs as the operator acmix::local_attention (ops.py).
     """
     which = backend_for(q, backend)
     q, kd, grid, vd = (t.contiguous() for t in (q, kd, grid, vd))
-    return _LocalAttention.apply(q, kd, grid, vd, int(kernel_att), int(dilation), which)
+    return torch.ops.acmix.local_attention(q, kd, grid, vd, int(kernel_att), int(dilation), which)[0]
+
+
+from . import ops  # noqa: E402,F401  (registers the acmix operators and their FLOP formulas)

@@ -10,7 +10,8 @@ Two backends, same function:
          phase-split scratch (no border branches, unit-stride reads for any stride), loops
          vectorised over pixels; backward computes dx (transposed conv) and dW (per-task partial
          sums, added over the batch: no atomics, no dependence on the thread count). Nothing new
-         is saved for backward: x (a view of the Stage I output) and w.
+         is saved for backward: x (a view of the Stage I output) and w. Runs as the operator
+         acmix::grouped_conv (ops.py), its backward as acmix::grouped_conv_backward.
   torch  `grouped_conv_torch`: F.conv2d (groups = d) on a channels-last copy of x; any device and
          dtype. It is also what runs under torch.jit.trace and under a TorchDispatchMode (FLOP
          counters such as fvcore, torch.utils.flop_counter, ptflops-aten see the convolution they
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import under_counter
-from . import backend_for, load_extension, requested_backend
+from . import backend_for, requested_backend
 
 
 def grouped_conv_torch(x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:
@@ -43,25 +44,6 @@ def kernel_backend(x: torch.Tensor, backend: str | None = None) -> str:
     return "cpp" if backend_for(x, b, kernel="conv_path") == "cpp" else "torch"
 
 
-class _GroupedConv(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, w, stride):
-        out = load_extension("conv_path").forward(x, w, stride)
-        if any(ctx.needs_input_grad[:2]):
-            ctx.save_for_backward(x, w)  # x is a view of the Stage I output: no new activation
-        ctx.stride = stride
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dout):
-        x, w = ctx.saved_tensors
-        need_dx, need_dw = ctx.needs_input_grad[:2]
-        dx, dwp = load_extension("conv_path").backward(dout.contiguous(), x, w, ctx.stride, need_dx, need_dw)
-        dw = dwp.sum(0).reshape(w.shape) if need_dw else None
-        return (dx if need_dx else None), dw, None
-
-
 def check_args(x: torch.Tensor, w: torch.Tensor, stride: int) -> None:
     if x.dim() != 5:
         raise ValueError(f"grouped_conv expects x (B, C, d, H, W), got shape {tuple(x.shape)}")
@@ -79,4 +61,4 @@ def grouped_conv(x: torch.Tensor, w: torch.Tensor, stride: int = 1, backend: str
         raise ValueError(f"grouped_conv: w dtype {w.dtype} differs from x dtype {x.dtype}; cast one of them")
     if kernel_backend(x, backend) == "torch":
         return grouped_conv_torch(x, w, int(stride))
-    return _GroupedConv.apply(x.contiguous(), w.contiguous(), int(stride))
+    return torch.ops.acmix.grouped_conv(x.contiguous(), w.contiguous(), int(stride))

@@ -7,8 +7,8 @@ nothing here has been run on a CUDA device, and no GPU timing of it exists. What
     ~4e-15), float32 (~1e-6), float16 (~5e-4) and bfloat16 (~1.5e-2, input rounding) inputs, the last
     three accumulated in float32; a float64 gradcheck of forward/backward as an autograd Function;
     one-line ValueErrors for bad input; every output element written (torch's NaN fill of empty tensors);
-    and, once modules/_fast accepts ACMIX_FAST_BACKEND=triton, local_attention_fast through it against
-    the reference (float64 values and gradients).
+    and local_attention_fast with ACMIX_FAST_BACKEND=triton (through the acmix::local_attention
+    operator, ops.py) against the reference (float64 values and gradients).
   - compile: all three kernels for float32/float64/float16/bfloat16 compile ahead of time to sm_90
     cubin with Triton's bundled ptxas (no GPU needed), at the launch configurations of k_a 7 over
     output widths 56, 28, 14 (_config); none spills registers (no stack frame, no local memory in
