@@ -1,11 +1,21 @@
 """Resume you can trust: the training loader's state round trip (mid-epoch and at the end of an epoch,
-in the main process and with worker processes, one rank and two)."""
+in the main process and with worker processes, one rank and two), and a Lightning run resumed from a
+checkpoint in the middle of training that ends with the weights of the uninterrupted run, bit for bit
+(CPU, one thread; a model with dropout, augmented data). The runner's own end-to-end version, a cell
+killed with SIGKILL and rerun, is tests/test_runner_e2e.py::test_resumed_cell_equals_uninterrupted_cell_bitwise.
+"""
+import os
+
+import lightning as L
 import pytest
 import torch
+import torch.nn as nn
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DistributedSampler
 
 from datamodules import SyntheticDataModule
 from datamodules.base import ResumableSampler, SampleKey, sample_seed
+from modules.lightning import ImageClassifier, rng_states, set_rng_states
 
 
 @pytest.fixture(autouse=True)
@@ -109,3 +119,58 @@ def test_train_batches_do_not_depend_on_workers_and_are_augmented():
     before = torch.get_rng_state()
     _dm(0).train_set[SampleKey(0, 123)]
     assert torch.equal(before, torch.get_rng_state())
+
+
+def test_rng_states_round_trip_through_a_weights_only_load(tmp_path):
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(1)
+    random.seed(1)
+    np.random.seed(1)
+    torch.save({"rng_states": rng_states()}, tmp_path / "s.pt")
+    draws = (torch.rand(3), random.random(), np.random.rand())
+    set_rng_states(torch.load(tmp_path / "s.pt", weights_only=True)["rng_states"])
+    again = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(draws[0], again[0]) and draws[1:] == again[1:]
+
+
+# ------------------------------------------------------------------ a resumed Lightning run
+class _Net(nn.Module):
+    """Small CNN with BatchNorm and dropout: the run draws random numbers in every step."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(0.3), nn.Linear(16, 3))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def _fit(tmp_path, name, num_workers, ckpt=None):
+    L.seed_everything(0, workers=True, verbose=False)
+    clf = ImageClassifier(_Net(), num_classes=3, lr=0.05, warmup_epochs=0.5)
+    save = ModelCheckpoint(dirpath=str(tmp_path / name), filename="{step}", every_n_train_steps=1, save_top_k=-1)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, callbacks=[save],
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        deterministic=True, default_root_dir=str(tmp_path))
+    L.seed_everything(0, workers=True, verbose=False)
+    trainer.fit(clf, datamodule=_dm(num_workers), ckpt_path=ckpt)
+    assert trainer.global_step == 18
+    return {k: v.clone() for k, v in clf.state_dict().items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resumed_fit_equals_uninterrupted_fit_bitwise(tmp_path, num_workers):
+    whole = _fit(tmp_path, "whole", num_workers)
+    # mid-epoch 0, the end of epoch 0 (its last batch), mid-epoch 1
+    for step in (4, 9, 13):
+        ckpt = os.path.join(tmp_path, "whole", f"step={step}.ckpt")
+        assert os.path.isfile(ckpt), sorted(os.listdir(tmp_path / "whole"))
+        got = _fit(tmp_path, f"from{step}", num_workers, ckpt=ckpt)
+        assert got.keys() == whole.keys()
+        differ = [k for k in whole if not torch.equal(whole[k], got[k])]
+        assert not differ, f"resumed from step {step}: {differ}"
