@@ -173,7 +173,7 @@ def _sampler_position(state: dict) -> dict:
         return state["_sampler_iter_state"]["sampler_state"]
     except (KeyError, TypeError) as e:
         raise ValueError(f"the checkpoint's training loader state was saved with another number of worker "
-                         f"processes and its sampler position cannot be read from it ({e!r} missing); "
+                         f"processes and its sampler position cannot be read from it ({e!r}); "
                          f"resume with the data.num_workers it was written with") from None
 
 
