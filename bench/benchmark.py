@@ -261,9 +261,8 @@ def format_rows(rows: list[dict], fmt: str) -> str:
 
 
 def run(args) -> int:
-    if args.list:
-        from modules import list_models
-        print("\n".join(list_models(args.model if args.model != "*" else None)))
+    if args.list:  # the same expansion as a run: comma lists and wildcards
+        print("\n".join(expand_models(args.model)))
         return 0
     cases = cases_from_args(args)
     rows, failed = [], []

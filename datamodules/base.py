@@ -9,16 +9,34 @@ Ranks may then run different numbers of batches, which evaluation allows (no
 gradient sync); torchmetrics sums the metric states across ranks at compute().
 The sampler subclasses DistributedSampler, which Lightning leaves in place (any
 other sampler it wraps in its own padded one).
+
+Resumable training order: the train loader is torchdata's StatefulDataLoader
+(`ResumableDataLoader`) with a `ResumableSampler`, so a checkpoint taken in the
+middle of an epoch holds the epoch and how far into it training got (Lightning
+saves and restores the state of any train loader with `state_dict` and
+`load_state_dict`), and the resumed run sees exactly the batches the
+uninterrupted one would have seen. Augmentation draws come from a seed per
+(seed, epoch, sample): they do not depend on which worker process or rank loads
+a sample, nor on where a run was resumed.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence, Sized
+import warnings
+from typing import Any, Callable, NamedTuple, Sequence, Sized
 
 import lightning as L
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+
+def _world() -> tuple[int, int]:
+    """(world size, rank) of the initialised process group, (1, 0) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -28,10 +46,9 @@ class UnpaddedDistributedSampler(DistributedSampler):
     sampler in its own padded distributed sampler)."""
 
     def __init__(self, dataset: Sized, num_replicas: int | None = None, rank: int | None = None):
-        if num_replicas is None:
-            num_replicas = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        if rank is None:
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        world, this_rank = _world()
+        num_replicas = world if num_replicas is None else num_replicas
+        rank = this_rank if rank is None else rank
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
@@ -43,6 +60,121 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    """SplitMix64's output function: a well-spread 64-bit value from a 64-bit integer."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """Seed of training sample `index`'s augmentation in `epoch` (63 bits): a function of these three only."""
+    h = _splitmix64(seed & _MASK64)
+    h = _splitmix64(h ^ (epoch & _MASK64))
+    return _splitmix64(h ^ (index & _MASK64)) >> 1
+
+
+class SampleKey(NamedTuple):
+    """What `ResumableSampler` yields: a training-set index and the seed of its augmentation this epoch."""
+    index: int
+    seed: int
+
+
+class ResumableSampler(DistributedSampler):
+    """Seeded shuffle of a training set that a checkpoint can resume in the middle of an epoch.
+
+    Epoch e's order is DistributedSampler's: a permutation seeded with seed + e, padded to a multiple
+    of the world size and strided by rank (a single process is rank 0 of 1 and gets the whole set).
+    `state_dict()` holds the epoch of the current pass and how many of its indices were handed out;
+    after `load_state_dict()` the next pass continues from there, and a finished pass continues with
+    the next epoch (what Lightning runs after an end-of-epoch checkpoint). With `sample_seeds` it
+    yields `SampleKey(index, sample_seed(seed, epoch, index))`, which `Subset` turns into the seed of
+    that sample's transform. A DistributedSampler subclass, so Lightning leaves it in place under DDP;
+    Lightning calls `set_epoch` at every epoch start (other training loops must, as for
+    DistributedSampler). The number of processes comes from torch.distributed when not given."""
+
+    def __init__(self, dataset: Sized, seed: int = 0, num_replicas: int | None = None, rank: int | None = None,
+                 shuffle: bool = True, sample_seeds: bool = True):
+        world, this_rank = _world()
+        num_replicas = world if num_replicas is None else num_replicas
+        rank = this_rank if rank is None else rank
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.sample_seeds = sample_seeds
+        self._pass_epoch: int | None = None  # epoch of the pass under way (or last finished), None before any
+        self._handed_out = 0  # indices of that pass handed out so far
+        self._resume_at = 0  # indices the next pass skips (set by load_state_dict)
+
+    def __iter__(self):
+        # a generator: the order is drawn at the first next(), after Lightning's set_epoch for this epoch
+        order = list(super().__iter__())
+        epoch, start, self._resume_at = self.epoch, self._resume_at, 0
+        self._pass_epoch, self._handed_out = epoch, start
+        for i in order[start:]:
+            self._handed_out += 1
+            yield SampleKey(i, sample_seed(self.seed, epoch, i)) if self.sample_seeds else i
+
+    def state_dict(self) -> dict[str, int]:
+        if self._pass_epoch is None:
+            return {"epoch": int(self.epoch), "yielded": int(self._resume_at)}
+        return {"epoch": int(self._pass_epoch), "yielded": int(self._handed_out)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        epoch, yielded = int(state["epoch"]), int(state["yielded"])
+        if not 0 <= yielded <= self.num_samples:
+            raise ValueError(f"sampler state has {yielded} indices handed out of a pass of {self.num_samples}: "
+                             f"it was saved for another training set or number of processes")
+        self._pass_epoch, self._handed_out = epoch, yielded
+        if yielded == self.num_samples:  # the pass had finished: the next one is the next epoch's
+            epoch, yielded = epoch + 1, 0
+        self.set_epoch(epoch)
+        self._resume_at = yielded
+
+
+class ResumableDataLoader(StatefulDataLoader):
+    """torchdata's StatefulDataLoader that also resumes from a state saved with another number of worker
+    processes. Its batches do not depend on the workers (a `ResumableSampler` orders them and seeds their
+    augmentation), so then only the sampler's position is restored; torchdata itself refuses such a state."""
+
+    def __init__(self, *args, **kwargs):
+        with warnings.catch_warnings():
+            # torchdata 0.11 calls torch.set_vital, deprecated in recent torch; it does not affect loading
+            warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+            super().__init__(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict and isinstance(self.sampler, ResumableSampler) and _saved_workers(state_dict) != self.num_workers:
+            position = _sampler_position(state_dict)
+            super().load_state_dict({})
+            self.sampler.load_state_dict(position)
+            return
+        super().load_state_dict(state_dict)
+
+
+def _saved_workers(state: dict) -> int:
+    return int(state["_snapshot"]["_main_snapshot"]["_num_workers"]) if "_snapshot" in state else 0
+
+
+def _sampler_position(state: dict) -> dict:
+    """The sampler's state inside a StatefulDataLoader state (main process, or the last snapshot of a loader
+    with workers, which this loader's snapshot_every_n_steps=1 keeps at the batch last yielded)."""
+    try:
+        if "_snapshot" in state:
+            if state.get("_steps_since_snapshot", 0):
+                raise KeyError("_steps_since_snapshot")
+            state = state["_snapshot"]["_main_snapshot"]
+        return state["_sampler_iter_state"]["sampler_state"]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"the checkpoint's training loader state was saved with another number of worker "
+                         f"processes and its sampler position cannot be read from it ({e!r}); "
+                         f"resume with the data.num_workers it was written with") from None
 
 
 class TensorImageDataset(Dataset):
@@ -80,6 +212,14 @@ class Subset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i):
+        if isinstance(i, SampleKey):
+            # the transform draws from torch's RNG seeded for this sample (the caller's RNG state is kept)
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(i.seed)
+                return self._item(i.index)
+        return self._item(i)
+
+    def _item(self, i):
         x, y = self.base.get_raw(self.indices[i]) if hasattr(self.base, "get_raw") else self.base[self.indices[i]]
         return (self.transform(x) if self.transform is not None else x), y
 
@@ -209,14 +349,19 @@ class ClassificationDataModule(L.LightningDataModule):
     def _generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed)
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=False,
-                          num_workers=self.num_workers, generator=self._generator(),
-                          persistent_workers=self.num_workers > 0, worker_init_fn=_seed_worker)
+    def train_dataloader(self) -> ResumableDataLoader:
+        """Shuffled training batches that resume mid-epoch (see the module docstring); under DDP each rank
+        gets its shard. The generator seeds the worker processes (torchdata keeps their base seed)."""
+        sampler = ResumableSampler(self.train_set, seed=self.seed, sample_seeds=isinstance(self.train_set, Subset))
+        return ResumableDataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=False,
+                                   num_workers=self.num_workers, generator=self._generator(),
+                                   persistent_workers=self.num_workers > 0, worker_init_fn=_seed_worker)
 
     def _eval_loader(self, ds) -> DataLoader:
+        # a generator of its own: creating the loader's iterator then leaves the global RNG untouched
         return DataLoader(ds, batch_size=self.eval_batch_size, sampler=UnpaddedDistributedSampler(ds),
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          generator=self._generator())
 
     def val_dataloader(self):
         if self.val_set is None:
@@ -237,5 +382,5 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(s)
 
 
-__all__ = ["ClassificationDataModule", "ImageTransform", "TensorImageDataset", "UnpaddedDistributedSampler",
-           "seeded_split", "take_subset"]
+__all__ = ["ClassificationDataModule", "ImageTransform", "ResumableDataLoader", "ResumableSampler", "SampleKey",
+           "TensorImageDataset", "UnpaddedDistributedSampler", "sample_seed", "seeded_split", "take_subset"]

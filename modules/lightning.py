@@ -9,6 +9,11 @@ Optimisers: "sgd" (momentum, optional Nesterov) or "adamw"; schedule "cosine"
 (per step, optional linear warm-up) or "none". Weight decay applies only to
 weight matrices and kernels: norms, biases, ACmix mixing scalars (alpha, beta)
 and Swin's relative position bias tables get none.
+
+Checkpoints also hold the process's random number generator states (torch,
+CUDA, numpy, random; Lightning saves none of them), restored when training
+resumes, so stochastic layers (dropout, stochastic depth) draw what they would
+have drawn without the interruption.
 """
 from __future__ import annotations
 
@@ -73,6 +78,57 @@ def schedule_steps(trainer, warmup_epochs: float) -> tuple[int, int]:
     return total, min(total, int(round(warmup_epochs * per_epoch)))
 
 
+def rng_states() -> dict:
+    """This process's random number generator states: torch (CPU, and the current CUDA device once CUDA is in
+    use), numpy's global one and Python's `random`, as tensors, lists and numbers (a weights_only load reads them)."""
+    import random
+
+    import numpy as np
+
+    version, internal, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    states = {"torch": torch.get_rng_state(),
+              "python": {"version": version, "state": list(internal), "gauss": gauss},
+              "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                        "gauss": float(cached)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore what `rng_states` returned (a CUDA state only where CUDA is in use)."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    py = states["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npy = states["numpy"]
+    np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["gauss"]))
+    if "cuda" in states and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.set_rng_state(states["cuda"])
+
+
+def load_pending_loader_states(trainer) -> bool:
+    """Give the training loader the state the checkpoint holds for it, where Lightning has not.
+
+    Lightning restores a stateful train loader in FitLoop.setup_data, but when configure_optimizers reads
+    `trainer.estimated_stepping_batches` (the cosine schedule does) the loader is set up before the
+    checkpoint is read, the later setup_data returns early and the saved state is silently dropped
+    (Lightning issue #20550, open in 2.6). Called at on_train_start: loads the pending states and
+    restarts the loader's iterator, as setup_data would have. True if it did."""
+    fl = trainer.fit_loop
+    pending = getattr(fl, "_combined_loader_states_to_load", None)
+    if not pending or fl._combined_loader is None or fl._data_fetcher is None:
+        return False
+    fl._combined_loader._load_state_dicts(pending)
+    fl._combined_loader_states_to_load = []
+    iter(fl._data_fetcher)
+    return True
+
+
 def mixing_weights(model: nn.Module) -> list[dict]:
     """{layer, depth, alpha, beta} for every two-path ACmix Stage II in forward order (depth 0 = first)."""
     from .operators import Stage2
@@ -132,6 +188,7 @@ class ImageClassifier(L.LightningModule):
         self.log_mixing = log_mixing
         self.input_size, self.batch_size = input_size, batch_size
         self.flops_per_batch: int | None = None
+        self._rng_to_restore: dict | None = None  # from the checkpoint training resumes from
         top_k = min(5, num_classes)
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_top1", torchmetrics.classification.MulticlassAccuracy(num_classes, top_k=1,
@@ -223,6 +280,22 @@ class ImageClassifier(L.LightningModule):
         for row in self.mixing_weights():
             self.log(f"mixing/{row['depth']:02d}/alpha", row["alpha"], rank_zero_only=True)
             self.log(f"mixing/{row['depth']:02d}/beta", row["beta"], rank_zero_only=True)
+
+    # -- exact resume: random number generators
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        load_pending_loader_states(self.trainer)
+        # the last hook before the first batch of the resumed run is loaded and trained on: everything in
+        # between (setup, FLOPs measurement, the checkpoint restore) may draw random numbers; none of it may
+        # shift what training draws next. Under DDP every rank gets rank 0's states (ranks are seeded alike).
+        if self._rng_to_restore is not None:
+            set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
 
     # -- optimisation
     def configure_optimizers(self):

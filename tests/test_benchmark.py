@@ -90,3 +90,9 @@ def test_fresh_process_gives_a_json_row(capsys):
     assert rc == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["model"] == "resnet26-conv" and rows[0]["infer_step_ms"] > 0
+
+
+def test_list_expands_like_a_run(capsys):
+    """--list shows what --model would run: comma lists and wildcards, in order."""
+    assert main(["benchmark", "--list", "--model", "resnet26-conv,swin_t-*"]) == 0
+    assert capsys.readouterr().out.split() == ["resnet26-conv", "swin_t-acmix", "swin_t-sa"]

@@ -464,17 +464,13 @@ def test_submitit_job_checkpoints_requeues_and_resumes(tmp_path):
     assert "preempted" in (job.stderr() or "") + (job.stdout() or "")
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: a cell killed mid-epoch and resumed from last.ckpt does not "
-                                       "equal the uninterrupted cell (metrics differ). The train DataLoader is not "
-                                       "resumable (no state_dict/load_state_dict), so Lightning restarts the "
-                                       "epoch's batch order and warns 'resuming from a checkpoint that ended "
-                                       "before the epoch ended and your dataloader is not resumable'")
 def test_resumed_cell_equals_uninterrupted_cell_bitwise(tmp_path):
     """Kill a cell mid-training (SIGKILL after a checkpoint), resume it: its metrics and final weights equal, bit
-    for bit, those of the same cell run without interruption (CPU, one thread, deterministic)."""
+    for bit, those of the same cell run without interruption (CPU, one thread, deterministic, augmented data).
+    Epoch boundaries, worker processes and dropout: tests/test_resume.py."""
     cfg = tiny_config(tmp_path, operators=("acmix",), matrix={"backbones": ["resnet26"], "operators": ["acmix"],
                                                               "datasets": ["synthetic"], "seeds": [0]},
-                      data={"train_subset": 384, "augment": False},
+                      data={"train_subset": 384, "augment": True},
                       trainer={"accelerator": "cpu", "max_epochs": 1, "log_every_n_steps": 1,
                                "checkpoint_every_n_steps": 1, "keep_checkpoints": True, "deterministic": True},
                       optim={"lr": 0.05, "warmup_epochs": 0.25})

@@ -209,9 +209,12 @@ def make_datamodule(cell: dict, cfg: dict):
 def _shard_training_under_ddp(dm, seed: int) -> None:
     """The Trainer runs with use_distributed_sampler=False so that the datamodule's unpadded evaluation
     sampler is used as is (Lightning would otherwise wrap it in a second, padding DistributedSampler).
-    Training data then needs its own shard per rank: a seeded DistributedSampler, unless the datamodule
-    already returns a distributed train loader."""
-    from torch.utils.data import DataLoader, DistributedSampler
+    Training data then needs its own shard per rank. The suite's datamodules shard it themselves
+    (datamodules.base.ResumableSampler); any other train loader is rebuilt as a resumable one with a
+    seeded ResumableSampler shard."""
+    from torch.utils.data import DistributedSampler
+
+    from datamodules.base import ResumableDataLoader, ResumableSampler
 
     orig = dm.train_dataloader
 
@@ -223,10 +226,11 @@ def _shard_training_under_ddp(dm, seed: int) -> None:
             return dl
         if isinstance(dl.sampler, DistributedSampler) or type(dl.sampler).__name__.endswith("DistributedSampler"):
             return dl
-        sampler = DistributedSampler(dl.dataset, shuffle=True, seed=seed, drop_last=False)
-        return DataLoader(dl.dataset, batch_size=dl.batch_size, sampler=sampler, num_workers=dl.num_workers,
-                          collate_fn=dl.collate_fn, pin_memory=dl.pin_memory, drop_last=dl.drop_last,
-                          worker_init_fn=dl.worker_init_fn, persistent_workers=dl.persistent_workers)
+        sampler = ResumableSampler(dl.dataset, seed=seed, sample_seeds=False)
+        return ResumableDataLoader(dl.dataset, batch_size=dl.batch_size, sampler=sampler, num_workers=dl.num_workers,
+                                   collate_fn=dl.collate_fn, pin_memory=dl.pin_memory, drop_last=dl.drop_last,
+                                   worker_init_fn=dl.worker_init_fn, persistent_workers=dl.persistent_workers,
+                                   generator=dl.generator)
 
     dm.train_dataloader = train_dataloader
 
