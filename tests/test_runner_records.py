@@ -128,3 +128,17 @@ def test_close_distributed_tears_down_the_process_group(tmp_path):
     assert dist.is_initialized()
     close_distributed()
     assert not dist.is_initialized()
+
+
+def test_quiet_runs_hide_lightnings_leafspec_deprecation():
+    """Lightning 2.6 calls a torch API torch deprecated; a user cannot act on it, so quiet runs hide it."""
+    import warnings
+
+    from bench.runner.execute import _quiet_lightning
+    msg = "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)` instead."
+    for verbose, shown in ((False, 0), (True, 1)):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with _quiet_lightning(verbose):
+                warnings.warn(msg, FutureWarning)
+        assert len(seen) == shown

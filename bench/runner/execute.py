@@ -20,6 +20,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 
 import torch
 
@@ -535,7 +536,10 @@ def _quiet_lightning(verbose: bool):
         for n in names:
             logging.getLogger(n).setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            if not verbose:  # Lightning's own use of a torch API torch deprecated: nothing a user can act on
+                warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+            yield
     finally:
         for n, lvl in old.items():
             logging.getLogger(n).setLevel(lvl)
