@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 THREADS ?= 2
 
-.PHONY: bench test setup clean
+.PHONY: bench test setup clean floors
 
 $(BIN)/.installed: pyproject.toml
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
@@ -33,5 +33,21 @@ test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	OMP_NUM_THREADS=$(THREADS) $(BIN)/python -m pytest -q
 
+# Every dependency at its pyproject.toml floor (constraints-floors.txt) in its own venv under the oldest
+# Python this project supports, then lint and the tests that exercise the dependencies. Needs PyPI:
+# torch's Linux wheels there bring their CUDA libraries (about 3 GB, CPU-only machines included).
+FLOORS_PY ?= python3.10
+FLOORS_VENV ?= .venv-floors
+FLOORS_TESTS ?= tests/test_config_runner.py tests/test_config_trainer.py tests/test_runner_records.py \
+	tests/test_provenance.py tests/test_classifier.py tests/test_flops.py tests/test_flops_layers.py \
+	tests/test_san_flops.py tests/test_datamodules.py tests/test_report_plots.py tests/test_benchmark.py \
+	tests/test_fast_local_attention.py tests/test_fast_conv_path.py tests/test_fast_ops.py tests/test_resume.py
+floors:
+	test -x $(FLOORS_VENV)/bin/python || $(FLOORS_PY) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/pip install -q --upgrade pip
+	$(FLOORS_VENV)/bin/pip install -q -c constraints-floors.txt -e '.[test,parquet]'
+	$(FLOORS_VENV)/bin/ruff check .
+	OMP_NUM_THREADS=$(THREADS) $(FLOORS_VENV)/bin/python -m pytest -q $(FLOORS_TESTS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(FLOORS_VENV) build *.egg-info

@@ -31,7 +31,9 @@ def grouped_conv_torch(x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.T
     B, C, d, H, W = x.shape
     k = w.shape[-1]
     xc = x.permute(0, 3, 4, 2, 1).reshape(B, H, W, d * C).permute(0, 3, 1, 2)  # channel i*C + c
-    return F.conv2d(xc, w, stride=stride, padding=k // 2, groups=d).contiguous()
+    # padding as a pair: under torch.jit.trace (fvcore) k is a traced size, and torch 2.5 rejects a
+    # traced scalar padding ("got padding=[]") while it accepts a pair of them
+    return F.conv2d(xc, w, stride=stride, padding=(k // 2, k // 2), groups=d).contiguous()
 
 
 def kernel_backend(x: torch.Tensor, backend: str | None = None) -> str:
