@@ -14,6 +14,13 @@ release's unfold-based algorithm for the sliding-window attention), and ratios t
 Passes: "fwd" (inference, no autograd graph) and "fwd+bwd" (input and parameters require
 grad; backward of the output against a fixed random gradient; parameter grads reset to None).
 
+impl "flex" (opt-in, --op sa and acmix): the sliding-window attention as torch's compiled
+FlexAttention with a neighbourhood block mask (modules/flex_attention.py). It masks the real
+tokens where the suite reflection-pads, so it computes a different function within
+(k_a - 1) / 2 pixels of the border (equal inside). Its first call (torch.compile, block mask)
+is timed once (compile_s) and kept out of the timings by the warm-up; a pass it cannot run
+(torch has no CPU backward for it) becomes a row with a note instead of timings.
+
 Functions for other code: `time_fn`, `make_case`, `measure_case`, `run_speed`.
 """
 from __future__ import annotations
@@ -24,6 +31,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -36,16 +44,24 @@ OPS = OPERATOR_KINDS + ("shift",)
 PASSES = ("fwd", "fwd+bwd")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CONV = "nn.Conv2d"
+FLEX = "flex"
+# --impl: the operators' Stage II implementations, and FlexAttention for the sliding-window attention
+SPEED_IMPLS = STAGE2_IMPLS + (FLEX,)
+FLEX_OPS = ("sa", "acmix")
+FLEX_NOTE = ("flex = torch's FlexAttention, compiled, over the real tokens with a k_a x k_a neighbourhood block "
+             "mask: equal to the reference inside, but a different function within (k_a - 1) / 2 pixels of the "
+             "border (the suite's windows reflection-pad there); compile_s = its first call (torch.compile, block "
+             "mask, one pass), kept out of the timings by the warm-up")
 CSV_COLUMNS = ["op", "impl", "pass", "median_ms", "iqr_ms", "peak_mem_mb", "runs", "shift", "backend", "shape",
                "stride", "dtype", "device", "threads", "x_conv", "speedup_vs_ref", "mem_vs_ref", "ms_per_mpix",
-               "x_stride1", "rounds", "torch"]
+               "x_stride1", "rounds", "torch", "compile_s", "note"]
 
 
 @dataclass
 class Case:
     """One thing to time: an operator variant, its Stage II implementation and a pass."""
     op: str
-    impl: str  # "fast" | "reference" | "nn.Conv2d"
+    impl: str  # "fast" | "reference" | "flex" | "nn.Conv2d"
     pass_: str
     shape: tuple  # (B, C, H, W)
     stride: int = 1
@@ -99,6 +115,14 @@ def _build(case: Case):
     if case.impl in ("fast", "reference"):
         set_stage2_impl(mod, case.impl)
     dtype, device = DTYPES[case.dtype], torch.device(case.device)
+    if case.impl == FLEX:
+        from modules.flex_attention import check_flex, use_flex
+
+        if case.op not in FLEX_OPS:
+            raise ValueError(f"--impl flex: FlexAttention replaces the sliding-window attention of --op "
+                             f"{' and '.join(FLEX_OPS)}; got --op {case.op}")
+        check_flex(dtype, device)
+        use_flex(mod)
     mod = mod.to(device=device, dtype=dtype)
     x = torch.randn(B, C, H, W, device=device, dtype=dtype)
     if layout == "tokens":
@@ -191,13 +215,15 @@ def peak_memory_here(case: Case) -> float:
 
     CPU: only sound in a fresh process (ru_maxrss is a high-water mark for the whole
     process), hence `peak_memory` runs this in a subprocess. CUDA: allocator statistics."""
-    if not case.device.startswith("cuda"):
+    if not case.device.startswith("cuda") and case.impl != FLEX:
         # lazy one-time costs (thread pools, oneDNN kernels, extension load) happen in a batch-1
         # warm-up whose high-water mark stays below the measured pass
         warm, _m = make_case(Case(**{**asdict(case), "shape": (1,) + tuple(case.shape[1:])}))
         warm()
         del warm, _m
     fn, _mod = make_case(case)
+    if case.impl == FLEX and not case.device.startswith("cuda"):
+        fn()  # compiled for this very shape: torch.compile's memory is not the pass's
     if case.device.startswith("cuda"):
         fn()  # first call: workspaces and autotuning do not count as the operator's memory
         torch.cuda.synchronize()
@@ -250,6 +276,8 @@ def environment(threads: int, device: str) -> dict:
 
 
 def _backend(case: Case) -> str:
+    if case.impl == FLEX:
+        return "inductor"  # torch.compile's CPU/GPU code for flex_attention
     if case.impl != "fast" or case.op in ("conv", "shift", "dconv", "window-sa") or case.impl == CONV:
         return ""
     from modules import _fast
@@ -280,29 +308,66 @@ def cases_for(op: str, shape, impls, passes, shifts, strides=None, **kw) -> list
     return out
 
 
+def _one_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
+def _first_calls(cases: list[Case], log) -> dict:
+    """{case index: {"compile_s": seconds} or {"note": why not}} for the flex cases: each one's first call
+    (module, torch.compile at this shape, block mask, one pass), which the timings' warm-up then skips;
+    a case torch cannot run (no CPU backward) gets a one-line note and is not timed."""
+    out = {}
+    for i, case in enumerate(cases):
+        if case.impl != FLEX:
+            continue
+        if log:
+            log(f"  {case.op} flex {case.pass_} s={case.stride}: first call (torch.compile) ...")
+        t0 = time.perf_counter()
+        try:
+            fn, _mod = make_case(case)
+            fn()
+            out[i] = {"compile_s": time.perf_counter() - t0}
+        except (RuntimeError, NotImplementedError) as err:  # torch._dynamo's errors are RuntimeErrors
+            out[i] = {"note": f"not run: {_one_line(err)}"}
+        fn = _mod = None
+        gc.collect()
+    return out
+
+
 def _timings(cases: list[Case], threads: int, min_run_time: float, repeats: int, rounds: int, log) -> list[dict]:
     """Timings of every case. rounds > 1: the cases of one (stride, pass) group, which are compared
-    with each other (conv baseline, fast, reference), are timed in alternating rounds."""
+    with each other (conv baseline, fast, reference), are timed in alternating rounds. flex cases
+    first get their first call (_first_calls): compile_s, or a note and no timings."""
+    first = _first_calls(cases, log)
+    skip = {i for i, f in first.items() if "note" in f}
+    empty = {"median_ms": None, "iqr_ms": None, "runs": 0}
     if rounds <= 1:
         out = []
-        for case in cases:
+        for i, case in enumerate(cases):
+            if i in skip:
+                out.append({**empty, **first[i]})
+                continue
             if log:
                 log(f"  {case.op} {case.impl} {case.pass_} s={case.stride} shift={case.shift} ...")
             fn, _mod = make_case(case)
-            out.append(time_fn(fn, threads, min_run_time, repeats, case.device))
+            out.append({**time_fn(fn, threads, min_run_time, repeats, case.device), **first.get(i, {})})
             del fn, _mod
             gc.collect()
         return out
     groups: dict = {}
-    for i, c in enumerate(cases):
-        groups.setdefault((c.stride, c.pass_), []).append(i)
     out = [None] * len(cases)
+    for i, c in enumerate(cases):
+        if i in skip:
+            out[i] = {**empty, **first[i]}
+        else:
+            groups.setdefault((c.stride, c.pass_), []).append(i)
     for (st, p), idx in groups.items():
         if log:
             log(f"  stride {st} {p}: {len(idx)} cases, {rounds} interleaved rounds ...")
         built = [make_case(cases[i]) for i in idx]
         for i, t in zip(idx, time_interleaved([fn for fn, _ in built], threads, min_run_time, repeats, rounds)):
-            out[i] = t
+            out[i] = {**t, **first.get(i, {})}
         del built
         gc.collect()
     return out
@@ -316,15 +381,17 @@ def run_speed(cases: list[Case], threads: int = 2, min_run_time: float = 1.0, re
     rows = []
     times = _timings(cases, threads, min_run_time, repeats, rounds, log)
     for case, t in zip(cases, times):
-        mem = peak_memory(case, threads) if memory else None
+        ran = t["median_ms"] is not None
+        mem = peak_memory(case, threads) if memory and ran else None
         B, C, H, W = case.shape
         Ho, Wo = (H - 1) // case.stride + 1, (W - 1) // case.stride + 1
         rows.append({"op": case.op, "impl": case.impl, "pass": case.pass_, **t, "peak_mem_mb": mem,
                      "shift": case.shift if case.op in ("acmix", "shift", "dconv", "window-acmix") else "",
                      "backend": _backend(case), "shape": "x".join(map(str, case.shape)), "stride": case.stride,
                      "dtype": case.dtype, "device": case.device, "threads": threads,
-                     "ms_per_mpix": t["median_ms"] / (B * Ho * Wo / 1e6), "rounds": max(1, int(rounds)),
-                     "torch": torch.__version__})
+                     "ms_per_mpix": t["median_ms"] / (B * Ho * Wo / 1e6) if ran else None,
+                     "rounds": max(1, int(rounds)), "torch": torch.__version__})
+    ratio = lambda a, b: a / b if a is not None and b else None  # noqa: E731
     for r in rows:
         same = [c for c in rows if c["pass"] == r["pass"] and c["stride"] == r["stride"]]
         conv = next((c for c in same if c["impl"] == CONV), None)
@@ -332,9 +399,9 @@ def run_speed(cases: list[Case], threads: int = 2, min_run_time: float = 1.0, re
                    None)
         s1 = next((c for c in rows if c["stride"] == 1 and c["pass"] == r["pass"] and c["op"] == r["op"]
                    and c["impl"] == r["impl"] and c["shift"] == r["shift"]), None)
-        r["x_stride1"] = r["ms_per_mpix"] / s1["ms_per_mpix"] if s1 and r["stride"] != 1 else None
-        r["x_conv"] = r["median_ms"] / conv["median_ms"] if conv else None
-        r["speedup_vs_ref"] = ref["median_ms"] / r["median_ms"] if ref else None
+        r["x_stride1"] = ratio(r["ms_per_mpix"], s1["ms_per_mpix"]) if s1 and r["stride"] != 1 else None
+        r["x_conv"] = ratio(r["median_ms"], conv["median_ms"]) if conv else None
+        r["speedup_vs_ref"] = ratio(ref["median_ms"], r["median_ms"]) if ref else None
         r["mem_vs_ref"] = (r["peak_mem_mb"] / ref["peak_mem_mb"]
                            if ref and r["peak_mem_mb"] is not None and ref["peak_mem_mb"] else None)
     return rows
@@ -368,7 +435,14 @@ def format_table(rows: list[dict], env: dict) -> str:
              _fmt(r.get("x_stride1"), 2)] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     fmt = lambda cells: "  ".join(c.ljust(w) if i < 7 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join(lines + ["", fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
+    flex = [r for r in rows if r["impl"] == FLEX]
+    if flex:
+        lines.append(FLEX_NOTE)
+    foot = [f"{r['op']} {r['impl']} {r['pass']} {r['shape']} s={r['stride']}: "
+            + (f"compile_s {r['compile_s']:.1f}" if r.get("compile_s") is not None else r.get("note") or "")
+            for r in flex]
+    return "\n".join(lines + ["", fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body]
+                     + ([""] + foot if foot else []))
 
 
 def format_csv(rows: list[dict]) -> str:
@@ -594,7 +668,11 @@ def run(args) -> int:
         raise ValueError("--device cuda: no CUDA device is visible to torch; use --device cpu")
     if args.threads <= 0:
         raise ValueError(f"--threads must be positive, got {args.threads}")
-    impls = _list(args.impl, STAGE2_IMPLS, "--impl")
+    # "all" stays the operators' implementations; flex (torch.compile) is asked for by name
+    impls = list(STAGE2_IMPLS) if args.impl.strip() == "all" else _list(args.impl, SPEED_IMPLS, "--impl")
+    if FLEX in impls and op not in FLEX_OPS:
+        raise ValueError(f"--impl flex: FlexAttention replaces the sliding-window attention of --op "
+                         f"{' and '.join(FLEX_OPS)}; got --op {op}")
     if "reference" not in impls:
         impls.append("reference")  # the reference is a baseline of every run
     passes = _list(args.passes, PASSES, "--pass")
@@ -631,7 +709,11 @@ def register(sub) -> None:
     p.add_argument("--op", default="acmix", help=f"operator: {', '.join(OPS)} (default acmix; swin-sa and "
                                                  "swin-acmix name the window kinds)")
     p.add_argument("--shape", default="8,64,56,56", help="B,C,H,W (default 8,64,56,56)")
-    p.add_argument("--impl", default="fast,reference", help="Stage II implementations: fast, reference (always included)")
+    p.add_argument("--impl", default="fast,reference",
+                   help="Stage II implementations: fast, reference (always included), flex (--op sa and acmix: torch's "
+                        "compiled FlexAttention with a neighbourhood block mask; masks the real tokens where the suite "
+                        "reflection-pads, so it differs within (k_a - 1) / 2 pixels of the border; no CPU backward in "
+                        "torch 2.14)")
     p.add_argument("--pass", dest="passes", default="fwd,fwd+bwd", help="fwd, fwd+bwd or both (default both)")
     p.add_argument("--shift", default="multigroup", help=f"shift implementation(s): {', '.join(SHIFTS)} or all")
     p.add_argument("--stride", default="1", help="stride(s), e.g. 1 or 1,2 (x_stride1 compares per output pixel)")
