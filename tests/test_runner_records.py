@@ -131,14 +131,18 @@ def test_close_distributed_tears_down_the_process_group(tmp_path):
 
 
 def test_quiet_runs_hide_lightnings_leafspec_deprecation():
-    """Lightning 2.6 calls a torch API torch deprecated; a user cannot act on it, so quiet runs hide it."""
+    """Libraries call torch APIs torch deprecated (Lightning's LeafSpec, torch.jit.script); a user cannot act on
+    them, so quiet runs hide them, and only them."""
     import warnings
 
     from bench.runner.execute import _quiet_lightning
-    msg = "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)` instead."
-    for verbose, shown in ((False, 0), (True, 1)):
+    msgs = ["`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)` instead.",
+            "`torch.jit.script` is deprecated. Please switch to `torch.compile` or `torch.export`."]
+    for verbose, shown in ((False, 0), (True, 2)):
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
             with _quiet_lightning(verbose):
-                warnings.warn(msg, FutureWarning)
-        assert len(seen) == shown
+                for m in msgs:
+                    warnings.warn(m, FutureWarning)
+            warnings.warn("a warning of the suite's own", UserWarning)
+        assert len(seen) == shown + 1

@@ -537,8 +537,9 @@ def _quiet_lightning(verbose: bool):
             logging.getLogger(n).setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
-            if not verbose:  # Lightning's own use of a torch API torch deprecated: nothing a user can act on
+            if not verbose:  # libraries' own uses of torch APIs torch deprecated: nothing a user can act on
                 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+                warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
             yield
     finally:
         for n, lvl in old.items():
