@@ -16,8 +16,7 @@ $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PINS)
-	@# PYTHONWARNINGS: setuptools' "Editable installation" banner is advice for package authors, not users
-	PYTHONWARNINGS=ignore $(BIN)/pip install -q -e '.[test,parquet]'
+	$(BIN)/pip install -q -e '.[test,parquet]'
 	@# build the C++ Stage II kernels now (a minute, cached), not inside the first benchmark cell
 	$(BIN)/python -c 'from modules import _fast; _fast.build_all()' || echo "make: C++ kernels not built; the torch fallback will run"
 	touch $@
