@@ -21,14 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = dict(stem="small", in_chans=1, img_size=16, widths=[4, 4, 8, 8])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models gain nothing from a second thread, and on a busy 2-core machine OpenMP's
-    # spinning threads slow these runs by an order of magnitude
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _trainer(tmp_path, **kw):

@@ -18,12 +18,7 @@ from datamodules.base import ResumableSampler, SampleKey, sample_seed
 from modules.lightning import ImageClassifier, rng_states, set_rng_states
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _dm(num_workers=0, augment=True, train_size=44, batch_size=4, seed=3):
