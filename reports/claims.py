@@ -265,6 +265,15 @@ def claim_acmix_beats_single_path(frame: pd.DataFrame, margin: float = DEFAULT_M
     mt = match_table(frame)
     off_labels = set(mt[mt["within"] == False]["label"])  # noqa: E712
     families = {"acmix": ("acmix",), "conv": ("conv", "dconv"), "sa": ("sa",)}
+
+    def guarded(a, b) -> dict:
+        """compare_acc of two summary rows, with no verdict where either is untrained or off its budget."""
+        c = compare_acc(frame, a["config"], b["config"], margin)
+        if _at_chance(a, b):
+            return _no_verdict(c, "at chance (not trained enough)")
+        if off_labels & {a["label"], b["label"]}:
+            return _no_verdict(c, "not matched (MACs outside the group's tolerance)")
+        return c
     for (ds, budget), cfgs in budgets.items():
         g = s[s["config"].isin(cfgs)]
         need = {fam: g[g["op"].isin(ops) & (g["top1_n"] > 0)] for fam, ops in families.items()}
@@ -278,11 +287,7 @@ def claim_acmix_beats_single_path(frame: pd.DataFrame, margin: float = DEFAULT_M
         for op in ("conv", "sa"):
             best = need[op].sort_values("top1_mean", ascending=False).iloc[0]
             for _, a in need["acmix"].iterrows():
-                c = compare_acc(frame, a["config"], best["config"], margin)
-                if _at_chance(a, best):
-                    c = _no_verdict(c, "at chance (not trained enough)")
-                elif off_labels & {a["label"], best["label"]}:
-                    c = _no_verdict(c, "not matched (MACs outside the group's tolerance)")
+                c = guarded(a, best)
                 decides = a["config"] in deciding
                 if decides:
                     verdicts.append(c["verdict"])
@@ -292,11 +297,7 @@ def claim_acmix_beats_single_path(frame: pd.DataFrame, margin: float = DEFAULT_M
         # the two single paths against each other: context for the claim (the paper claims nothing here), so
         # that every pair of the three operators has its interval in claims.json
         conv, sa = (need[op].sort_values("top1_mean", ascending=False).iloc[0] for op in ("conv", "sa"))
-        c = compare_acc(frame, conv["config"], sa["config"], margin)
-        if _at_chance(conv, sa):
-            c = _no_verdict(c, "at chance (not trained enough)")
-        elif off_labels & {conv["label"], sa["label"]}:
-            c = _no_verdict(c, "not matched (MACs outside the group's tolerance)")
+        c = guarded(conv, sa)
         context.append(dict(c, claim=key, a=conv["label"], b=sa["label"], dataset=ds, budget=budget, deciding=False))
     status = _decide(verdicts)
     summary = "; ".join([sentence(r) for r in rows] + notes) or "no comparison possible"
