@@ -240,3 +240,54 @@ def test_transforms_default_and_custom():
                              train_transform=lambda x: torch.zeros(3), eval_transform=lambda x: torch.ones(2))
     dm.setup()
     assert torch.equal(dm.train_set[0][0], torch.zeros(3)) and torch.equal(dm.test_set[0][0], torch.ones(2))
+
+
+# ------------------------------------------------------------------ prepared (precomputed) splits
+def _base_set(n=40, c=1, size=28, seed=0):
+    from datamodules.base import TensorImageDataset
+    g = torch.Generator().manual_seed(seed)
+    return TensorImageDataset(torch.randint(0, 256, (n, c, size, size), dtype=torch.uint8, generator=g),
+                              torch.arange(n) % 10)
+
+
+@pytest.mark.parametrize("augment", [False, True])
+@pytest.mark.parametrize("c,size,image_size", [(1, 28, 16), (3, 32, 20), (3, 32, None)])
+def test_prepared_subset_is_bitwise_the_per_sample_transform(augment, c, size, image_size):
+    """prepare() precomputes resize (and, unaugmented, normalisation) batched; every item, augmented ones
+    under their per-sample seed included, must equal what the per-sample transform gives, bit for bit."""
+    from datamodules.base import ImageTransform, SampleKey, Subset, sample_seed
+    base = _base_set(c=c, size=size)
+    idx = [3, 1, 4, 15, 9, 26, 5, 35, 8, 0]
+    tf = ImageTransform(image_size, [0.3] * c, [0.4] * c, augment=augment)
+    slow, fast = Subset(base, idx, tf), Subset(base, idx, tf)
+    assert fast.prepare(chunk=3)  # several chunks, the last one short
+    assert fast.prepared.shape == (len(idx), c, image_size or size, image_size or size)
+    for k in range(len(idx)):
+        key = SampleKey(k, sample_seed(7, 2, k))
+        (xs, ys), (xf, yf) = slow[key], fast[key]
+        assert torch.equal(xs, xf) and int(ys) == int(yf) == idx[k] % 10
+        if not augment:  # plain indices too (evaluation loaders)
+            assert torch.equal(slow[k][0], fast[k][0])
+
+
+def test_prepare_declines_what_it_cannot_hold():
+    from datamodules.base import ImageTransform, Subset
+    base = _base_set()
+    tf = ImageTransform(16, [0.5], [0.5])
+    assert not Subset(base, range(10), tf).prepare(max_bytes=10 * 16 * 16 * 4 - 1)  # over the cap
+    assert Subset(base, range(10), tf).prepare(max_bytes=10 * 16 * 16 * 4)
+    assert not Subset(base, range(10), lambda x: x.float()).prepare()  # not an ImageTransform
+    as_list = [base[k] for k in range(10)]  # no uint8 image tensor to batch over
+    s = Subset(as_list, range(10), tf)
+    assert not s.prepare() and s.prepared is None and s[0][0].shape == (1, 16, 16)
+
+
+@needs_debian
+def test_fashion_mnist_splits_are_prepared():
+    dm = FashionMNISTDataModule(image_size=16, val_subset=100, test_subset=200, train_subset=300, augment=False)
+    dm.setup()
+    for part, n in ((dm.train_set, 300), (dm.val_set, 100), (dm.test_set, 200)):
+        assert part.prepared is not None and part.prepared_done and part.prepared.shape == (n, 1, 16, 16)
+    x, y = dm.test_set[5]
+    raw, label = dm.test_set.base.get_raw(dm.test_set.indices[5])
+    assert torch.equal(x, dm.test_set.transform(raw)) and int(y) == int(label)
