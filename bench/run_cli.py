@@ -6,6 +6,7 @@ overrides applied), expand the cells, take this shard, then either print them
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -186,13 +187,19 @@ def run(args) -> int:
     from bench.runner.execute import is_rank_zero
     from bench.runner.records import atomic_write_json
 
-    if is_rank_zero():
+    if is_rank_zero() and args.worker is None:
         warn_other_code(out)
         warn_unreadable_records(out)
-    if is_rank_zero():  # the whole matrix (every shard writes the same plan), for reports' "planned but missing"
+    if args.jobs is not None and (isinstance(args.jobs, bool) or args.jobs < 1):
+        raise ValueError(f"--jobs {args.jobs}: expected a number of cells to run side by side, >= 1")
+    if is_rank_zero() and args.worker is None:  # the whole matrix (every shard writes the same plan)
         atomic_write_json(os.path.join(out, "plan.json"), {"config": cfg["name"], "config_file": args.config,
                                                            "cells": [c["cell_id"] for c in every],
                                                            "report": cfg["report"]})
+    worker = parse_worker(args.worker)
+    jobs = cfg["measure"]["jobs"] if args.jobs is None else args.jobs
+    if args.executor == "inline" and worker is None and jobs > 1:
+        return run_side_by_side(args, cfg, cells, out, jobs)
     if args.executor in ("slurm", "local"):
         from bench.runner.execute import pending
         from bench.runner.submit import submit
@@ -226,12 +233,16 @@ def run(args) -> int:
                 print(f"  {cid}: ended without a finished record")
             return EXIT_JOBS_FAILED
         return EXIT_CELLS_NOT_OK if bad else EXIT_OK
-    from bench.runner.execute import run_matrix
+    from bench.runner import execute as E
 
-    if is_rank_zero():
+    if worker is not None:
+        E.SIDE_BY_SIDE = worker[1]
+    elif is_rank_zero():
         prepare_data(cfg)
-    res = run_matrix(cfg, cells, out, progress=not args.no_progress, retry_failed=args.retry_failed,
-                     verbose=args.verbose)
+    res = E.run_matrix(cfg, cells, out, progress=not args.no_progress, retry_failed=args.retry_failed,
+                       verbose=args.verbose, worker=worker)
+    if worker is not None:
+        return EXIT_INTERRUPTED if res["interrupted"] else EXIT_OK
     if not is_rank_zero():
         return 0
     st = ", ".join(f"{k} {v}" for k, v in sorted(res["status"].items())) or "none run"
@@ -239,6 +250,114 @@ def run(args) -> int:
           f"{os.path.join(out, 'results.csv')} rebuilt")
     if res["interrupted"]:
         return EXIT_INTERRUPTED
+    if cfg["report"]["run"] and not args.no_report:
+        _print_report(out, cfg)
+    bad = not_ok_cells(out, cells)
+    if bad:
+        _name_not_ok(bad)
+        return EXIT_CELLS_NOT_OK
+    return EXIT_OK
+
+
+def parse_worker(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    k, _, n = text.partition("/")
+    return int(k), int(n)
+
+
+def _worker_argv(argv: list[str], k: int, n: int) -> list[str]:
+    """The parent's `run` arguments for worker k of n: --jobs dropped, no report, no bar."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--jobs":
+            skip = True
+            continue
+        if a.startswith("--jobs="):
+            continue
+        out.append(a)
+    return out + ["--no-report", "--no-progress", "--worker", f"{k}/{n}"]
+
+
+def run_side_by_side(args, cfg: dict, cells: list[dict], out: str, jobs: int) -> int:
+    """`run --jobs N` (measure.jobs): N worker processes run the matrix's cells side by side, each taking the next
+    cell no other holds (the per-cell locks), with "auto" threads = physical cores / N in every worker (also
+    when fewer cells than N are left, so that every cell is measured alike). Then one results table, the report
+    and the exit code, as for a single process. Ctrl-C or SIGTERM stops every worker (cells under way are
+    recorded interrupted; rerun the same command to resume)."""
+    import signal
+    import subprocess
+
+    from bench.runner import execute as E
+    from bench.runner.measure import resolve_threads
+    from bench.runner.records import rebuild_results
+
+    if E._processes_per_machine(cfg) > 1:
+        raise ValueError(f"--jobs {jobs} runs cells side by side in single processes; it cannot be combined with "
+                         f"CPU DDP (trainer.devices={cfg['trainer']['devices']}); set --jobs 1 (measure.jobs=1)")
+    todo, done = E.pending(cells, out, args.retry_failed)
+    threads = resolve_threads(cfg["measure"]["threads"], jobs)
+    n = min(jobs, len(todo))
+    print(f"acmix-bench run: {len(cells)} cells, {len(done)} already finished, {len(todo)} to run, {n} at a time "
+          f"(--jobs {jobs}, {threads if threads else 'default'} torch thread(s) each); results in {out}", flush=True)
+    rcs: list[int] = []
+    interrupted = False
+    if todo:
+        prepare_data(cfg)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+        procs = [subprocess.Popen([sys.executable, "-m", "bench.cli", *_worker_argv(args.argv, k, jobs)], env=env)
+                 for k in range(n)]
+
+        def forward(signum, frame):  # SIGTERM to the parent alone (a scheduler, `kill`): stop the workers too
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signum)
+        try:
+            old = signal.signal(signal.SIGTERM, forward)
+        except ValueError:  # not the main thread
+            old = None
+        try:
+            while True:
+                try:
+                    rcs = [p.wait() for p in procs]
+                    break
+                except KeyboardInterrupt:
+                    # Ctrl-C in a terminal reaches the workers too, and each records its cell; a SIGINT sent to
+                    # this process alone does not: then stop them once (a second signal would cut their clean-up)
+                    if not interrupted:
+                        interrupted = True
+                        try:
+                            for p in procs:
+                                p.wait(timeout=5)
+                        except subprocess.TimeoutExpired:
+                            forward(signal.SIGTERM, None)
+                        except KeyboardInterrupt:
+                            pass
+        finally:
+            if old is not None:
+                signal.signal(signal.SIGTERM, old)
+    rebuild_results(out)
+    todo_after, _ = E.pending(cells, out)
+    if interrupted or EXIT_INTERRUPTED in rcs or any(r < 0 for r in rcs):
+        print(f"acmix-bench run: interrupted; {len(todo_after)} cell(s) not finished, finished records are intact; "
+              f"rerun the same command to resume", flush=True)
+        return EXIT_INTERRUPTED
+    crashed = [(k, r) for k, r in enumerate(rcs) if r not in (EXIT_OK, EXIT_CELLS_NOT_OK)]
+    ran = len(todo) - len(todo_after)
+    print(f"acmix-bench run: {ran} ran in {n} worker(s), {len(done)} skipped as finished; "
+          f"{os.path.join(out, 'results.csv')} rebuilt", flush=True)
+    if crashed or todo_after:
+        what = [f"worker {k + 1} exited with {r}" for k, r in crashed]
+        if todo_after:
+            what.append(f"{len(todo_after)} cell(s) not finished: " + ", ".join(c["cell_id"] for c in todo_after))
+        print(f"acmix-bench run: {'; '.join(what)} (exit {EXIT_JOBS_FAILED}; rerun the same command to resume)",
+              flush=True)
+        return EXIT_JOBS_FAILED
     if cfg["report"]["run"] and not args.no_report:
         _print_report(out, cfg)
     bad = not_ok_cells(out, cells)
@@ -267,6 +386,10 @@ def register(sub) -> None:
                    help="inline: run here; slurm: one submitit job per cell; local: submitit's local executor")
     p.add_argument("--wait", action="store_true", help="with --executor slurm: wait for the jobs, then rebuild results")
     p.add_argument("--retry-failed", action="store_true", help="rerun cells recorded as failed, nan or oom")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="run N cells side by side on this machine, one process each, with 'auto' threads = physical "
+                        "cores / N (default: the config's measure.jobs)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # I/N: one of --jobs N's worker processes
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per cell only)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="Lightning's own per-cell progress bars and messages (default: the matrix bar and one "

@@ -505,3 +505,70 @@ def test_resumed_cell_equals_uninterrupted_cell_bitwise(tmp_path):
     assert wa["state_dict"].keys() == wb["state_dict"].keys()
     for k, v in wa["state_dict"].items():
         assert torch.equal(v, wb["state_dict"][k]), k
+
+
+# ------------------------------------------------------------------ cells side by side (run --jobs N)
+@needs_data
+def test_jobs_run_cells_side_by_side_once_each(tmp_path):
+    """--jobs 2: two worker processes share the matrix through the cell locks; every cell runs exactly once,
+    each record says 2 jobs and physical cores / 2 threads, one results table, one exit code."""
+    from bench.runner.measure import physical_cores
+
+    cfg = tiny_config(tmp_path, seeds=(0, 1, 2, 3), measure={"voices": ["formula"], "speed": False,
+                                                             "threads": "auto"})
+    out = str(tmp_path / "out")
+    p = _spawn(cfg, out, "--jobs", "2")
+    log = p.communicate(timeout=600)[0]
+    assert p.returncode == 0, log[-3000:]
+    assert "4 to run, 2 at a time (--jobs 2" in log and "4 ran in 2 worker(s)" in log
+    assert "[job 1/2] ok" in log and "[job 2/2] ok" in log and "busy" not in log
+    recs = R.read_records(out)
+    assert len(recs) == 4 and all(r["status"] == "ok" for r in recs)
+    assert {r["speed"]["jobs"] for r in recs} == {2}
+    assert {r["speed"]["threads"] for r in recs} == {max(1, physical_cores() // 2)}
+    n, ev = finishes(out)
+    assert n == {r["cell_id"]: 1 for r in recs}
+    assert len({e["pid"] for e in ev if e["event"] == "start"}) == 2  # both workers ran cells
+    csv = pd.read_csv(os.path.join(out, "results.csv"))
+    assert len(csv) == 4 and (csv.jobs == 2).all()
+    # the cell ids do not depend on --jobs: a rerun without it finds everything finished
+    rc, text = run_cli("run", cfg, "--out", out, "--no-progress")
+    assert rc == 0 and "4 already finished, 0 to run" in text
+
+
+@needs_data
+def test_jobs_not_ok_cell_exits_1_and_ctrl_c_exits_130(tmp_path):
+    cfg = tiny_config(tmp_path, seeds=(0, 1), optim={"lr": 1e30, "momentum": 0.0, "nesterov": False})
+    out = str(tmp_path / "out")
+    p = _spawn(cfg, out, "--jobs", "2")
+    log = p.communicate(timeout=600)[0]
+    assert p.returncode == 1, log[-3000:]
+    assert "2 cell(s) not ok" in log and sorted(r["status"] for r in R.read_records(out)) == ["nan", "nan"]
+    # SIGTERM to the parent alone (a scheduler, `kill`): it stops its workers, cells under way are recorded
+    # interrupted, exit 130; the rerun resumes them
+    cfg = tiny_config(tmp_path, name="long", seeds=(0, 1, 2), data={"train_subset": 512})
+    out = str(tmp_path / "out2")
+    p = _spawn(cfg, out, "--jobs", "2")
+    ok = _wait_for(_mid_cell(out, 1), p)
+    p.send_signal(signal.SIGTERM)
+    log = p.communicate(timeout=180)[0]
+    assert ok, log[-3000:]
+    assert p.returncode == 130, log[-3000:]
+    assert "interrupted" in log and "Traceback" not in log
+    st = [r["status"] for r in R.read_records(out)]
+    assert "interrupted" in st and "running" not in st, st
+    p = _spawn(cfg, out, "--jobs", "2")
+    log = p.communicate(timeout=600)[0]
+    assert p.returncode == 0, log[-3000:]
+    assert sorted(r["status"] for r in R.read_records(out)) == ["ok"] * 3
+
+
+def test_jobs_errors_are_one_line(tmp_path, capsys):
+    cfg = tiny_config(tmp_path)
+    assert cli_main(["run", cfg, "--out", str(tmp_path / "o"), "--jobs", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--jobs 0" in err
+    assert cli_main(["run", cfg, "--out", str(tmp_path / "o"), "--jobs", "2", "--devices", "2",
+                     "--strategy", "ddp"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--jobs 1" in err and "DDP" in err

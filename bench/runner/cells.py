@@ -18,7 +18,8 @@ import json
 from .config import DATASETS
 
 # settings that change how a cell runs but not what it measures
-_OPERATIONAL = {"trainer": ("keep_checkpoints", "checkpoint_every_n_steps"), "data": ("num_workers",)}
+_OPERATIONAL = {"trainer": ("keep_checkpoints", "checkpoint_every_n_steps"), "data": ("num_workers",),
+                "measure": ("jobs",)}
 
 
 def _canon(obj) -> str:

@@ -291,6 +291,9 @@ SECTIONS: dict[str, dict[str, _Spec]] = {
         # torch intra-op threads: "auto" = the physical cores this process may use (shared by the DDP
         # processes of one machine), an integer, or null (leave torch's setting alone)
         "threads": _Spec("threads", "auto", nullable=True),
+        # cells run side by side on this machine, each in its own process (inline executor): "auto" threads are
+        # then the physical cores divided among them
+        "jobs": _Spec(int, 1, lo=1),
         "batch_size": _Spec(int, 32, lo=1),
         "latency": _Spec(bool, True),
         "min_run_time": _Spec(float, 0.5, lo=0.0),

@@ -162,12 +162,18 @@ def resolve_widths(cell: dict, cfg: dict):
 
 # ---------------------------------------------------------------- training
 
+# Cells this process's runner shares the machine with, itself included: set in the worker processes of
+# `run --jobs N` (measure.jobs), where N cells run side by side, one per process.
+SIDE_BY_SIDE = 1
+
+
 def _processes_per_machine(cfg) -> int:
-    """Training processes sharing one machine's cores: CPU DDP starts `devices` of them per node."""
+    """Training processes sharing one machine's cores: CPU DDP starts `devices` of them per node; `run --jobs N`
+    runs N cells side by side."""
     t = cfg["trainer"]
     if t["accelerator"] == "cpu" and str(t["strategy"]).startswith("ddp"):
-        return int(t["devices"])
-    return 1
+        return int(t["devices"]) * SIDE_BY_SIDE
+    return SIDE_BY_SIDE
 
 
 def _device_for(cfg) -> torch.device:
@@ -408,7 +414,7 @@ def run_cell(cell: dict, cfg: dict, out: str, *, progress: bool = False) -> dict
         if meas["counts"]:
             rec["counts"] = count(model, size, meas["voices"])
         dev = _device_for(cfg)
-        speed = {"threads": torch.get_num_threads(),
+        speed = {"threads": torch.get_num_threads(), "jobs": SIDE_BY_SIDE,
                  "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
                  "infer_samples_per_s": None, "latency_b1_ms": None, "train_samples_per_s": None, "peak_mem_mb": None}
         rec["speed"] = speed
@@ -547,15 +553,19 @@ def _quiet_lightning(verbose: bool):
 
 
 def run_matrix(cfg: dict, cells: list[dict], out: str, *, progress: bool = True, retry_failed: bool = False,
-               echo=print, verbose: bool = False) -> dict:
+               echo=print, verbose: bool = False, worker: tuple[int, int] | None = None) -> dict:
     """Run every unfinished cell; return {"ran", "skipped", "status": {status: n}, "interrupted": bool}.
 
     progress: the matrix bar (one bar, per-cell lines printed above it); verbose: Lightning's own bars
-    and info lines for every cell too."""
+    and info lines for every cell too. worker (k, n): this is worker k of n running the matrix side by side
+    (`run --jobs n`): cells another worker holds are passed over silently, lines say which worker, and the
+    results table is left to the parent."""
     writer = is_rank_zero()
     os.makedirs(out, exist_ok=True)
     todo, done = pending(cells, out, retry_failed)
     bar = None
+    if worker is not None:
+        progress = False
 
     def say(*a):
         if not writer:
@@ -565,7 +575,8 @@ def run_matrix(cfg: dict, cells: list[dict], out: str, *, progress: bool = True,
         else:
             echo(*a)
         sys.stdout.flush()
-    say(f"acmix-bench run: {len(cells)} cells, {len(done)} already finished, {len(todo)} to run; results in {out}")
+    if worker is None:
+        say(f"acmix-bench run: {len(cells)} cells, {len(done)} already finished, {len(todo)} to run; results in {out}")
     counts: dict = {}
     result = {"ran": 0, "skipped": len(done), "busy": 0, "status": counts, "interrupted": False}
     if progress and writer and todo:
@@ -574,16 +585,18 @@ def run_matrix(cfg: dict, cells: list[dict], out: str, *, progress: bool = True,
     try:
         with _sigterm_as_interrupt(), _quiet_lightning(verbose):
             for i, cell in enumerate(todo, 1):
+                tag = f"[{i}/{len(todo)}]" if worker is None else f"[job {worker[0] + 1}/{worker[1]}]"
                 with _cell_lock(out, cell["cell_id"]) as got:
                     if not got:  # another process on this machine is running it
                         result["busy"] += 1
-                        say(f"[{i}/{len(todo)}] busy        {cell['cell_id']} (locked by another run)")
+                        if worker is None:
+                            say(f"{tag} busy        {cell['cell_id']} (locked by another run)")
                         continue
                     rec = R.read_record(out, cell["cell_id"])  # re-check under the lock
                     if rec is not None and rec.get("status") in R.FINISHED and not retry_failed:
                         result["skipped"] += 1
                         continue
-                    say(f"[{i}/{len(todo)}] start       {cell['cell_id']}")
+                    say(f"{tag} start       {cell['cell_id']}")
                     try:
                         rec = run_cell(cell, cfg, out, progress=verbose)
                     except CellInterrupted as e:
@@ -591,12 +604,12 @@ def run_matrix(cfg: dict, cells: list[dict], out: str, *, progress: bool = True,
                         if isinstance(e.__cause__, SystemExit):  # e.g. submitit's requeue exit: the caller re-raises
                             result["exit"] = e.__cause__.code
                         counts["interrupted"] = counts.get("interrupted", 0) + 1
-                        say(f"[{i}/{len(todo)}] interrupted {cell['cell_id']}: finished records are intact; "
+                        say(f"{tag} interrupted {cell['cell_id']}: finished records are intact; "
                             f"rerun the same command to resume")
                         break
                     result["ran"] += 1
                     counts[rec["status"]] = counts.get(rec["status"], 0) + 1
-                    say(f"[{i}/{len(todo)}] " + summary_line(rec))
+                    say(f"{tag} " + summary_line(rec))
                     if bar is not None:
                         bar.update(1)
     except KeyboardInterrupt:  # Ctrl-C between cells
@@ -605,7 +618,7 @@ def run_matrix(cfg: dict, cells: list[dict], out: str, *, progress: bool = True,
     finally:
         if bar is not None:
             bar.close()
-        if writer:
+        if writer and worker is None:
             R.rebuild_results(out)
         close_distributed()
     return result

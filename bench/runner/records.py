@@ -27,7 +27,7 @@ RESULT_COLUMNS = [
     # extra columns
     "backbone", "group", "reference_cell", "match_rel_error", "val_top1", "loss", "epochs", "steps",
     "latency_b1_ms", "infer_samples_per_s_iqr", "train_samples_per_s_iqr", "latency_b1_ms_iqr",
-    "counts_voice", "threads", "device", "reason", "finished_at",
+    "counts_voice", "threads", "jobs", "device", "reason", "finished_at",
 ]
 
 def now() -> str:
@@ -145,7 +145,7 @@ def record_row(rec: dict) -> dict:
         "latency_b1_ms": stat("latency_b1_ms"), "infer_samples_per_s_iqr": stat("infer_samples_per_s", "iqr"),
         "train_samples_per_s_iqr": stat("train_samples_per_s", "iqr"),
         "latency_b1_ms_iqr": stat("latency_b1_ms", "iqr"), "counts_voice": voice,
-        "threads": s.get("threads"), "device": s.get("device") or (rec.get("env") or {}).get("device"),
+        "threads": s.get("threads"), "jobs": s.get("jobs", 1), "device": s.get("device") or (rec.get("env") or {}).get("device"),
         "reason": rec.get("reason"), "finished_at": rec.get("finished_at"),
     }
 
