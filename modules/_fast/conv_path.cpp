@@ -6,7 +6,8 @@
 // w  (d*N, C, k, k): output channel i*N + n of group i
 // out (B, d*N, Ho, Wo), Ho = ceil(H / S), zero padding k // 2 (odd k)
 //
-// One task per (b, group i). Its C input planes are copied into a per-thread scratch,
+// One task per (b, group i). Its C input planes are copied into a per-thread scratch (its zero
+// padding written once per call),
 // zero padded and split by phase (row % S, column % S), each phase plane with row pitch Wq:
 //   P[c][pr][pc][r*Wq + m] = xpad[c][r*S + pr][m*S + pc].
 // Output pixel (y, x), tap (a, b) then reads P[c][a%S][b%S] at (y*Wq + x) + (a/S)*Wq + b/S: with
@@ -291,36 +292,21 @@ inline void dw_chunks(const Geo& g, int64_t& bs, int64_t& nchunks) {
   nchunks = (g.B + bs - 1) / bs;
 }
 
-// Zero a plane of PLB values (row pitch Wq) except rows r0..r1, columns m0..m1 (inclusive),
-// which the caller fills.
+// n values; short rows (4x4 and 8x8 maps) in an inline loop rather than a memcpy call each
 template <typename T>
-void zero_border(T* plane, int64_t PLB, int64_t Wq, int64_t r0, int64_t r1, int64_t m0, int64_t m1) {
-  if (r1 < r0 || m1 < m0) {
-    std::fill(plane, plane + PLB, T(0));
+inline void copy_row(T* dst, const T* src, int64_t n) {
+  if (n * static_cast<int64_t>(sizeof(T)) >= 64) {
+    std::memcpy(dst, src, n * sizeof(T));
     return;
   }
-  std::fill(plane, plane + r0 * Wq + m0, T(0));
-  for (int64_t r = r0; r < r1; ++r) std::fill(plane + r * Wq + m1 + 1, plane + (r + 1) * Wq + m0, T(0));
-  std::fill(plane + r1 * Wq + m1 + 1, plane + PLB, T(0));
+  for (int64_t x = 0; x < n; ++x) dst[x] = src[x];
 }
 
-// first and last phase index q with q*S + ph in [lo, lo + n)
-inline void phase_range(int64_t lo, int64_t n, int64_t ph, int64_t S, int64_t& q0, int64_t& q1) {
-  q0 = lo - ph > 0 ? (lo - ph + S - 1) / S : 0;
-  q1 = lo + n - 1 - ph >= 0 ? (lo + n - 1 - ph) / S : -1;
-}
-
-// The C planes of group i of batch b into the zero-padded phase scratch P (C*S*S planes of PLB).
+// The C planes of group i of batch b into the phase scratch P (C*S*S planes of PLB). Only the
+// interior positions are written, the same ones for every image of a call: the zero padding
+// around them is written once, when the scratch is allocated (zeroed), and stays.
 template <typename T>
 void load_input(const Geo& g, const T* X, int64_t b, int64_t i, T* P, T* flat) {
-  for (int64_t pr = 0; pr < g.S; ++pr)
-    for (int64_t pc = 0; pc < g.S; ++pc) {
-      int64_t r0, r1, m0, m1;
-      phase_range(g.p, g.H, pr, g.S, r0, r1);
-      phase_range(g.p, g.W, pc, g.S, m0, m1);
-      for (int64_t c = 0; c < g.C; ++c)
-        zero_border(P + ((c * g.S + pr) * g.S + pc) * g.PLB, g.PLB, g.Wq, r0, r1, m0, m1);
-    }
   const int64_t HW = g.H * g.W;
   T* ev = flat;
   T* od = flat + (HW + 1) / 2 + 2 * lanes<T>();
@@ -334,8 +320,8 @@ void load_input(const Geo& g, const T* X, int64_t b, int64_t i, T* P, T* flat) {
         T* base = pc + (Y % 2) * 2 * g.PLB + (Y / 2) * g.Wq;
         T *e, *o;
         row_runs(ev, od, y, g.W, e, o);
-        std::memcpy(base + (g.p % 2) * g.PLB + g.p / 2, e, (g.W + 1) / 2 * sizeof(T));
-        std::memcpy(base + ((g.p + 1) % 2) * g.PLB + (g.p + 1) / 2, o, g.W / 2 * sizeof(T));
+        copy_row(base + (g.p % 2) * g.PLB + g.p / 2, e, (g.W + 1) / 2);
+        copy_row(base + ((g.p + 1) % 2) * g.PLB + (g.p + 1) / 2, o, g.W / 2);
       }
       continue;
     }
@@ -343,7 +329,7 @@ void load_input(const Geo& g, const T* X, int64_t b, int64_t i, T* P, T* flat) {
       const int64_t Y = y + g.p;
       const T* row = xs + y * g.W;
       if (g.S == 1) {
-        std::memcpy(pc + Y * g.Wq + g.p, row, g.W * sizeof(T));
+        copy_row(pc + Y * g.Wq + g.p, row, g.W);
       } else {
         T* base = pc + (Y % g.S) * g.S * g.PLB + (Y / g.S) * g.Wq;
         for (int64_t x = 0; x < g.W; ++x) {
@@ -375,7 +361,7 @@ void forward_impl(const Geo& g, const at::Tensor& x, const at::Tensor& wt, const
         for (int64_t n = 0; n < g.N; ++n) {
           scalar_t* o = O + ((b * g.d + i) * g.N + n) * g.Ho * g.Wo;
           const scalar_t* s = Ob + n * g.PLB;
-          for (int64_t y = 0; y < g.Ho; ++y) std::memcpy(o + y * g.Wo, s + y * g.Wq, g.Wo * sizeof(scalar_t));
+          for (int64_t y = 0; y < g.Ho; ++y) copy_row(o + y * g.Wo, s + y * g.Wq, g.Wo);
         }
       }
     }
@@ -411,12 +397,11 @@ void backward_impl(const Geo& g, const at::Tensor& dout, const at::Tensor& x, co
         const int64_t ci = t / g.d, i = t % g.d;
         std::fill(accv.begin(), accv.end(), scalar_t(0));
         for (int64_t b = ci * bs; b < std::min(g.B, (ci + 1) * bs); ++b) {
-          // dout of this group: Q zero rows and columns in front, row pitch Wq
+          // dout of this group: Q zero rows and columns in front, row pitch Wq (the zeros stay from
+          // the allocation: only the interior is written)
           for (int64_t n = 0; n < g.N; ++n) {
-            zero_border(Dp + n * g.PLB, g.PLB, g.Wq, g.Q, g.Q + g.Ho - 1, g.Q, g.Q + g.Wo - 1);
             const scalar_t* ds = D + ((b * g.d + i) * g.N + n) * HWo;
-            for (int64_t y = 0; y < g.Ho; ++y)
-              std::memcpy(Dp + n * g.PLB + (g.Q + y) * g.Wq + g.Q, ds + y * g.Wo, g.Wo * sizeof(scalar_t));
+            for (int64_t y = 0; y < g.Ho; ++y) copy_row(Dp + n * g.PLB + (g.Q + y) * g.Wq + g.Q, ds + y * g.Wo, g.Wo);
           }
           const scalar_t* wg = Wt + i * g.N * g.C * K2;  // w[i*N + n][c][tap]
           if (need_dw) {
@@ -458,8 +443,8 @@ void backward_impl(const Geo& g, const at::Tensor& dout, const at::Tensor& x, co
                   const scalar_t* base = src + (Y % 2) * 2 * g.PLB + (Y / 2) * g.Wq;
                   scalar_t *e, *o;
                   row_runs(ev, od, y, g.W, e, o);
-                  std::memcpy(e, base + (g.p % 2) * g.PLB + g.p / 2, (g.W + 1) / 2 * sizeof(scalar_t));
-                  std::memcpy(o, base + ((g.p + 1) % 2) * g.PLB + (g.p + 1) / 2, g.W / 2 * sizeof(scalar_t));
+                  copy_row(e, base + (g.p % 2) * g.PLB + g.p / 2, (g.W + 1) / 2);
+                  copy_row(o, base + ((g.p + 1) % 2) * g.PLB + (g.p + 1) / 2, g.W / 2);
                 }
                 merge_flat(ev, od, HW, dxs);
                 continue;
@@ -468,7 +453,7 @@ void backward_impl(const Geo& g, const at::Tensor& dout, const at::Tensor& x, co
                 const int64_t Y = y + g.p;
                 scalar_t* row = dxs + y * g.W;
                 if (S == 1) {
-                  std::memcpy(row, src + Y * g.Wq + g.p, g.W * sizeof(scalar_t));
+                  copy_row(row, src + Y * g.Wq + g.p, g.W);
                 } else {
                   const scalar_t* base = src + (Y % S) * S * g.PLB + (Y / S) * g.Wq;
                   for (int64_t x = 0; x < g.W; ++x) {
