@@ -240,3 +240,33 @@ def test_triton_backend_request_takes_the_twin(monkeypatch):
     w = _rand(4, 6, 3, 3, seed=1)
     assert cp.kernel_backend(x) == "torch"
     assert torch.allclose(cp.grouped_conv(x, w, 1), cp.grouped_conv_torch(x, w, 1), atol=1e-12)
+
+
+# The main job's Stage II shapes (N=4 heads, k=3; C = d*N = 8..52 on 16x16, 8x8 and 4x4 maps, stride 1
+# and 2): full register tiles of 4 outputs, their single-vector tails, and many (image, group) tasks
+# per thread reusing one scratch (its zero padding written once per call), in float64 and float32.
+@pytest.mark.parametrize("d,H,s", [(2, 16, 1), (4, 16, 2), (4, 8, 1), (8, 8, 2), (8, 4, 1), (13, 4, 1), (13, 4, 2)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_suite_shapes_match_the_twin(d, H, s, dtype):
+    _need("cpp")
+    N, B = 4, 5
+    x = _rand(B, 3 * N, d, H, H, dtype=dtype, requires_grad=True)
+    w = _rand(d * N, 3 * N, 3, 3, dtype=dtype, requires_grad=True, seed=1)
+    Ho = (H - 1) // s + 1
+    gout = _rand(B, d * N, Ho, Ho, dtype=dtype, seed=2)
+    outs = {}
+    for b in BACKENDS:
+        y = cp.grouped_conv(x, w, s, backend=b)
+        outs[b] = (y,) + torch.autograd.grad(y, (x, w), gout)
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    for a, b in zip(outs["cpp"], outs["torch"]):
+        assert torch.allclose(a, b, rtol=tol, atol=tol * b.abs().max().item())
+
+
+@pytest.mark.parametrize("s", [1, 2])
+def test_gradcheck_suite_head_count(s):
+    _need("cpp")
+    x = _rand(2, 12, 1, 4, 4, requires_grad=True)
+    w = _rand(4, 12, 3, 3, requires_grad=True, seed=1)
+    assert gradcheck(lambda a, b: cp.grouped_conv(a, b, s, backend="cpp"), (x, w), eps=1e-6, atol=1e-5,
+                     fast_mode=True)

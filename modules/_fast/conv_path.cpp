@@ -6,7 +6,8 @@
 // w  (d*N, C, k, k): output channel i*N + n of group i
 // out (B, d*N, Ho, Wo), Ho = ceil(H / S), zero padding k // 2 (odd k)
 //
-// One task per (b, group i). Its C input planes are copied into a per-thread scratch,
+// One task per (b, group i). Its C input planes are copied into a per-thread scratch (its zero
+// padding written once per call),
 // zero padded and split by phase (row % S, column % S), each phase plane with row pitch Wq:
 //   P[c][pr][pc][r*Wq + m] = xpad[c][r*S + pr][m*S + pc].
 // Output pixel (y, x), tap (a, b) then reads P[c][a%S][b%S] at (y*Wq + x) + (a/S)*Wq + b/S: with
@@ -32,11 +33,19 @@
 
 namespace {
 
-// 64-byte vectors (one AVX-512 register; two AVX registers elsewhere)
-template <typename T> using vec_t = typename VecB<T, 64>::type;
-template <typename T> constexpr int64_t lanes() { return 64 / sizeof(T); }
+// One register per vector (64 bytes with AVX-512, else 32): the register tiles below are sized in
+// registers, and a wider vector type would take two each and spill.
+template <typename T> using vec_t = typename VecB<T, kRegBytes>::type;
+template <typename T> constexpr int64_t lanes() { return kRegBytes / sizeof(T); }
+template <> struct IntVecB<double, 32> { typedef int64_t type __attribute__((vector_size(32), aligned(8))); };
 
-constexpr int XT = 4;  // vectors per register tile along the flat pixel index (then single-vector tails)
+constexpr int kRegs = kRegBytes == 64 ? 32 : 16;  // vector registers
+constexpr int XT = 4;  // most vectors per register tile along the flat pixel index (then single-vector tails)
+// vectors per tile for NB outputs: NB*XT accumulators, XT inputs and a broadcast weight in registers
+constexpr int xt_for(int NB) { return std::min(XT, std::max(1, (kRegs - 1) / (NB + 1))); }
+// dW tiles: NB dout rows by TB taps, NB*TB accumulators plus NB + 1 loaded vectors
+constexpr int kDotNB = 4;
+constexpr int tb_for(int NB) { return std::min(5, std::max(1, (kRegs - 1 - NB) / NB)); }
 
 struct Geo {
   int64_t B, C, d, H, W, N, k, S, p, Q, Hq, Wq, Ho, Wo, PLB, L;
@@ -89,7 +98,7 @@ void corr_block(const T* src, const int64_t* off, int64_t J, const T* wm, int64_
       const T* s = src + off[j] + f;
       V in[XT];
 #pragma GCC unroll 8
-      for (int t = 0; t < XT; ++t) in[t] = ldv<64>(s + t * VL);
+      for (int t = 0; t < XT; ++t) in[t] = ldv<kRegBytes>(s + t * VL);
       const T* wj = wm + j * ws;
 #pragma GCC unroll 8
       for (int nb = 0; nb < NB; ++nb) {
@@ -101,7 +110,7 @@ void corr_block(const T* src, const int64_t* off, int64_t J, const T* wm, int64_
 #pragma GCC unroll 8
     for (int nb = 0; nb < NB; ++nb)
 #pragma GCC unroll 8
-      for (int t = 0; t < XT; ++t) stv<64>(dst + nb * ds + f + t * VL, acc[nb][t]);
+      for (int t = 0; t < XT; ++t) stv<kRegBytes>(dst + nb * ds + f + t * VL, acc[nb][t]);
   }
 }
 
@@ -109,9 +118,10 @@ void corr_block(const T* src, const int64_t* off, int64_t J, const T* wm, int64_
 template <typename T, int NB>
 void corr_tiles(const T* src, const int64_t* off, int64_t J, const T* wm, int64_t ws, int64_t f0, int64_t f1,
                 T* dst, int64_t ds) {
-  const int64_t tile = XT * lanes<T>();
+  constexpr int XTN = xt_for(NB);
+  const int64_t tile = XTN * lanes<T>();
   const int64_t fm = f0 + (f1 - f0) / tile * tile;
-  corr_block<T, NB, XT>(src, off, J, wm, ws, f0, fm, dst, ds);
+  corr_block<T, NB, XTN>(src, off, J, wm, ws, f0, fm, dst, ds);
   corr_block<T, NB, 1>(src, off, J, wm, ws, fm, f1, dst, ds);
 }
 
@@ -147,7 +157,7 @@ void dot_block(const T* D, int64_t dstr, const T* src, const int64_t* off, int64
 #pragma GCC unroll 8
   for (int nb = 0; nb < NB; ++nb)
 #pragma GCC unroll 8
-    for (int tb = 0; tb < TB; ++tb) acc[nb][tb] = ldv<64>(acc_out + (nb * os + tb) * VL);
+    for (int tb = 0; tb < TB; ++tb) acc[nb][tb] = ldv<kRegBytes>(acc_out + (nb * os + tb) * VL);
   const T* s[TB];
 #pragma GCC unroll 8
   for (int tb = 0; tb < TB; ++tb) s[tb] = src + off[tb];
@@ -155,12 +165,12 @@ void dot_block(const T* D, int64_t dstr, const T* src, const int64_t* off, int64
     V dv[NB];
 #pragma GCC unroll 8
     for (int nb = 0; nb < NB; ++nb) {
-      dv[nb] = ldv<64>(D + nb * dstr + f);
+      dv[nb] = ldv<kRegBytes>(D + nb * dstr + f);
       in_reg(dv[nb]);
     }
 #pragma GCC unroll 8
     for (int tb = 0; tb < TB; ++tb) {
-      V in = ldv<64>(s[tb] + f);
+      V in = ldv<kRegBytes>(s[tb] + f);
       in_reg(in);
 #pragma GCC unroll 8
       for (int nb = 0; nb < NB; ++nb) acc[nb][tb] += dv[nb] * in;
@@ -169,7 +179,7 @@ void dot_block(const T* D, int64_t dstr, const T* src, const int64_t* off, int64
 #pragma GCC unroll 8
   for (int nb = 0; nb < NB; ++nb)
 #pragma GCC unroll 8
-    for (int tb = 0; tb < TB; ++tb) stv<64>(acc_out + (nb * os + tb) * VL, acc[nb][tb]);
+    for (int tb = 0; tb < TB; ++tb) stv<kRegBytes>(acc_out + (nb * os + tb) * VL, acc[nb][tb]);
 }
 
 template <typename T, int NB>
@@ -188,17 +198,18 @@ void dot_nb(int tb, const T* D, int64_t dstr, const T* src, const int64_t* off, 
 template <typename T>
 void dots(const T* D, int64_t dstr, int64_t nout, const T* src, const int64_t* off, int64_t J, int64_t L, T* out,
           int64_t os) {
-  for (int64_t n0 = 0; n0 < nout; n0 += 4) {
-    const int nb = static_cast<int>(std::min<int64_t>(4, nout - n0));
-    for (int64_t j0 = 0; j0 < J; j0 += 5) {
-      const int tb = static_cast<int>(std::min<int64_t>(5, J - j0));
+  for (int64_t n0 = 0; n0 < nout; n0 += kDotNB) {
+    const int nb = static_cast<int>(std::min<int64_t>(kDotNB, nout - n0));
+    const int tbm = nb == 1 ? tb_for(1) : nb == 2 ? tb_for(2) : nb == 3 ? tb_for(3) : tb_for(4);
+    for (int64_t j0 = 0; j0 < J; j0 += tbm) {
+      const int tb = static_cast<int>(std::min<int64_t>(tbm, J - j0));
       const T* Dn = D + n0 * dstr;
       T* o = out + (n0 * os + j0) * lanes<T>();
       switch (nb) {
         case 1: dot_nb<T, 1>(tb, Dn, dstr, src, off + j0, L, o, os); break;
         case 2: dot_nb<T, 2>(tb, Dn, dstr, src, off + j0, L, o, os); break;
         case 3: dot_nb<T, 3>(tb, Dn, dstr, src, off + j0, L, o, os); break;
-        default: dot_nb<T, 4>(tb, Dn, dstr, src, off + j0, L, o, os); break;
+        default: dot_nb<T, kDotNB>(tb, Dn, dstr, src, off + j0, L, o, os); break;
       }
     }
   }
@@ -212,29 +223,29 @@ void dots(const T* D, int64_t dstr, int64_t nout, const T* src, const int64_t* o
 template <typename T>
 void split_flat(const T* src, int64_t n, T* ev, T* od) {
   using V = vec_t<T>;
-  using I = typename IntVecB<T, 64>::type;
+  using I = typename IntVecB<T, kRegBytes>::type;
   constexpr int64_t VL = lanes<T>();
   I e, o;
   for (int64_t l = 0; l < VL; ++l) { e[l] = 2 * l; o[l] = 2 * l + 1; }
   int64_t j = 0;
   for (; 2 * (j + VL) <= n; j += VL) {
-    const V a = ldv<64>(src + 2 * j), b = ldv<64>(src + 2 * j + VL);
-    stv<64>(ev + j, __builtin_shuffle(a, b, e));
-    stv<64>(od + j, __builtin_shuffle(a, b, o));
+    const V a = ldv<kRegBytes>(src + 2 * j), b = ldv<kRegBytes>(src + 2 * j + VL);
+    stv<kRegBytes>(ev + j, __builtin_shuffle(a, b, e));
+    stv<kRegBytes>(od + j, __builtin_shuffle(a, b, o));
   }
   if (2 * j < n) {
     alignas(64) T tmp[2 * VL] = {};
     std::memcpy(tmp, src + 2 * j, (n - 2 * j) * sizeof(T));
-    const V a = ldv<64>(tmp), b = ldv<64>(tmp + VL);
-    stv<64>(ev + j, __builtin_shuffle(a, b, e));
-    stv<64>(od + j, __builtin_shuffle(a, b, o));
+    const V a = ldv<kRegBytes>(tmp), b = ldv<kRegBytes>(tmp + VL);
+    stv<kRegBytes>(ev + j, __builtin_shuffle(a, b, e));
+    stv<kRegBytes>(od + j, __builtin_shuffle(a, b, o));
   }
 }
 
 template <typename T>
 void merge_flat(const T* ev, const T* od, int64_t n, T* dst) {
   using V = vec_t<T>;
-  using I = typename IntVecB<T, 64>::type;
+  using I = typename IntVecB<T, kRegBytes>::type;
   constexpr int64_t VL = lanes<T>();
   I lo, hi;
   for (int64_t l = 0; l < VL; ++l) {
@@ -243,15 +254,15 @@ void merge_flat(const T* ev, const T* od, int64_t n, T* dst) {
   }
   int64_t j = 0;
   for (; 2 * (j + VL) <= n; j += VL) {
-    const V a = ldv<64>(ev + j), b = ldv<64>(od + j);
-    stv<64>(dst + 2 * j, __builtin_shuffle(a, b, lo));
-    stv<64>(dst + 2 * j + VL, __builtin_shuffle(a, b, hi));
+    const V a = ldv<kRegBytes>(ev + j), b = ldv<kRegBytes>(od + j);
+    stv<kRegBytes>(dst + 2 * j, __builtin_shuffle(a, b, lo));
+    stv<kRegBytes>(dst + 2 * j + VL, __builtin_shuffle(a, b, hi));
   }
   if (2 * j < n) {
     alignas(64) T tmp[2 * VL];
-    const V a = ldv<64>(ev + j), b = ldv<64>(od + j);
-    stv<64>(tmp, __builtin_shuffle(a, b, lo));
-    stv<64>(tmp + VL, __builtin_shuffle(a, b, hi));
+    const V a = ldv<kRegBytes>(ev + j), b = ldv<kRegBytes>(od + j);
+    stv<kRegBytes>(tmp, __builtin_shuffle(a, b, lo));
+    stv<kRegBytes>(tmp + VL, __builtin_shuffle(a, b, hi));
     std::memcpy(dst + 2 * j, tmp, (n - 2 * j) * sizeof(T));
   }
 }
@@ -281,36 +292,21 @@ inline void dw_chunks(const Geo& g, int64_t& bs, int64_t& nchunks) {
   nchunks = (g.B + bs - 1) / bs;
 }
 
-// Zero a plane of PLB values (row pitch Wq) except rows r0..r1, columns m0..m1 (inclusive),
-// which the caller fills.
+// n values; short rows (4x4 and 8x8 maps) in an inline loop rather than a memcpy call each
 template <typename T>
-void zero_border(T* plane, int64_t PLB, int64_t Wq, int64_t r0, int64_t r1, int64_t m0, int64_t m1) {
-  if (r1 < r0 || m1 < m0) {
-    std::fill(plane, plane + PLB, T(0));
+inline void copy_row(T* dst, const T* src, int64_t n) {
+  if (n * static_cast<int64_t>(sizeof(T)) >= 64) {
+    std::memcpy(dst, src, n * sizeof(T));
     return;
   }
-  std::fill(plane, plane + r0 * Wq + m0, T(0));
-  for (int64_t r = r0; r < r1; ++r) std::fill(plane + r * Wq + m1 + 1, plane + (r + 1) * Wq + m0, T(0));
-  std::fill(plane + r1 * Wq + m1 + 1, plane + PLB, T(0));
+  for (int64_t x = 0; x < n; ++x) dst[x] = src[x];
 }
 
-// first and last phase index q with q*S + ph in [lo, lo + n)
-inline void phase_range(int64_t lo, int64_t n, int64_t ph, int64_t S, int64_t& q0, int64_t& q1) {
-  q0 = lo - ph > 0 ? (lo - ph + S - 1) / S : 0;
-  q1 = lo + n - 1 - ph >= 0 ? (lo + n - 1 - ph) / S : -1;
-}
-
-// The C planes of group i of batch b into the zero-padded phase scratch P (C*S*S planes of PLB).
+// The C planes of group i of batch b into the phase scratch P (C*S*S planes of PLB). Only the
+// interior positions are written, the same ones for every image of a call: the zero padding
+// around them is written once, when the scratch is allocated (zeroed), and stays.
 template <typename T>
 void load_input(const Geo& g, const T* X, int64_t b, int64_t i, T* P, T* flat) {
-  for (int64_t pr = 0; pr < g.S; ++pr)
-    for (int64_t pc = 0; pc < g.S; ++pc) {
-      int64_t r0, r1, m0, m1;
-      phase_range(g.p, g.H, pr, g.S, r0, r1);
-      phase_range(g.p, g.W, pc, g.S, m0, m1);
-      for (int64_t c = 0; c < g.C; ++c)
-        zero_border(P + ((c * g.S + pr) * g.S + pc) * g.PLB, g.PLB, g.Wq, r0, r1, m0, m1);
-    }
   const int64_t HW = g.H * g.W;
   T* ev = flat;
   T* od = flat + (HW + 1) / 2 + 2 * lanes<T>();
@@ -324,8 +320,8 @@ void load_input(const Geo& g, const T* X, int64_t b, int64_t i, T* P, T* flat) {
         T* base = pc + (Y % 2) * 2 * g.PLB + (Y / 2) * g.Wq;
         T *e, *o;
         row_runs(ev, od, y, g.W, e, o);
-        std::memcpy(base + (g.p % 2) * g.PLB + g.p / 2, e, (g.W + 1) / 2 * sizeof(T));
-        std::memcpy(base + ((g.p + 1) % 2) * g.PLB + (g.p + 1) / 2, o, g.W / 2 * sizeof(T));
+        copy_row(base + (g.p % 2) * g.PLB + g.p / 2, e, (g.W + 1) / 2);
+        copy_row(base + ((g.p + 1) % 2) * g.PLB + (g.p + 1) / 2, o, g.W / 2);
       }
       continue;
     }
@@ -333,7 +329,7 @@ void load_input(const Geo& g, const T* X, int64_t b, int64_t i, T* P, T* flat) {
       const int64_t Y = y + g.p;
       const T* row = xs + y * g.W;
       if (g.S == 1) {
-        std::memcpy(pc + Y * g.Wq + g.p, row, g.W * sizeof(T));
+        copy_row(pc + Y * g.Wq + g.p, row, g.W);
       } else {
         T* base = pc + (Y % g.S) * g.S * g.PLB + (Y / g.S) * g.Wq;
         for (int64_t x = 0; x < g.W; ++x) {
@@ -365,7 +361,7 @@ void forward_impl(const Geo& g, const at::Tensor& x, const at::Tensor& wt, const
         for (int64_t n = 0; n < g.N; ++n) {
           scalar_t* o = O + ((b * g.d + i) * g.N + n) * g.Ho * g.Wo;
           const scalar_t* s = Ob + n * g.PLB;
-          for (int64_t y = 0; y < g.Ho; ++y) std::memcpy(o + y * g.Wo, s + y * g.Wq, g.Wo * sizeof(scalar_t));
+          for (int64_t y = 0; y < g.Ho; ++y) copy_row(o + y * g.Wo, s + y * g.Wq, g.Wo);
         }
       }
     }
@@ -401,12 +397,11 @@ void backward_impl(const Geo& g, const at::Tensor& dout, const at::Tensor& x, co
         const int64_t ci = t / g.d, i = t % g.d;
         std::fill(accv.begin(), accv.end(), scalar_t(0));
         for (int64_t b = ci * bs; b < std::min(g.B, (ci + 1) * bs); ++b) {
-          // dout of this group: Q zero rows and columns in front, row pitch Wq
+          // dout of this group: Q zero rows and columns in front, row pitch Wq (the zeros stay from
+          // the allocation: only the interior is written)
           for (int64_t n = 0; n < g.N; ++n) {
-            zero_border(Dp + n * g.PLB, g.PLB, g.Wq, g.Q, g.Q + g.Ho - 1, g.Q, g.Q + g.Wo - 1);
             const scalar_t* ds = D + ((b * g.d + i) * g.N + n) * HWo;
-            for (int64_t y = 0; y < g.Ho; ++y)
-              std::memcpy(Dp + n * g.PLB + (g.Q + y) * g.Wq + g.Q, ds + y * g.Wo, g.Wo * sizeof(scalar_t));
+            for (int64_t y = 0; y < g.Ho; ++y) copy_row(Dp + n * g.PLB + (g.Q + y) * g.Wq + g.Q, ds + y * g.Wo, g.Wo);
           }
           const scalar_t* wg = Wt + i * g.N * g.C * K2;  // w[i*N + n][c][tap]
           if (need_dw) {
@@ -448,8 +443,8 @@ void backward_impl(const Geo& g, const at::Tensor& dout, const at::Tensor& x, co
                   const scalar_t* base = src + (Y % 2) * 2 * g.PLB + (Y / 2) * g.Wq;
                   scalar_t *e, *o;
                   row_runs(ev, od, y, g.W, e, o);
-                  std::memcpy(e, base + (g.p % 2) * g.PLB + g.p / 2, (g.W + 1) / 2 * sizeof(scalar_t));
-                  std::memcpy(o, base + ((g.p + 1) % 2) * g.PLB + (g.p + 1) / 2, g.W / 2 * sizeof(scalar_t));
+                  copy_row(e, base + (g.p % 2) * g.PLB + g.p / 2, (g.W + 1) / 2);
+                  copy_row(o, base + ((g.p + 1) % 2) * g.PLB + (g.p + 1) / 2, g.W / 2);
                 }
                 merge_flat(ev, od, HW, dxs);
                 continue;
@@ -458,7 +453,7 @@ void backward_impl(const Geo& g, const at::Tensor& dout, const at::Tensor& x, co
                 const int64_t Y = y + g.p;
                 scalar_t* row = dxs + y * g.W;
                 if (S == 1) {
-                  std::memcpy(row, src + Y * g.Wq + g.p, g.W * sizeof(scalar_t));
+                  copy_row(row, src + Y * g.Wq + g.p, g.W);
                 } else {
                   const scalar_t* base = src + (Y % S) * S * g.PLB + (Y / S) * g.Wq;
                   for (int64_t x = 0; x < g.W; ++x) {
@@ -486,7 +481,7 @@ void backward_impl(const Geo& g, const at::Tensor& dout, const at::Tensor& x, co
 }  // namespace
 
 at::Tensor forward(const at::Tensor& x, const at::Tensor& w, int64_t stride) {
-  const int64_t vec = x.scalar_type() == at::kDouble ? 8 : 16;
+  const int64_t vec = x.scalar_type() == at::kDouble ? lanes<double>() : lanes<float>();
   const Geo g = geometry(x, w, stride, vec);
   auto out = at::empty({g.B, g.d * g.N, g.Ho, g.Wo}, x.options());
   const int64_t J = g.C * g.K2();
@@ -505,7 +500,7 @@ at::Tensor forward(const at::Tensor& x, const at::Tensor& w, int64_t stride) {
 // (dx (B, C, d, H, W), dw_partial (chunks, d, N, C, k, k)); dw = dw_partial.sum(0) reshaped (d*N, C, k, k).
 std::vector<at::Tensor> backward(const at::Tensor& dout_in, const at::Tensor& x, const at::Tensor& w, int64_t stride,
                                  bool need_dx, bool need_dw) {
-  const int64_t vec = x.scalar_type() == at::kDouble ? 8 : 16;
+  const int64_t vec = x.scalar_type() == at::kDouble ? lanes<double>() : lanes<float>();
   const Geo g = geometry(x, w, stride, vec);
   const at::Tensor dout = dout_in.contiguous();
   TORCH_CHECK(dout.scalar_type() == x.scalar_type(), "conv path kernel: grad dtype differs from input");
