@@ -37,3 +37,16 @@ def test_build_compiles_from_the_staged_copies(monkeypatch, tmp_path):
     key = _fast.source_key("conv_path")
     assert seen["build_directory"] == str(tmp_path / f"conv_path_{key}")
     assert seen["sources"] == [str(tmp_path / f"conv_path_{key}" / "src" / "conv_path.cpp")]
+
+
+def test_each_torch_installation_has_its_own_build(monkeypatch, tmp_path):
+    """Two virtual environments share the cache directory but not a build: the build files name torch's
+    paths, so a shared one would be recompiled by each environment in turn."""
+    import torch
+
+    here = _fast.source_key("conv_path")
+    assert _fast.source_key("conv_path") == here
+    other = tmp_path / "venv" / "torch"
+    other.mkdir(parents=True)
+    monkeypatch.setattr(torch, "__file__", str(other / "__init__.py"))
+    assert _fast.source_key("conv_path") != here

@@ -97,10 +97,14 @@ def _cflags() -> list[str]:
 
 def source_key(kernel: str) -> str:
     """Hash of what a build of `kernel` depends on: its sources and every header beside them (an edit
-    to a shared header such as simd.h rebuilds every kernel), torch, Python, flags and the CPU."""
+    to a shared header such as simd.h rebuilds every kernel), torch and where it is installed, Python,
+    flags and the CPU. The installation counts because the build files name torch's include and library
+    paths: two virtual environments sharing one build directory would each see the other's build as
+    stale and recompile it on every first use."""
     files = [_DIR / s for s in KERNELS[kernel]] + sorted(_DIR.glob("*.h"))
     parts = [f"{f.name}\n{f.read_text()}" for f in files]
-    parts += [torch.__version__, sys.version, " ".join(_cflags()), _cpu_signature()]
+    parts += [torch.__version__, os.path.dirname(os.path.realpath(torch.__file__)), sys.version,
+              " ".join(_cflags()), _cpu_signature()]
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:12]
 
 
