@@ -129,7 +129,8 @@ def _cells_display(cells: pd.DataFrame) -> pd.DataFrame:
 def _env_lines(frame: pd.DataFrame) -> list[str]:
     out = []
     for k, name in (("torch", "torch"), ("speed_device", "device"), ("speed_threads", "threads"),
-                    ("hostname", "host"), ("git_commit", "commit"), ("platform", "platform")):
+                    ("speed_jobs", "cells side by side (run --jobs)"), ("hostname", "host"),
+                    ("git_commit", "commit"), ("platform", "platform")):
         vals = sorted({str(v) for v in frame[k].dropna()})
         out.append(f"{name}: {', '.join(vals) if vals else 'n/a'}")
     return out
@@ -368,7 +369,7 @@ class Report:
         b.append(Block("list", [f"{len(pairs)} matching cells; {len(only_this)} only here; {len(only_base)} only in "
                                 f"the --compare set"] + [f"environment differs: {e}" for e in env]
                        + (["speed deltas across different machines or thread counts are not like for like"]
-                          if any(e.startswith(("speed_device", "speed_threads", "hostname")) for e in env) else [])))
+                          if any(e.startswith(("speed_device", "speed_threads", "speed_jobs", "hostname")) for e in env) else [])))
         base_claims = {c.key: c for c in claims_mod.check_claims(bf, self.base.records, self.margin)}
         b.append(Block("h3", "Claims in both sets"))
         b.append(Block("table", pd.DataFrame([{

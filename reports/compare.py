@@ -27,7 +27,7 @@ RULES = [
     "settings (the record's trainer/data/optim/measure config, flag 'settings').",
 ]
 SPEED = ("infer_samples_per_s", "train_samples_per_s", "latency_b1_ms")
-ENV_KEYS = ("torch", "speed_device", "speed_threads", "hostname", "git_commit", "settings")
+ENV_KEYS = ("torch", "speed_device", "speed_threads", "speed_jobs", "hostname", "git_commit", "settings")
 
 
 def pair_cells(this: pd.DataFrame, base: pd.DataFrame) -> tuple[list[tuple[int, int]], list[str], list[str]]:

@@ -294,6 +294,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
             "val_top1": 100 * _num(m.get("val_top1")), "epochs": _num(m.get("epochs")), "steps": _num(m.get("steps")),
             "peak_mem_mb": _num(sp.get("peak_mem_mb")), "wall_s": _num(rec.get("wall_s")),
             "speed_device": sp.get("device") or env.get("device"), "speed_threads": sp.get("threads", env.get("threads")),
+            "speed_jobs": sp.get("jobs", 1),
             "torch": env.get("torch"), "hostname": env.get("hostname"), "git_commit": env.get("git_commit"),
             "git_dirty": env.get("git_dirty"), "platform": env.get("platform"),
             # run settings (trainer, data, optim, measure): a short hash, so comparisons can tell reruns apart

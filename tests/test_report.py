@@ -342,12 +342,17 @@ def test_cells_folder_accepted_and_env_differences_listed(tmp_path):
     for r in other:
         r["env"]["torch"] = "9.9.9"
         r["speed"]["threads"] = 4
+        r["speed"]["jobs"] = 2  # measured two cells side by side (run --jobs 2)
     mk.write_set(tmp_path / "b", other)
     written, rep = build_report(tmp_path / "a" / "cells", tmp_path / "out", compare=tmp_path / "b")
     assert rep.rs.root == tmp_path / "a"
     md = written["report.md"].read_text()
     assert "environment differs: torch: this 2.14.1 vs base 9.9.9" in md
     assert "environment differs: speed_threads" in md and "not like for like" in md
+    assert "environment differs: speed_jobs" in md
+    assert "- cells side by side (run --jobs): 1" in md  # records without the field ran one at a time
+    written, _ = build_report(tmp_path / "b", tmp_path / "out_b")
+    assert "- cells side by side (run --jobs): 2" in written["report.md"].read_text()
 
 
 def test_compare_lists_claims_that_changed(tmp_path):
