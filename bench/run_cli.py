@@ -250,6 +250,12 @@ def run(args) -> int:
           f"{os.path.join(out, 'results.csv')} rebuilt")
     if res["interrupted"]:
         return EXIT_INTERRUPTED
+    return _report_and_exit_code(args, cfg, cells, out)
+
+
+def _report_and_exit_code(args, cfg: dict, cells: list[dict], out: str) -> int:
+    """After an inline run (one process or --jobs workers): the report if configured, then the exit code
+    from the selected cells' records."""
     if cfg["report"]["run"] and not args.no_report:
         _print_report(out, cfg)
     bad = not_ok_cells(out, cells)
@@ -358,13 +364,7 @@ def run_side_by_side(args, cfg: dict, cells: list[dict], out: str, jobs: int) ->
         print(f"acmix-bench run: {'; '.join(what)} (exit {EXIT_JOBS_FAILED}; rerun the same command to resume)",
               flush=True)
         return EXIT_JOBS_FAILED
-    if cfg["report"]["run"] and not args.no_report:
-        _print_report(out, cfg)
-    bad = not_ok_cells(out, cells)
-    if bad:
-        _name_not_ok(bad)
-        return EXIT_CELLS_NOT_OK
-    return EXIT_OK
+    return _report_and_exit_code(args, cfg, cells, out)
 
 
 def overhead(args) -> int:
