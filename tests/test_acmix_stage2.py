@@ -87,8 +87,15 @@ def _node_equals_split_and_reference(m, x, monkeypatch):
     return g
 
 
+@pytest.fixture(params=["rows", "lanes"])
+def layout(request, monkeypatch):
+    """The attention kernel's two layouts (acmix_stage2.use_lanes), each forced in turn."""
+    monkeypatch.setattr(node, "LAYOUT", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("shape,heads,ka,stride,dil", CASES)
-def test_node_equals_split_paths_and_reference_float64(shape, heads, ka, stride, dil, monkeypatch):
+def test_node_equals_split_paths_and_reference_float64(shape, heads, ka, stride, dil, layout, monkeypatch):
     m = _block(shape[1], heads, ka, stride, dil)
     g = _node_equals_split_and_reference(m, torch.randn(*shape, dtype=f64), monkeypatch)
     assert g["stage2.attention.pe.bias"].abs().max() == 0  # cancels in the logits (docs/operators.md)
@@ -121,7 +128,7 @@ def test_node_float32_close_to_reference():
 
 
 @pytest.mark.parametrize("stride,dil", [(1, 1), (2, 1), (1, 2)])
-def test_node_gradcheck(stride, dil):
+def test_node_gradcheck(stride, dil, layout):
     torch.manual_seed(1)
     B, N, d, H, W, ka, k = 1, 2, 3, 7, 6, 3, 3
     C = N * d
@@ -259,7 +266,7 @@ def test_pad_split_rejects_bad_arguments():
 
 
 @pytest.mark.parametrize("shape,heads,ka,stride,dil", CASES[:4])
-def test_attention_alone_node_sa_and_att_mixing(shape, heads, ka, stride, dil, monkeypatch):
+def test_attention_alone_node_sa_and_att_mixing(shape, heads, ka, stride, dil, layout, monkeypatch):
     """LocalSelfAttention and ACmix with mixing "att" run the node without the conv path: same values and
     gradients as their split fast path and the reference."""
     torch.manual_seed(3)
@@ -272,7 +279,7 @@ def test_attention_alone_node_sa_and_att_mixing(shape, heads, ka, stride, dil, m
         _node_equals_split_and_reference(m, torch.randn(*shape, dtype=f64), monkeypatch)
 
 
-def test_attention_alone_node_gradcheck():
+def test_attention_alone_node_gradcheck(layout):
     torch.manual_seed(4)
     B, N, d, H, W = 1, 2, 3, 7, 6
     qkv = torch.randn(B, 3 * N * d, H, W, dtype=f64, requires_grad=True)
@@ -283,3 +290,93 @@ def test_attention_alone_node_gradcheck():
     scaled = lambda q, w, al: node.acmix_stage2(q, w, None, None, al, None, heads=N, kernel_att=3, stride=2)  # noqa: E731
     assert gradcheck(plain, (qkv, pe_w), eps=1e-6, atol=1e-7)
     assert gradcheck(scaled, (qkv, pe_w, a), eps=1e-6, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- the lanes layout
+
+
+def _lane_inputs(B, N, d, H, W, ka, s, dil, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    C, pad = N * d, dil * (ka - 1) // 2
+    qkv = torch.randn(B, 3 * C, H, W, generator=g, dtype=dtype)
+    pe_w = torch.randn(d, 2, 1, 1, generator=g, dtype=dtype)
+    return qkv, pe_w, node._grid(H, W, pad, s, dtype, "cpu"), pad
+
+
+# head dims with their own compiled instance (2, 4, 5, 8, 9, 13, 16) and run-time ones (1, 3, 12); planes
+# (B * heads) below, at and past one vector's lanes, not a multiple of them; strides 1-3, dilation, odd maps
+LANE_CASES = [  # B, heads, d, H, W, k_a, stride, dilation
+    (3, 4, 2, 16, 16, 7, 1, 1), (5, 3, 4, 9, 7, 7, 2, 1), (2, 4, 5, 8, 8, 7, 1, 1), (4, 4, 8, 8, 8, 7, 2, 1),
+    (3, 3, 9, 4, 4, 7, 1, 1), (9, 4, 13, 4, 4, 7, 2, 1), (4, 4, 16, 4, 4, 7, 2, 1), (2, 2, 16, 5, 6, 3, 1, 2),
+    (1, 3, 3, 7, 6, 3, 3, 1), (6, 1, 12, 6, 6, 5, 1, 1), (2, 5, 1, 9, 9, 3, 2, 2), (1, 1, 2, 4, 4, 3, 1, 1),
+]
+
+
+@pytest.mark.parametrize("B,N,d,H,W,ka,s,dil", LANE_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, f64])
+def test_lanes_kernel_equals_row_kernel(B, N, d, H, W, ka, s, dil, dtype):
+    """lanes_forward / lanes_backward_fold against the row kernel's forward and backward_fold on the same
+    inputs: output, query gradient and the folded key/value gradient added into a map that already holds
+    values (the conv path's gradient in the node)."""
+    ext = _fast.load_extension("local_attention")
+    qkv, pe_w, grid, pad = _lane_inputs(B, N, d, H, W, ka, s, dil, dtype)
+    out, q_ext, kd, vd, _ = node.stage2_forward(qkv, pe_w, grid, None, None, N, ka, s, dil, False, False)
+    assert kd.numel() > 0
+    lanes = ext.lanes_forward(qkv, q_ext, grid, N, ka, s, dil, pad)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == f64 else dict(rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(lanes, out, **tol)
+    gy = torch.randn_like(out)
+    held = torch.randn_like(qkv)
+    dst_rows, dst_lanes = held.clone(), held.clone()
+    dq_rows = ext.backward_fold(gy.view(B * N, d, *out.shape[-2:]), q_ext, kd, grid, vd, ka, dil, dst_rows, N,
+                                N * d, 2 * N * d, pad, 0.6)
+    dq_lanes = ext.lanes_backward_fold(gy, qkv, q_ext, grid, dst_lanes, N, ka, s, dil, pad, 0.6)
+    torch.testing.assert_close(dq_lanes, dq_rows, **tol)
+    torch.testing.assert_close(dst_lanes, dst_rows, **tol)
+    assert torch.equal(dst_lanes[:, :N * d], held[:, :N * d])  # query channels: the caller adds dq
+
+
+def test_lanes_kernel_gradcheck_and_reference():
+    """The node in the lanes layout against docs/operators.md's formulas (local_attention_reference) through
+    autograd, and gradcheck of the lanes node itself, float64, planes not a multiple of the lanes."""
+    from modules.local_attention import local_attention_reference
+    torch.manual_seed(5)
+    B, N, d, H, W, ka, s = 3, 3, 2, 6, 5, 3, 2
+    C = N * d
+    qkv = torch.randn(B, 3 * C, H, W, dtype=f64, requires_grad=True)
+    pe_w = torch.randn(d, 2, 1, 1, dtype=f64, requires_grad=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(node, "LAYOUT", "lanes")
+        fn = lambda q, w: node.acmix_stage2(q, w, None, None, None, None, heads=N, kernel_att=ka, stride=s)  # noqa: E731
+        y = fn(qkv, pe_w)
+        gy = torch.randn_like(y)
+        got = torch.autograd.grad(y, (qkv, pe_w), gy)
+        assert gradcheck(fn, (qkv, pe_w), eps=1e-6, atol=1e-7)
+    q, k, v = qkv.chunk(3, dim=1)
+    y_ref = local_attention_reference(q, k, v, pe_w, None, N, ka, s)
+    want = torch.autograd.grad(y_ref, (qkv, pe_w), gy)
+    torch.testing.assert_close(y, y_ref, rtol=1e-11, atol=1e-11)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_layout_choice_and_its_errors(monkeypatch):
+    assert node.use_lanes(128, 4, 2, 16) and node.use_lanes(128, 4, 16, 4)  # the default cells' maps
+    assert not node.use_lanes(32, 4, 16, 14)  # wide map, large head dim: rows
+    assert not node.use_lanes(1, 4, 2, 4)  # fewer planes than lanes
+    monkeypatch.setenv("ACMIX_ATTENTION_LAYOUT", "lanes")
+    assert node.use_lanes(1, 4, 2, 4)
+    monkeypatch.setenv("ACMIX_ATTENTION_LAYOUT", "rows")
+    assert not node.use_lanes(128, 4, 2, 16)
+    monkeypatch.setenv("ACMIX_ATTENTION_LAYOUT", "diagonal")
+    with pytest.raises(ValueError, match="ACMIX_ATTENTION_LAYOUT='diagonal': use one of auto, rows, lanes"):
+        node.use_lanes(128, 4, 2, 16)
+    ext = _fast.load_extension("local_attention")
+    qkv, _, grid, pad = _lane_inputs(2, 2, 3, 6, 6, 3, 1, 1, torch.float32)
+    with pytest.raises(RuntimeError, match="q must be"):
+        ext.lanes_forward(qkv, torch.zeros(4, 3, 6, 6), grid, 2, 3, 1, 1, pad)
+    with pytest.raises(RuntimeError, match="dst must be"):
+        ext.lanes_backward_fold(torch.zeros(2, 6, 6, 6), qkv, torch.zeros(4, 5, 6, 6), grid, torch.zeros(2, 6, 6, 6),
+                                2, 3, 1, 1, pad, 1.0)
+    with pytest.raises(RuntimeError, match="pad < H"):
+        ext.lanes_forward(qkv, torch.zeros(4, 5, 6, 6), grid, 2, 3, 1, 1, 6)

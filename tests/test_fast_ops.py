@@ -81,9 +81,12 @@ def test_opcheck_grouped_conv(s):
 
 
 @needs_cpp
-@pytest.mark.parametrize("conv,learn_alpha,stride", [(True, True, 1), (True, False, 2), (False, True, 1),
-                                                     (False, False, 2)])
-def test_opcheck_acmix_stage2(conv, learn_alpha, stride):
+@pytest.mark.parametrize("conv,learn_alpha,stride,layout", [(True, True, 1, "rows"), (True, False, 2, "rows"),
+                                                            (False, True, 1, "rows"), (False, False, 2, "rows"),
+                                                            (True, True, 2, "lanes"), (False, False, 1, "lanes")])
+def test_opcheck_acmix_stage2(conv, learn_alpha, stride, layout):
+    """Both attention layouts: their saved tensors differ in shape (the lanes kernel saves no padded keys or
+    values), which the fake kernel must follow."""
     g = torch.Generator().manual_seed(2)
     B, N, d, H, W, ka = 1, 2, 3, 7, 6, 3
     C = N * d
@@ -93,7 +96,7 @@ def test_opcheck_acmix_stage2(conv, learn_alpha, stride):
     wc = torch.randn(d * N, 3 * N, 3, 3, dtype=f64, generator=g, requires_grad=True) if conv else None
     a = torch.tensor([0.7], dtype=f64, requires_grad=learn_alpha)
     grid = node._grid(H, W, (ka - 1) // 2, stride, f64, qkv.device)
-    args = (qkv, pe_w, pe_b, grid, wc, a, N, ka, stride, 1, learn_alpha)
+    args = (qkv, pe_w, pe_b, grid, wc, a, N, ka, stride, 1, learn_alpha, layout == "lanes")
     torch.library.opcheck(torch.ops.acmix.acmix_stage2, args, test_utils=_checks(conv and learn_alpha))
 
 

@@ -63,7 +63,7 @@ _DIR = Path(__file__).parent
 # compiled kernels: name -> its C++ sources beside this file; each builds into its own extension
 KERNELS = {
     "local_attention": ("local_attention_forward.cpp", "local_attention_backward.cpp", "pad_split.cpp",
-                        "local_attention_bindings.cpp"),
+                        "local_attention_lanes.cpp", "local_attention_bindings.cpp"),
     "conv_path": ("conv_path.cpp",),
 }
 _lock = threading.Lock()

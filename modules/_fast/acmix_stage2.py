@@ -25,6 +25,8 @@ both; its registered formula (flop_formulas.py) counts the same total.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .._checks import under_counter
@@ -58,8 +60,31 @@ def _geometry(qkv: torch.Tensor, heads: int, ka: int, stride: int, dil: int):
     return B, C, d, H, W, pad, Ho, Wo, d ** -0.5
 
 
-def stage2_forward(qkv, pe_w, grid, wconv, alpha, heads: int, ka: int, stride: int, dil: int, keep_att: bool):
-    """(out, q_ext, kd, vd, att): the output and what the backward reads (att only with keep_att)."""
+# The attention kernel's two layouts (local_attention_lanes.cpp): "lanes" puts L (b, n) planes in the
+# vector lanes and wins on small maps (every lane busy at any width; at the default cells' shapes,
+# batch 128, 1 thread: forward 1.4-4.3x, backward 1.1-1.9x the row kernel, maps 16 to 2), "rows" runs
+# vectors along output rows and wins on wide maps with large head dims (lanes' backward 0.85x at d = 16,
+# 14x14 and 28x28). LAYOUT None: the environment's ACMIX_ATTENTION_LAYOUT, else choose by shape;
+# "rows" / "lanes": force one (tests, A/B benchmarks).
+LAYOUTS = ("auto", "rows", "lanes")
+LAYOUT: str | None = None
+
+
+def use_lanes(B: int, heads: int, d: int, Wo: int) -> bool:
+    """Whether the attention of this shape runs in the lanes layout (`acmix_stage2` passes the answer to the
+    op as an argument)."""
+    layout = LAYOUT or os.environ.get("ACMIX_ATTENTION_LAYOUT") or "auto"
+    if layout not in LAYOUTS:
+        raise ValueError(f"ACMIX_ATTENTION_LAYOUT={layout!r}: use one of {', '.join(LAYOUTS)}")
+    if layout != "auto":
+        return layout == "lanes"
+    return B * heads >= 8 and (Wo <= 8 or (d <= 9 and Wo <= 32))
+
+
+def stage2_forward(qkv, pe_w, grid, wconv, alpha, heads: int, ka: int, stride: int, dil: int, keep_att: bool,
+                   lanes: bool):
+    """(out, q_ext, kd, vd, att): the output and what the backward reads (att only with keep_att; kd and vd
+    empty where the lanes layout ran, which reads keys and values from qkv)."""
     att_ext = load_extension("local_attention")
     B, C, d, H, W, pad, Ho, Wo, scale = _geometry(qkv, heads, ka, stride, dil)
     N, s = heads, stride
@@ -69,10 +94,13 @@ def stage2_forward(qkv, pe_w, grid, wconv, alpha, heads: int, ka: int, stride: i
     torch.mul(x5[:, 0, :, :, ::s, ::s], scale, out=q_ext.view(B, N, d + 2, Ho, Wo)[:, :, :d])
     qe = q_ext.view(B * N, d + 2, Ho * Wo)
     torch.bmm(pe_w.reshape(d, 2).t().neg().expand(B * N, 2, d), qe[:, :d], out=qe[:, d:])
-    # k and v reflection-padded and phase-split in one pass each, read in place from qkv
-    kd = att_ext.pad_split(qkv, C, C, pad, s).view(B * N, d, H + 2 * pad, s, -1)
-    vd = att_ext.pad_split(qkv, 2 * C, C, pad, s).view(B * N, d, H + 2 * pad, s, -1)
-    att = att_ext.forward(q_ext, kd, grid, vd, ka, dil, False)[0].view(B, C, Ho, Wo)
+    if lanes:  # keys and values read from qkv by the kernel: nothing padded is saved
+        kd, vd = qkv.new_empty(0), qkv.new_empty(0)  # (an op's outputs may not share storage)
+        att = att_ext.lanes_forward(qkv, q_ext, grid, N, ka, s, dil, pad)
+    else:  # k and v reflection-padded and phase-split in one pass each, read in place from qkv
+        kd = att_ext.pad_split(qkv, C, C, pad, s).view(B * N, d, H + 2 * pad, s, -1)
+        vd = att_ext.pad_split(qkv, 2 * C, C, pad, s).view(B * N, d, H + 2 * pad, s, -1)
+        att = att_ext.forward(q_ext, kd, grid, vd, ka, dil, False)[0].view(B, C, Ho, Wo)
     # beta rides in the conv weight (the conv path is linear in it) and alpha is one in-place add:
     # out = conv(x; beta W) + alpha att, one pass over the output instead of three
     a = 1.0 if alpha is None else float(alpha)
@@ -99,8 +127,11 @@ def stage2_backward(g, qkv, pe_w, q_ext, kd, grid, vd, wconv, alpha, att, heads:
         if need_w:
             dw = dwp.sum(0).reshape(wconv.shape)
         dqkv = dx.view(B, 3 * C, H, W)
-    dq = load_extension("local_attention").backward_fold(g.view(B * N, d, Ho, Wo), q_ext, kd, grid, vd, ka, dil,
-                                                         dqkv, N, C, 2 * C, pad, a)
+    att_ext = load_extension("local_attention")
+    if kd.numel() == 0:  # the forward ran in the lanes layout
+        dq = att_ext.lanes_backward_fold(g, qkv, q_ext, grid, dqkv, N, ka, s, dil, pad, a)
+    else:
+        dq = att_ext.backward_fold(g.view(B * N, d, Ho, Wo), q_ext, kd, grid, vd, ka, dil, dqkv, N, C, 2 * C, pad, a)
     dqe = dq.view(B * N, d + 2, Ho * Wo)
     drq = dqe[:, d:]
     # q_ext[:, :d] = scale q (strided), q_ext[:, d:] = -W_p^T q_ext[:, :d]; the output carries alpha
@@ -132,4 +163,6 @@ def acmix_stage2(qkv, pe_weight, pe_bias, conv_weight, alpha, beta, heads: int, 
     keep_att = a is not None and a.requires_grad and torch.is_grad_enabled()
     H, W = qkv.shape[-2:]
     grid = _grid(H, W, dil * (ka - 1) // 2, s, dt, qkv.device)
-    return torch.ops.acmix.acmix_stage2(qkv, pe_weight.to(dt), pe_b, grid, wc, a, heads, ka, s, dil, keep_att)[0]
+    lanes = use_lanes(qkv.shape[0], heads, qkv.shape[1] // (3 * heads), -(-W // s))
+    return torch.ops.acmix.acmix_stage2(qkv, pe_weight.to(dt), pe_b, grid, wc, a, heads, ka, s, dil, keep_att,
+                                        lanes)[0]

@@ -111,7 +111,7 @@ def register() -> None:
         return 2 * grouped_conv_macs(x, w, stride) * (int(need_dx) + int(need_dw))
 
     @register_flop_formula(ops.acmix_stage2)
-    def _(qkv, pe_w, pe_b, grid, wconv, alpha, heads, ka, stride, dil, keep_att, out_shape=None, **kw):
+    def _(qkv, pe_w, pe_b, grid, wconv, alpha, heads, ka, stride, dil, keep_att, lanes, out_shape=None, **kw):
         return 2 * stage2_macs(qkv, wconv, heads, ka, stride)
 
     @register_flop_formula(ops.acmix_stage2_backward)

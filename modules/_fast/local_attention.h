@@ -47,3 +47,13 @@ at::Tensor backward_fold(const at::Tensor& dout_in, const at::Tensor& q, const a
 
 // src (B, Ctot, H, W) channels c_off .. c_off + C - 1 -> (B, C, Hp, S, Wq), reflection-padded and phase-split
 at::Tensor pad_split(const at::Tensor& src, int64_t c_off, int64_t C, int64_t pad, int64_t S);
+
+// Small maps (local_attention_lanes.cpp): the (b, n) planes in the vector lanes, keys and values read from
+// the Stage I output qkv (B, 3C, H, W) (channels [q | k | v], head n at n*d); q (BN, d + 2, H', W') the
+// extended queries, grid (2, Hp, S, Wq) as above. Forward: (B, C, H', W').
+at::Tensor lanes_forward(const at::Tensor& qkv, const at::Tensor& q, const at::Tensor& grid, int64_t heads, int64_t ka,
+                         int64_t S, int64_t dil, int64_t pad);
+// Backward: returns dq (unscaled); adds scale * (dk, dv), through the reflection padding, into dst (shaped as qkv).
+at::Tensor lanes_backward_fold(const at::Tensor& dout, const at::Tensor& qkv, const at::Tensor& q,
+                               const at::Tensor& grid, at::Tensor dst, int64_t heads, int64_t ka, int64_t S,
+                               int64_t dil, int64_t pad, double scale);

@@ -14,11 +14,13 @@ torch.utils.flop_counter counts them with the formulas in flop_formulas.py.
   acmix::grouped_conv(x, w, stride) -> out
       the conv path's grouped k x k conv read in place from (B, C, d, H, W) (conv_path.py); C++ only
   acmix::grouped_conv_backward(dout, x, w, stride, need_dx, need_dw) -> (dx, dw)
-  acmix::acmix_stage2(qkv, pe_w, pe_b, grid, wconv, alpha, heads, ka, stride, dil, keep_att)
+  acmix::acmix_stage2(qkv, pe_w, pe_b, grid, wconv, alpha, heads, ka, stride, dil, keep_att, lanes)
       -> (out, q_ext, kd, vd, att)
       ACmix's Stage II as one node (acmix_stage2.py): attention path, fused conv path (wconv: the
       folded conv weight times beta, or None for the attention alone) and mixing (alpha, None = 1);
-      q_ext, kd, vd (and att where alpha needs a gradient) are what its backward reads
+      q_ext, kd, vd (and att where alpha needs a gradient) are what its backward reads; lanes: the
+      attention kernel's small-map layout, which reads keys and values from qkv (kd and vd empty). An
+      argument, not a setting read inside: the fake kernel's shapes and a compiled graph follow it
   acmix::acmix_stage2_backward(g, qkv, pe_w, q_ext, kd, grid, vd, wconv, alpha, att, heads, ka, stride,
       dil, need_pw, need_w, need_alpha) -> (dqkv, dpw, dw, dalpha)
 
@@ -165,23 +167,26 @@ grouped_conv.register_autograd(_grouped_conv_grad, setup_context=_grouped_conv_s
 @torch.library.custom_op("acmix::acmix_stage2", mutates_args=())
 def acmix_stage2(qkv: Tensor, pe_w: Tensor, pe_b: Tensor, grid: Tensor, wconv: Tensor | None, alpha: Tensor | None,
                  heads: int, ka: int, stride: int, dil: int,
-                 keep_att: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                 keep_att: bool, lanes: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     qkv, pe_w, grid, wconv = _c(qkv, pe_w, grid, wconv)
-    return stage2_forward(qkv, pe_w, grid, wconv, alpha, heads, ka, stride, dil, keep_att)
+    return stage2_forward(qkv, pe_w, grid, wconv, alpha, heads, ka, stride, dil, keep_att, lanes)
 
 
-def _stage2_shapes(qkv: Tensor, heads: int, ka: int, stride: int, dil: int):
+def _stage2_shapes(qkv: Tensor, heads: int, ka: int, stride: int, dil: int, lanes: bool):
     B, C3, H, W = qkv.shape
     C = C3 // 3
     pad = dil * (ka - 1) // 2
     Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
     Wq = (W + 2 * pad + stride - 1) // stride
-    return (B, C, Ho, Wo), (B * heads, C // heads + 2, Ho, Wo), (B * heads, C // heads, H + 2 * pad, stride, Wq)
+    kd = (B * heads, C // heads, H + 2 * pad, stride, Wq)
+    if lanes:
+        kd = _EMPTY
+    return (B, C, Ho, Wo), (B * heads, C // heads + 2, Ho, Wo), kd
 
 
 @acmix_stage2.register_fake
-def _(qkv, pe_w, pe_b, grid, wconv, alpha, heads, ka, stride, dil, keep_att):
-    out, q_ext, kd = _stage2_shapes(qkv, heads, ka, stride, dil)
+def _(qkv, pe_w, pe_b, grid, wconv, alpha, heads, ka, stride, dil, keep_att, lanes):
+    out, q_ext, kd = _stage2_shapes(qkv, heads, ka, stride, dil, lanes)
     return (qkv.new_empty(out), qkv.new_empty(q_ext), qkv.new_empty(kd), qkv.new_empty(kd),
             qkv.new_empty(out if keep_att else _EMPTY))
 
@@ -204,7 +209,7 @@ def _(g, qkv, pe_w, q_ext, kd, grid, vd, wconv, alpha, att, heads, ka, stride, d
 
 
 def _stage2_setup(ctx, inputs, output):
-    qkv, pe_w, pe_b, grid, wconv, alpha, heads, ka, stride, dil, keep_att = inputs
+    qkv, pe_w, pe_b, grid, wconv, alpha, heads, ka, stride, dil, keep_att, _lanes = inputs
     _, q_ext, kd, vd, att = output
     ctx.mark_non_differentiable(q_ext, kd, vd, att)
     ctx.save_for_backward(qkv, pe_w, q_ext, kd, grid, vd, wconv, alpha, att)
@@ -224,7 +229,7 @@ def _stage2_grad(ctx, g, *_unused):
                                               *ctx.geo, bool(need_pw), need_w, need_a)
     dpb = qkv.new_zeros(ctx.pe_b_shape) if need_pb else None  # exact: pe's bias cancels in the logits
     return ((dqkv if need_x else None), (dpw if need_pw else None), dpb, None, (dw if need_w else None),
-            (da if need_a else None), None, None, None, None, None)
+            (da if need_a else None), None, None, None, None, None, None)
 
 
 acmix_stage2.register_autograd(_stage2_grad, setup_context=_stage2_setup)
