@@ -4,17 +4,22 @@
 // small maps of low-resolution backbones (W' of 8, 4 or 2 with head dims of 2 to 16) most of its lanes
 // are padding and its per-tile overheads meet only a few channels. Here each vector holds the same
 // pixel of L different (b, n) planes (L = one register of T), so every lane does useful work at any
-// map size, and a task is a group of L planes, all of whose padded keys and values fit in L1/L2:
+// map size, and a task is a group of L planes, all of whose keys and values fit in L1/L2:
 //
-//   Kb, Vb (d, Hp, Wpd, L)   keys and values of the group, reflection-padded (Wpd = W + 2 pad)
+//   Kb, Vb (d, H*W, L)       keys and values of the group (not padded)
 //   Qb     (Cq, Ho*Wo, L)    extended queries (Cq = d + 2: scaled q, then the two grid channels)
+//
+// The reflection padding lives in a table shared by all groups: for output pixel p and window offset j,
+// the source pixel its key and value come from and the padded grid's two values there. On small maps
+// the padding is most of a padded map (4x4 padded by 3 is 10x10), so nothing padded is copied, and the
+// backward's key/value gradients accumulate straight into the source pixels (the padding's adjoint).
 //
 // read from the Stage I output qkv (B, 3C, H, W) and q_ext (BN, Cq, H', W') as acmix_stage2.py builds
 // them. Per output pixel: logits over the k_a^2 window (the grid channels pair with the padded
 // coordinate grid, the same for every plane), max-shifted softmax, weighted sum of values. The
 // backward recomputes the softmax the same way, accumulates the key and value gradients of its group
-// in private padded buffers (lanes are distinct planes, so nothing is shared between tasks), and adds
-// them, through the reflection padding's adjoint and times `scale`, into the Stage I gradient map.
+// in private buffers (lanes are distinct planes, so nothing is shared between tasks), and adds them,
+// times `scale`, into the Stage I gradient map.
 // Same maths as the row kernel; summation order differs (within float rounding).
 #include "local_attention.h"
 #include "local_attention_blocks.h"
@@ -25,7 +30,7 @@ struct LaneGeo {
   int64_t B, N, C, d, H, W, Ho, Wo, S, dil, ka, pad, Hp, Wpd;
   int64_t HW() const { return H * W; }
   int64_t HWo() const { return Ho * Wo; }
-  int64_t plane() const { return Hp * Wpd; }
+  int64_t plane() const { return H * W; }
   int64_t BN() const { return B * N; }
 };
 
@@ -34,7 +39,7 @@ template <typename T>
 std::vector<T> unsplit_grid(const LaneGeo& g, const at::Tensor& grid) {
   const T* G = grid.data_ptr<T>();
   const int64_t Wq = grid.size(3);
-  std::vector<T> out(2 * g.plane());
+  std::vector<T> out(2 * g.Hp * g.Wpd);
   for (int64_t k = 0; k < 2; ++k)
     for (int64_t r = 0; r < g.Hp; ++r)
       for (int64_t c = 0; c < g.Wpd; ++c)
@@ -42,20 +47,15 @@ std::vector<T> unsplit_grid(const LaneGeo& g, const at::Tensor& grid) {
   return out;
 }
 
-// The planes bn0 .. bn0 + nl - 1 of channels c_off + n*d .. of qkv into dst (d, Hp, Wpd, L),
-// reflection-padded; lanes >= nl are left as they are (zero).
+// The planes bn0 .. bn0 + nl - 1 of channels c_off + n*d .. c_off + n*d + d - 1 of qkv into dst
+// (d, H*W, L); lanes >= nl are left as they are (zero).
 template <typename T, int L>
-void gather_padded(const LaneGeo& g, const T* qkv, int64_t c_off, int64_t bn0, int64_t nl, const int64_t* rrow,
-                   const int64_t* rcol, T* dst) {
+void gather_planes(const LaneGeo& g, const T* qkv, int64_t c_off, int64_t bn0, int64_t nl, T* dst) {
+  const int64_t HW = g.HW();
   for (int64_t l = 0; l < nl; ++l) {
     const int64_t bn = bn0 + l, b = bn / g.N, n = bn % g.N;
-    const T* src = qkv + (b * 3 * g.C + c_off + n * g.d) * g.HW();
-    for (int64_t c = 0; c < g.d; ++c)
-      for (int64_t r = 0; r < g.Hp; ++r) {
-        const T* srow = src + c * g.HW() + rrow[r] * g.W;
-        T* drow = dst + ((c * g.Hp + r) * g.Wpd) * L + l;
-        for (int64_t x = 0; x < g.Wpd; ++x) drow[x * L] = srow[rcol[x]];
-      }
+    const T* src = qkv + (b * 3 * g.C + c_off + n * g.d) * HW;
+    for (int64_t i = 0; i < g.d * HW; ++i) dst[i * L + l] = src[i];
   }
 }
 
@@ -74,16 +74,17 @@ struct LaneCtx {
   using V = typename VecB<T, VB>::type;
   static constexpr int L = VB / static_cast<int>(sizeof(T));
   const LaneGeo& g;
-  const T* gx;  // padded grid planes (Hp * Wpd each)
-  const T* gy;
-  std::vector<int64_t> woff;  // window offset j -> padded (row, col) offset from the pixel's corner
+  // per (output pixel p, window offset j), at p * K2 + j: the source pixel (h * W + w) after reflection,
+  // and the padded coordinate grid's two channels there
+  std::vector<int32_t> src;
+  std::vector<T> gx, gy;
 };
 
 // Softmax weights of output pixel (y, x) of one group: P[j] (K2 vectors) = exp(logit_j - max) and the
 // returned 1 / sum_j. q points at the pixel's first extended query channel (stride HWo * L).
 template <typename T, int VB, int D>
 inline typename VecB<T, VB>::type lane_softmax(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* q, int64_t qs,
-                                               const T* Kb, int64_t corner, typename VecB<T, VB>::type* P) {
+                                               const T* Kb, int64_t p, typename VecB<T, VB>::type* P) {
   using V = typename VecB<T, VB>::type;
   constexpr int L = LaneCtx<T, VB>::L;
   const int64_t d = D ? D : d_rt, plane = cx.g.plane() * L, K2 = cx.g.ka * cx.g.ka;
@@ -94,10 +95,12 @@ inline typename VecB<T, VB>::type lane_softmax(const LaneCtx<T, VB>& cx, int64_t
   }
   const V qx = ldv<VB>(q + d * qs), qy = ldv<VB>(q + (d + 1) * qs);
   V m = V{} - std::numeric_limits<T>::infinity();
+  const int32_t* src = cx.src.data() + p * K2;
+  const T* gx = cx.gx.data() + p * K2;
+  const T* gy = cx.gy.data() + p * K2;
   for (int64_t j = 0; j < K2; ++j) {
-    const int64_t o = corner + cx.woff[j];
-    V acc = qx * cx.gx[o] + qy * cx.gy[o];
-    const T* kp = Kb + o * L;
+    V acc = qx * gx[j] + qy * gy[j];
+    const T* kp = Kb + static_cast<int64_t>(src[j]) * L;
     if constexpr (D > 0) {
 #pragma GCC unroll 16
       for (int c = 0; c < D; ++c) acc += qv[c] * ldv<VB>(kp + c * plane);
@@ -126,15 +129,16 @@ void lane_forward_group(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* Qb, con
   const int64_t d = D ? D : d_rt, HWo = g.HWo(), plane = g.plane() * L, K2 = g.ka * g.ka;
   for (int64_t y = 0; y < g.Ho; ++y)
     for (int64_t x = 0; x < g.Wo; ++x) {
-      const int64_t p = y * g.Wo + x, corner = y * g.S * g.Wpd + x * g.S;
-      const V inv = lane_softmax<T, VB, D>(cx, d, Qb + p * L, HWo * L, Kb, corner, P);
+      const int64_t p = y * g.Wo + x;
+      const V inv = lane_softmax<T, VB, D>(cx, d, Qb + p * L, HWo * L, Kb, p, P);
+      const int32_t* src = cx.src.data() + p * K2;
       for (int64_t c0 = 0; c0 < d; c0 += CH) {
         const int nc = static_cast<int>(std::min<int64_t>(CH, d - c0));
         V acc[CH] = {};
         const T* vb = Vb + c0 * plane;
         for (int64_t j = 0; j < K2; ++j) {
           const V w = P[j];
-          const T* vp = vb + (corner + cx.woff[j]) * L;
+          const T* vp = vb + static_cast<int64_t>(src[j]) * L;
           if (nc == CH) {
 #pragma GCC unroll 8
             for (int c = 0; c < CH; ++c) acc[c] += w * ldv<VB>(vp + c * plane);
@@ -163,10 +167,13 @@ void lane_backward_group(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* Qb, co
   const int64_t d = D ? D : d_rt, Cq = d + 2, HWo = g.HWo(), plane = g.plane() * L, K2 = g.ka * g.ka;
   for (int64_t y = 0; y < g.Ho; ++y)
     for (int64_t x = 0; x < g.Wo; ++x) {
-      const int64_t p = y * g.Wo + x, corner = y * g.S * g.Wpd + x * g.S;
+      const int64_t p = y * g.Wo + x;
       const T* q = Qb + p * L;
       const T* go = Gb + p * L;
-      const V inv = lane_softmax<T, VB, D>(cx, d, q, HWo * L, Kb, corner, P);
+      const V inv = lane_softmax<T, VB, D>(cx, d, q, HWo * L, Kb, p, P);
+      const int32_t* src = cx.src.data() + p * K2;
+      const T* gxp = cx.gx.data() + p * K2;
+      const T* gyp = cx.gy.data() + p * K2;
       // dP_j = dout . v_j; dv_j += P_j dout
       V gv[D ? D : 1];
       if constexpr (D > 0) {
@@ -177,7 +184,7 @@ void lane_backward_group(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* Qb, co
       for (int64_t j = 0; j < K2; ++j) {
         const V w = P[j] * inv;
         P[j] = w;
-        const int64_t o = (corner + cx.woff[j]) * L;
+        const int64_t o = static_cast<int64_t>(src[j]) * L;
         const T* vp = Vb + o;
         T* dvp = dVb + o;
         V acc = V{};
@@ -207,9 +214,9 @@ void lane_backward_group(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* Qb, co
       V dqx = V{}, dqy = V{};
       for (int64_t j = 0; j < K2; ++j) {
         const V dl = P[j] * (dP[j] - t);
-        const int64_t o = corner + cx.woff[j];
-        dqx += dl * cx.gx[o];
-        dqy += dl * cx.gy[o];
+        const int64_t o = src[j];
+        dqx += dl * gxp[j];
+        dqy += dl * gyp[j];
         const T* kp = Kb + o * L;
         T* dkp = dKb + o * L;
         if constexpr (D > 0) {
@@ -228,7 +235,7 @@ void lane_backward_group(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* Qb, co
       if constexpr (D == 0) {
         for (int64_t c = 0; c < d; ++c) {
           V a = V{};
-          for (int64_t j = 0; j < K2; ++j) a += dP[j] * ldv<VB>(Kb + (corner + cx.woff[j]) * L + c * plane);
+          for (int64_t j = 0; j < K2; ++j) a += dP[j] * ldv<VB>(Kb + static_cast<int64_t>(src[j]) * L + c * plane);
           for (int64_t l = 0; l < nl; ++l) DQ[((bn0 + l) * Cq + c) * HWo + p] = a[l];
         }
       } else {
@@ -242,19 +249,14 @@ void lane_backward_group(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* Qb, co
     }
 }
 
-// dst[b, c_off + n*d + c][reflect(r - pad), reflect(col - pad)] += scale * src[c][r][col][l] for the nl planes.
+// dst[b, c_off + n*d + c][h, w] += scale * src[c][h*W + w][l] for the nl planes (the inverse of gather_planes).
 template <typename T, int L>
-void fold_padded(const LaneGeo& g, const T* src, int64_t c_off, int64_t bn0, int64_t nl, const int64_t* rrow,
-                 const int64_t* rcol, T scale, T* dst) {
+void fold_planes(const LaneGeo& g, const T* src, int64_t c_off, int64_t bn0, int64_t nl, T scale, T* dst) {
+  const int64_t HW = g.HW();
   for (int64_t l = 0; l < nl; ++l) {
     const int64_t bn = bn0 + l, b = bn / g.N, n = bn % g.N;
-    T* d0 = dst + (b * 3 * g.C + c_off + n * g.d) * g.HW();
-    for (int64_t c = 0; c < g.d; ++c)
-      for (int64_t r = 0; r < g.Hp; ++r) {
-        T* drow = d0 + c * g.HW() + rrow[r] * g.W;
-        const T* srow = src + ((c * g.Hp + r) * g.Wpd) * L + l;
-        for (int64_t x = 0; x < g.Wpd; ++x) drow[rcol[x]] += scale * srow[x * L];
-      }
+    T* d0 = dst + (b * 3 * g.C + c_off + n * g.d) * HW;
+    for (int64_t i = 0; i < g.d * HW; ++i) d0[i] += scale * src[i * L + l];
   }
 }
 
@@ -284,17 +286,20 @@ LaneGeo lane_geometry(const at::Tensor& qkv, const at::Tensor& q, const at::Tens
 }
 
 template <typename T, int VB>
-LaneCtx<T, VB> lane_context(const LaneGeo& g, const std::vector<T>& grid) {
-  LaneCtx<T, VB> cx{g, grid.data(), grid.data() + g.plane(), {}};
-  for (int64_t i = 0; i < g.ka; ++i)
-    for (int64_t b = 0; b < g.ka; ++b) cx.woff.push_back(i * g.dil * g.Wpd + b * g.dil);
+LaneCtx<T, VB> lane_context(const LaneGeo& g, const at::Tensor& grid) {
+  const std::vector<T> gp = unsplit_grid<T>(g, grid);
+  const int64_t K2 = g.ka * g.ka, n = g.HWo() * K2;
+  LaneCtx<T, VB> cx{g, std::vector<int32_t>(n), std::vector<T>(n), std::vector<T>(n)};
+  for (int64_t y = 0; y < g.Ho; ++y)
+    for (int64_t x = 0; x < g.Wo; ++x)
+      for (int64_t i = 0; i < g.ka; ++i)
+        for (int64_t b = 0; b < g.ka; ++b) {
+          const int64_t r = y * g.S + i * g.dil, c = x * g.S + b * g.dil, t = (y * g.Wo + x) * K2 + i * g.ka + b;
+          cx.src[t] = static_cast<int32_t>(reflect_index(r - g.pad, g.H) * g.W + reflect_index(c - g.pad, g.W));
+          cx.gx[t] = gp[r * g.Wpd + c];
+          cx.gy[t] = gp[(g.Hp + r) * g.Wpd + c];
+        }
   return cx;
-}
-
-std::vector<int64_t> reflect_table(int64_t n, int64_t pad) {
-  std::vector<int64_t> t(n + 2 * pad);
-  for (int64_t i = 0; i < n + 2 * pad; ++i) t[i] = reflect_index(i - pad, n);
-  return t;
 }
 
 // CALL with constexpr int D: the head dim where it has its own instance (the dims of the default cells
@@ -322,9 +327,7 @@ at::Tensor lanes_forward(const at::Tensor& qkv, const at::Tensor& q, const at::T
     using T = scalar_t;
     constexpr int VB = kRegBytes, L = VB / static_cast<int>(sizeof(T));
     using V = typename VecB<T, VB>::type;
-    const std::vector<T> gridv = unsplit_grid<T>(g, grid);
-    const LaneCtx<T, VB> cx = lane_context<T, VB>(g, gridv);
-    const std::vector<int64_t> rrow = reflect_table(g.H, pad), rcol = reflect_table(g.W, pad);
+    const LaneCtx<T, VB> cx = lane_context<T, VB>(g, grid);
     const T* X = qkv.data_ptr<T>();
     const T* Q = q.data_ptr<T>();
     T* O = out.data_ptr<T>();
@@ -338,8 +341,8 @@ at::Tensor lanes_forward(const at::Tensor& qkv, const at::Tensor& q, const at::T
       V* P = reinterpret_cast<V*>(Qb + n_q);
       const int64_t bn0 = t * L, nl = std::min<int64_t>(L, g.BN() - bn0);
       if (nl < L) std::fill(Kb, Kb + 2 * n_kv + n_q, T(0));
-      gather_padded<T, L>(g, X, g.C, bn0, nl, rrow.data(), rcol.data(), Kb);
-      gather_padded<T, L>(g, X, 2 * g.C, bn0, nl, rrow.data(), rcol.data(), Vb);
+      gather_planes<T, L>(g, X, g.C, bn0, nl, Kb);
+      gather_planes<T, L>(g, X, 2 * g.C, bn0, nl, Vb);
       gather_plain<T, L>(Q, g.d + 2, g.HWo(), bn0, nl, Qb);
       LANES_WITH_HEAD_DIM(g.d, (lane_forward_group<T, VB, D>(cx, g.d, Qb, Kb, Vb, bn0, nl, O, P)));
     });
@@ -362,9 +365,7 @@ at::Tensor lanes_backward_fold(const at::Tensor& dout_in, const at::Tensor& qkv,
     using T = scalar_t;
     constexpr int VB = kRegBytes, L = VB / static_cast<int>(sizeof(T));
     using V = typename VecB<T, VB>::type;
-    const std::vector<T> gridv = unsplit_grid<T>(g, grid);
-    const LaneCtx<T, VB> cx = lane_context<T, VB>(g, gridv);
-    const std::vector<int64_t> rrow = reflect_table(g.H, pad), rcol = reflect_table(g.W, pad);
+    const LaneCtx<T, VB> cx = lane_context<T, VB>(g, grid);
     const T* X = qkv.data_ptr<T>();
     const T* Q = q.data_ptr<T>();
     const T* Gd = dout.data_ptr<T>();
@@ -389,13 +390,13 @@ at::Tensor lanes_backward_fold(const at::Tensor& dout_in, const at::Tensor& qkv,
         std::fill(Kb, Kb + 2 * n_kv, T(0));
         std::fill(Qb, Qb + n_q + n_g, T(0));
       }
-      gather_padded<T, L>(g, X, g.C, bn0, nl, rrow.data(), rcol.data(), Kb);
-      gather_padded<T, L>(g, X, 2 * g.C, bn0, nl, rrow.data(), rcol.data(), Vb);
+      gather_planes<T, L>(g, X, g.C, bn0, nl, Kb);
+      gather_planes<T, L>(g, X, 2 * g.C, bn0, nl, Vb);
       gather_plain<T, L>(Q, g.d + 2, g.HWo(), bn0, nl, Qb);
       gather_plain<T, L>(Gd, g.d, g.HWo(), bn0, nl, Gb);
       LANES_WITH_HEAD_DIM(g.d, (lane_backward_group<T, VB, D>(cx, g.d, Qb, Gb, Kb, Vb, dKb, dVb, bn0, nl, DQ, P, dP)));
-      fold_padded<T, L>(g, dKb, g.C, bn0, nl, rrow.data(), rcol.data(), sc, DST);
-      fold_padded<T, L>(g, dVb, 2 * g.C, bn0, nl, rrow.data(), rcol.data(), sc, DST);
+      fold_planes<T, L>(g, dKb, g.C, bn0, nl, sc, DST);
+      fold_planes<T, L>(g, dVb, 2 * g.C, bn0, nl, sc, DST);
     });
   });
   return dq;
