@@ -361,16 +361,16 @@ def test_lanes_kernel_gradcheck_and_reference():
 
 
 def test_layout_choice_and_its_errors(monkeypatch):
-    assert node.use_lanes(128, 4, 2, 16) and node.use_lanes(128, 4, 16, 4)  # the default cells' maps
-    assert not node.use_lanes(32, 4, 16, 14)  # wide map, large head dim: rows
-    assert not node.use_lanes(1, 4, 2, 4)  # fewer planes than lanes
+    assert node.use_lanes(128, 4, 2, 16, 16) and node.use_lanes(128, 4, 16, 4, 4)  # the default cells' maps
+    assert not node.use_lanes(32, 4, 8, 32, 32)  # a group's buffers past L2: rows
+    assert not node.use_lanes(1, 4, 2, 4, 4)  # fewer planes than lanes
     monkeypatch.setenv("ACMIX_ATTENTION_LAYOUT", "lanes")
-    assert node.use_lanes(1, 4, 2, 4)
+    assert node.use_lanes(1, 4, 2, 4, 4)
     monkeypatch.setenv("ACMIX_ATTENTION_LAYOUT", "rows")
-    assert not node.use_lanes(128, 4, 2, 16)
+    assert not node.use_lanes(128, 4, 2, 16, 16)
     monkeypatch.setenv("ACMIX_ATTENTION_LAYOUT", "diagonal")
     with pytest.raises(ValueError, match="ACMIX_ATTENTION_LAYOUT='diagonal': use one of auto, rows, lanes"):
-        node.use_lanes(128, 4, 2, 16)
+        node.use_lanes(128, 4, 2, 16, 16)
     ext = _fast.load_extension("local_attention")
     qkv, _, grid, pad = _lane_inputs(2, 2, 3, 6, 6, 3, 1, 1, torch.float32)
     with pytest.raises(RuntimeError, match="q must be"):

@@ -62,15 +62,15 @@ def _geometry(qkv: torch.Tensor, heads: int, ka: int, stride: int, dil: int):
 
 # The attention kernel's two layouts (local_attention_lanes.cpp): "lanes" puts L (b, n) planes in the
 # vector lanes and wins on small maps (every lane busy at any width; at the default cells' shapes,
-# batch 128, 1 thread: forward 1.4-4.3x, backward 1.1-1.9x the row kernel, maps 16 to 2), "rows" runs
-# vectors along output rows and wins on wide maps with large head dims (lanes' backward 0.85x at d = 16,
-# 14x14 and 28x28). LAYOUT None: the environment's ACMIX_ATTENTION_LAYOUT, else choose by shape;
+# batch 128, 1 thread: forward 1.9-13x, backward 1.4-5x the row kernel, maps 16 to 2); "rows" runs
+# vectors along output rows and wins once a group's four key/value buffers (d * H * W * L values each)
+# outgrow L2 (lanes' backward 0.81x at 32x32, d = 8). LAYOUT None: the environment's ACMIX_ATTENTION_LAYOUT, else choose by shape;
 # "rows" / "lanes": force one (tests, A/B benchmarks).
 LAYOUTS = ("auto", "rows", "lanes")
 LAYOUT: str | None = None
 
 
-def use_lanes(B: int, heads: int, d: int, Wo: int) -> bool:
+def use_lanes(B: int, heads: int, d: int, H: int, W: int) -> bool:
     """Whether the attention of this shape runs in the lanes layout (`acmix_stage2` passes the answer to the
     op as an argument)."""
     layout = LAYOUT or os.environ.get("ACMIX_ATTENTION_LAYOUT") or "auto"
@@ -78,7 +78,7 @@ def use_lanes(B: int, heads: int, d: int, Wo: int) -> bool:
         raise ValueError(f"ACMIX_ATTENTION_LAYOUT={layout!r}: use one of {', '.join(LAYOUTS)}")
     if layout != "auto":
         return layout == "lanes"
-    return B * heads >= 8 and (Wo <= 8 or (d <= 9 and Wo <= 32))
+    return B * heads >= 8 and d * H * W <= 4096
 
 
 def stage2_forward(qkv, pe_w, grid, wconv, alpha, heads: int, ka: int, stride: int, dil: int, keep_att: bool,
@@ -163,6 +163,6 @@ def acmix_stage2(qkv, pe_weight, pe_bias, conv_weight, alpha, beta, heads: int, 
     keep_att = a is not None and a.requires_grad and torch.is_grad_enabled()
     H, W = qkv.shape[-2:]
     grid = _grid(H, W, dil * (ka - 1) // 2, s, dt, qkv.device)
-    lanes = use_lanes(qkv.shape[0], heads, qkv.shape[1] // (3 * heads), -(-W // s))
+    lanes = use_lanes(qkv.shape[0], heads, qkv.shape[1] // (3 * heads), H, W)
     return torch.ops.acmix.acmix_stage2(qkv, pe_weight.to(dt), pe_b, grid, wc, a, heads, ka, s, dil, keep_att,
                                         lanes)[0]

@@ -8,6 +8,8 @@
 //
 //   Kb, Vb (d, H*W, L)       keys and values of the group (not padded)
 //   Qb     (Cq, Ho*Wo, L)    extended queries (Cq = d + 2: scaled q, then the two grid channels)
+// (channel strides rounded to an odd number of cache lines: at 16x16 a channel of L floats is 8 KiB,
+// and d channels of four buffers 8 KiB apart fall in one L1 set and evict each other)
 //
 // The reflection padding lives in a table shared by all groups: for output pixel p and window offset j,
 // the source pixel its key and value come from and the padded grid's two values there. On small maps
@@ -30,7 +32,6 @@ struct LaneGeo {
   int64_t B, N, C, d, H, W, Ho, Wo, S, dil, ka, pad, Hp, Wpd;
   int64_t HW() const { return H * W; }
   int64_t HWo() const { return Ho * Wo; }
-  int64_t plane() const { return H * W; }
   int64_t BN() const { return B * N; }
 };
 
@@ -47,25 +48,33 @@ std::vector<T> unsplit_grid(const LaneGeo& g, const at::Tensor& grid) {
   return out;
 }
 
+// Elements from one channel of a lanes buffer to the next: n rounded up to an odd number of cache lines.
+template <typename T>
+int64_t channel_stride(int64_t n) {
+  const int64_t line = 64 / static_cast<int64_t>(sizeof(T)), lines = (n + line - 1) / line;
+  return (lines % 2 ? lines : lines + 1) * line;
+}
+
 // The planes bn0 .. bn0 + nl - 1 of channels c_off + n*d .. c_off + n*d + d - 1 of qkv into dst
-// (d, H*W, L); lanes >= nl are left as they are (zero).
+// (d, H*W, L), channel stride cs; lanes >= nl are left as they are (zero).
 template <typename T, int L>
-void gather_planes(const LaneGeo& g, const T* qkv, int64_t c_off, int64_t bn0, int64_t nl, T* dst) {
+void gather_planes(const LaneGeo& g, const T* qkv, int64_t c_off, int64_t bn0, int64_t nl, int64_t cs, T* dst) {
   const int64_t HW = g.HW();
   for (int64_t l = 0; l < nl; ++l) {
     const int64_t bn = bn0 + l, b = bn / g.N, n = bn % g.N;
     const T* src = qkv + (b * 3 * g.C + c_off + n * g.d) * HW;
-    for (int64_t i = 0; i < g.d * HW; ++i) dst[i * L + l] = src[i];
+    for (int64_t c = 0; c < g.d; ++c)
+      for (int64_t i = 0; i < HW; ++i) dst[c * cs + i * L + l] = src[c * HW + i];
   }
 }
 
-// (nl planes of) a (BN, Cc, Ho, Wo) tensor -> dst (Cc, Ho*Wo, L)
+// (nl planes of) a (BN, Cc, Ho, Wo) tensor -> dst (Cc, Ho*Wo, L), channel stride cs
 template <typename T, int L>
-void gather_plain(const T* src, int64_t Cc, int64_t HWo, int64_t bn0, int64_t nl, T* dst) {
+void gather_plain(const T* src, int64_t Cc, int64_t HWo, int64_t bn0, int64_t nl, int64_t cs, T* dst) {
   for (int64_t l = 0; l < nl; ++l) {
     const T* s = src + (bn0 + l) * Cc * HWo;
     for (int64_t c = 0; c < Cc; ++c)
-      for (int64_t p = 0; p < HWo; ++p) dst[(c * HWo + p) * L + l] = s[c * HWo + p];
+      for (int64_t p = 0; p < HWo; ++p) dst[c * cs + p * L + l] = s[c * HWo + p];
   }
 }
 
@@ -74,6 +83,7 @@ struct LaneCtx {
   using V = typename VecB<T, VB>::type;
   static constexpr int L = VB / static_cast<int>(sizeof(T));
   const LaneGeo& g;
+  int64_t ks, qs;  // channel strides of the key/value buffers and of the query/output-gradient buffers
   // per (output pixel p, window offset j), at p * K2 + j: the source pixel (h * W + w) after reflection,
   // and the padded coordinate grid's two channels there
   std::vector<int32_t> src;
@@ -81,13 +91,13 @@ struct LaneCtx {
 };
 
 // Softmax weights of output pixel (y, x) of one group: P[j] (K2 vectors) = exp(logit_j - max) and the
-// returned 1 / sum_j. q points at the pixel's first extended query channel (stride HWo * L).
+// returned 1 / sum_j. q points at the pixel's first extended query channel (stride qs).
 template <typename T, int VB, int D>
 inline typename VecB<T, VB>::type lane_softmax(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* q, int64_t qs,
                                                const T* Kb, int64_t p, typename VecB<T, VB>::type* P) {
   using V = typename VecB<T, VB>::type;
   constexpr int L = LaneCtx<T, VB>::L;
-  const int64_t d = D ? D : d_rt, plane = cx.g.plane() * L, K2 = cx.g.ka * cx.g.ka;
+  const int64_t d = D ? D : d_rt, plane = cx.ks, K2 = cx.g.ka * cx.g.ka;
   V qv[D ? D : 1];
   if constexpr (D > 0) {
 #pragma GCC unroll 16
@@ -126,11 +136,11 @@ void lane_forward_group(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* Qb, con
   constexpr int L = LaneCtx<T, VB>::L;
   constexpr int CH = 8;  // output channels accumulated in registers at once
   const LaneGeo& g = cx.g;
-  const int64_t d = D ? D : d_rt, HWo = g.HWo(), plane = g.plane() * L, K2 = g.ka * g.ka;
+  const int64_t d = D ? D : d_rt, HWo = g.HWo(), plane = cx.ks, K2 = g.ka * g.ka;
   for (int64_t y = 0; y < g.Ho; ++y)
     for (int64_t x = 0; x < g.Wo; ++x) {
       const int64_t p = y * g.Wo + x;
-      const V inv = lane_softmax<T, VB, D>(cx, d, Qb + p * L, HWo * L, Kb, p, P);
+      const V inv = lane_softmax<T, VB, D>(cx, d, Qb + p * L, cx.qs, Kb, p, P);
       const int32_t* src = cx.src.data() + p * K2;
       for (int64_t c0 = 0; c0 < d; c0 += CH) {
         const int nc = static_cast<int>(std::min<int64_t>(CH, d - c0));
@@ -164,13 +174,13 @@ void lane_backward_group(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* Qb, co
   using V = typename VecB<T, VB>::type;
   constexpr int L = LaneCtx<T, VB>::L;
   const LaneGeo& g = cx.g;
-  const int64_t d = D ? D : d_rt, Cq = d + 2, HWo = g.HWo(), plane = g.plane() * L, K2 = g.ka * g.ka;
+  const int64_t d = D ? D : d_rt, Cq = d + 2, HWo = g.HWo(), plane = cx.ks, qs = cx.qs, K2 = g.ka * g.ka;
   for (int64_t y = 0; y < g.Ho; ++y)
     for (int64_t x = 0; x < g.Wo; ++x) {
       const int64_t p = y * g.Wo + x;
       const T* q = Qb + p * L;
       const T* go = Gb + p * L;
-      const V inv = lane_softmax<T, VB, D>(cx, d, q, HWo * L, Kb, p, P);
+      const V inv = lane_softmax<T, VB, D>(cx, d, q, qs, Kb, p, P);
       const int32_t* src = cx.src.data() + p * K2;
       const T* gxp = cx.gx.data() + p * K2;
       const T* gyp = cx.gy.data() + p * K2;
@@ -178,7 +188,7 @@ void lane_backward_group(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* Qb, co
       V gv[D ? D : 1];
       if constexpr (D > 0) {
 #pragma GCC unroll 16
-        for (int c = 0; c < D; ++c) gv[c] = ldv<VB>(go + c * HWo * L);
+        for (int c = 0; c < D; ++c) gv[c] = ldv<VB>(go + c * qs);
       }
       V t = V{};
       for (int64_t j = 0; j < K2; ++j) {
@@ -196,7 +206,7 @@ void lane_backward_group(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* Qb, co
           }
         } else {
           for (int64_t c = 0; c < d; ++c) {
-            const V gc = ldv<VB>(go + c * HWo * L);
+            const V gc = ldv<VB>(go + c * qs);
             acc += gc * ldv<VB>(vp + c * plane);
             stv<VB>(dvp + c * plane, ldv<VB>(dvp + c * plane) + w * gc);
           }
@@ -209,7 +219,7 @@ void lane_backward_group(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* Qb, co
       V dq[D ? D : 1];
       if constexpr (D > 0) {
 #pragma GCC unroll 16
-        for (int c = 0; c < D; ++c) { qv[c] = ldv<VB>(q + c * HWo * L); dq[c] = V{}; }
+        for (int c = 0; c < D; ++c) { qv[c] = ldv<VB>(q + c * qs); dq[c] = V{}; }
       }
       V dqx = V{}, dqy = V{};
       for (int64_t j = 0; j < K2; ++j) {
@@ -227,7 +237,7 @@ void lane_backward_group(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* Qb, co
           }
         } else {
           for (int64_t c = 0; c < d; ++c) {
-            stv<VB>(dkp + c * plane, ldv<VB>(dkp + c * plane) + dl * ldv<VB>(q + c * HWo * L));
+            stv<VB>(dkp + c * plane, ldv<VB>(dkp + c * plane) + dl * ldv<VB>(q + c * qs));
           }
         }
         dP[j] = dl;  // kept for the runtime-d query gradient below
@@ -251,12 +261,14 @@ void lane_backward_group(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* Qb, co
 
 // dst[b, c_off + n*d + c][h, w] += scale * src[c][h*W + w][l] for the nl planes (the inverse of gather_planes).
 template <typename T, int L>
-void fold_planes(const LaneGeo& g, const T* src, int64_t c_off, int64_t bn0, int64_t nl, T scale, T* dst) {
+void fold_planes(const LaneGeo& g, const T* src, int64_t c_off, int64_t bn0, int64_t nl, int64_t cs, T scale,
+                 T* dst) {
   const int64_t HW = g.HW();
   for (int64_t l = 0; l < nl; ++l) {
     const int64_t bn = bn0 + l, b = bn / g.N, n = bn % g.N;
     T* d0 = dst + (b * 3 * g.C + c_off + n * g.d) * HW;
-    for (int64_t i = 0; i < g.d * HW; ++i) d0[i] += scale * src[i * L + l];
+    for (int64_t c = 0; c < g.d; ++c)
+      for (int64_t i = 0; i < HW; ++i) d0[c * HW + i] += scale * src[c * cs + i * L + l];
   }
 }
 
@@ -289,7 +301,9 @@ template <typename T, int VB>
 LaneCtx<T, VB> lane_context(const LaneGeo& g, const at::Tensor& grid) {
   const std::vector<T> gp = unsplit_grid<T>(g, grid);
   const int64_t K2 = g.ka * g.ka, n = g.HWo() * K2;
-  LaneCtx<T, VB> cx{g, std::vector<int32_t>(n), std::vector<T>(n), std::vector<T>(n)};
+  constexpr int L = LaneCtx<T, VB>::L;
+  LaneCtx<T, VB> cx{g, channel_stride<T>(g.HW() * L), channel_stride<T>(g.HWo() * L), std::vector<int32_t>(n),
+                    std::vector<T>(n), std::vector<T>(n)};
   for (int64_t y = 0; y < g.Ho; ++y)
     for (int64_t x = 0; x < g.Wo; ++x)
       for (int64_t i = 0; i < g.ka; ++i)
@@ -332,7 +346,8 @@ at::Tensor lanes_forward(const at::Tensor& qkv, const at::Tensor& q, const at::T
     const T* Q = q.data_ptr<T>();
     T* O = out.data_ptr<T>();
     const int64_t ngroups = (g.BN() + L - 1) / L, K2 = ka * ka;
-    const int64_t n_kv = g.d * g.plane() * L, n_q = (g.d + 2) * g.HWo() * L;
+    // buffers an odd number of cache lines apart too
+    const int64_t n_kv = g.d * cx.ks + 64 / sizeof(T), n_q = (g.d + 2) * cx.qs;
     parallel_tasks(ngroups, [&](int64_t t) {
       thread_local Scratch<T> scratch;
       T* Kb = scratch.get(2 * n_kv + n_q + K2 * L);
@@ -341,9 +356,9 @@ at::Tensor lanes_forward(const at::Tensor& qkv, const at::Tensor& q, const at::T
       V* P = reinterpret_cast<V*>(Qb + n_q);
       const int64_t bn0 = t * L, nl = std::min<int64_t>(L, g.BN() - bn0);
       if (nl < L) std::fill(Kb, Kb + 2 * n_kv + n_q, T(0));
-      gather_planes<T, L>(g, X, g.C, bn0, nl, Kb);
-      gather_planes<T, L>(g, X, 2 * g.C, bn0, nl, Vb);
-      gather_plain<T, L>(Q, g.d + 2, g.HWo(), bn0, nl, Qb);
+      gather_planes<T, L>(g, X, g.C, bn0, nl, cx.ks, Kb);
+      gather_planes<T, L>(g, X, 2 * g.C, bn0, nl, cx.ks, Vb);
+      gather_plain<T, L>(Q, g.d + 2, g.HWo(), bn0, nl, cx.qs, Qb);
       LANES_WITH_HEAD_DIM(g.d, (lane_forward_group<T, VB, D>(cx, g.d, Qb, Kb, Vb, bn0, nl, O, P)));
     });
   });
@@ -373,7 +388,7 @@ at::Tensor lanes_backward_fold(const at::Tensor& dout_in, const at::Tensor& qkv,
     T* DST = dst.data_ptr<T>();
     const T sc = static_cast<T>(scale);
     const int64_t ngroups = (g.BN() + L - 1) / L, K2 = ka * ka;
-    const int64_t n_kv = g.d * g.plane() * L, n_q = (g.d + 2) * g.HWo() * L, n_g = g.d * g.HWo() * L;
+    const int64_t n_kv = g.d * cx.ks + 64 / sizeof(T), n_q = (g.d + 2) * cx.qs, n_g = g.d * cx.qs + 64 / sizeof(T);
     parallel_tasks(ngroups, [&](int64_t t) {
       thread_local Scratch<T> scratch;
       T* Kb = scratch.get(4 * n_kv + n_q + n_g + 2 * K2 * L);
@@ -390,13 +405,13 @@ at::Tensor lanes_backward_fold(const at::Tensor& dout_in, const at::Tensor& qkv,
         std::fill(Kb, Kb + 2 * n_kv, T(0));
         std::fill(Qb, Qb + n_q + n_g, T(0));
       }
-      gather_planes<T, L>(g, X, g.C, bn0, nl, Kb);
-      gather_planes<T, L>(g, X, 2 * g.C, bn0, nl, Vb);
-      gather_plain<T, L>(Q, g.d + 2, g.HWo(), bn0, nl, Qb);
-      gather_plain<T, L>(Gd, g.d, g.HWo(), bn0, nl, Gb);
+      gather_planes<T, L>(g, X, g.C, bn0, nl, cx.ks, Kb);
+      gather_planes<T, L>(g, X, 2 * g.C, bn0, nl, cx.ks, Vb);
+      gather_plain<T, L>(Q, g.d + 2, g.HWo(), bn0, nl, cx.qs, Qb);
+      gather_plain<T, L>(Gd, g.d, g.HWo(), bn0, nl, cx.qs, Gb);
       LANES_WITH_HEAD_DIM(g.d, (lane_backward_group<T, VB, D>(cx, g.d, Qb, Gb, Kb, Vb, dKb, dVb, bn0, nl, DQ, P, dP)));
-      fold_planes<T, L>(g, dKb, g.C, bn0, nl, sc, DST);
-      fold_planes<T, L>(g, dVb, 2 * g.C, bn0, nl, sc, DST);
+      fold_planes<T, L>(g, dKb, g.C, bn0, nl, cx.ks, sc, DST);
+      fold_planes<T, L>(g, dVb, 2 * g.C, bn0, nl, cx.ks, sc, DST);
     });
   });
   return dq;
