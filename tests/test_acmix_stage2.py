@@ -89,7 +89,7 @@ def _node_equals_split_and_reference(m, x, monkeypatch):
 
 @pytest.fixture(params=["rows", "lanes"])
 def layout(request, monkeypatch):
-    """The attention kernel's two layouts (acmix_stage2.use_lanes), each forced in turn."""
+    """The node's two kernel layouts (acmix_stage2: attention and conv path), each forced in turn."""
     monkeypatch.setattr(node, "LAYOUT", request.param)
     return request.param
 
@@ -364,12 +364,14 @@ def test_layout_choice_and_its_errors(monkeypatch):
     assert node.use_lanes(128, 4, 2, 16, 16) and node.use_lanes(128, 4, 16, 4, 4)  # the default cells' maps
     assert not node.use_lanes(32, 4, 8, 32, 32)  # a group's buffers past L2: rows
     assert not node.use_lanes(1, 4, 2, 4, 4)  # fewer planes than lanes
-    monkeypatch.setenv("ACMIX_ATTENTION_LAYOUT", "lanes")
-    assert node.use_lanes(1, 4, 2, 4, 4)
-    monkeypatch.setenv("ACMIX_ATTENTION_LAYOUT", "rows")
-    assert not node.use_lanes(128, 4, 2, 16, 16)
-    monkeypatch.setenv("ACMIX_ATTENTION_LAYOUT", "diagonal")
-    with pytest.raises(ValueError, match="ACMIX_ATTENTION_LAYOUT='diagonal': use one of auto, rows, lanes"):
+    assert node.conv_lanes(128, 8, 8) and node.conv_lanes(128, 4, 4) and not node.conv_lanes(128, 16, 16)
+    assert not node.conv_lanes(4, 4, 4)
+    monkeypatch.setenv("ACMIX_KERNEL_LAYOUT", "lanes")
+    assert node.use_lanes(1, 4, 2, 4, 4) and node.conv_lanes(1, 32, 32)
+    monkeypatch.setenv("ACMIX_KERNEL_LAYOUT", "rows")
+    assert not node.use_lanes(128, 4, 2, 16, 16) and not node.conv_lanes(128, 4, 4)
+    monkeypatch.setenv("ACMIX_KERNEL_LAYOUT", "diagonal")
+    with pytest.raises(ValueError, match="ACMIX_KERNEL_LAYOUT='diagonal': use one of auto, rows, lanes"):
         node.use_lanes(128, 4, 2, 16, 16)
     ext = _fast.load_extension("local_attention")
     qkv, _, grid, pad = _lane_inputs(2, 2, 3, 6, 6, 3, 1, 1, torch.float32)

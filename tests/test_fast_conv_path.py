@@ -270,3 +270,59 @@ def test_gradcheck_suite_head_count(s):
     w = _rand(4, 12, 3, 3, requires_grad=True, seed=1)
     assert gradcheck(lambda a, b: cp.grouped_conv(a, b, s, backend="cpp"), (x, w), eps=1e-6, atol=1e-5,
                      fast_mode=True)
+
+
+# ----------------------------------------------------------------------------- the lanes layout
+
+# B, C (= 3N), d, H, W, N, k, stride: images below, at and past one vector's lanes and not a multiple of
+# them; N of 1 to 5 (register blocks of 4 output channels and their remainders); k 1, 3, 5; strides 1 to 3;
+# odd, non-square and 1-pixel maps
+LANE_CASES = [
+    (3, 12, 2, 9, 7, 4, 3, 1), (9, 12, 3, 9, 7, 4, 3, 2), (10, 9, 4, 5, 6, 3, 3, 3), (8, 6, 2, 4, 4, 2, 5, 1),
+    (17, 15, 2, 6, 6, 5, 3, 2), (2, 3, 3, 3, 3, 1, 1, 1), (16, 12, 13, 4, 4, 4, 3, 2), (5, 3, 1, 1, 1, 1, 3, 1),
+]
+
+
+@pytest.mark.parametrize("B,C,d,H,W,N,k,s", LANE_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, f64])
+def test_lanes_kernel_equals_row_kernel(B, C, d, H, W, N, k, s, dtype):
+    """lanes_forward / lanes_backward (images in the vector lanes) against the row kernel: output, dx and the
+    summed dW partials; each gradient alone; the same values at 1 and 2 threads, bitwise."""
+    _need("cpp")
+    ext = _fast.load_extension("conv_path")
+    x = _rand(B, C, d, H, W, dtype=dtype)
+    w = _rand(d * N, C, k, k, dtype=dtype, seed=1)
+    want = ext.forward(x, w, s)
+    gout = _rand(*want.shape, dtype=dtype, seed=2)
+    dx_want, dwp_want = ext.backward(gout, x, w, s, True, True)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == f64 else dict(rtol=2e-5, atol=2e-5)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for nt in (1, 2):
+            torch.set_num_threads(nt)
+            got = ext.lanes_forward(x, w, s)
+            dx, dwp = ext.lanes_backward(gout, x, w, s, True, True)
+            runs.append((got, dx, dwp))
+    finally:
+        torch.set_num_threads(threads)
+    got, dx, dwp = runs[0]
+    torch.testing.assert_close(got, want, **tol)
+    torch.testing.assert_close(dx, dx_want, **tol)
+    torch.testing.assert_close(dwp.sum(0).reshape(w.shape), dwp_want.sum(0).reshape(w.shape), **tol)
+    for a, b in zip(runs[0], runs[1]):
+        assert torch.equal(a, b)
+    dx_only, none = ext.lanes_backward(gout, x, w, s, True, False)
+    assert none.numel() == 0 and torch.equal(dx_only, dx)
+    none, dw_only = ext.lanes_backward(gout, x, w, s, False, True)
+    assert none.numel() == 0 and torch.equal(dw_only, dwp)
+
+
+def test_lanes_kernel_rejects_bad_arguments():
+    _need("cpp")
+    ext = _fast.load_extension("conv_path")
+    x, w = torch.zeros(2, 6, 2, 5, 5), torch.zeros(4, 6, 3, 3)
+    with pytest.raises(RuntimeError, match="odd k"):
+        ext.lanes_forward(x, torch.zeros(4, 6, 2, 2), 1)
+    with pytest.raises(RuntimeError, match="output gradient must be"):
+        ext.lanes_backward(torch.zeros(2, 4, 4, 4), x, w, 1, True, True)

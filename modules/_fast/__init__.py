@@ -64,7 +64,7 @@ _DIR = Path(__file__).parent
 KERNELS = {
     "local_attention": ("local_attention_forward.cpp", "local_attention_backward.cpp", "pad_split.cpp",
                         "local_attention_lanes.cpp", "local_attention_bindings.cpp"),
-    "conv_path": ("conv_path.cpp",),
+    "conv_path": ("conv_path.cpp", "conv_path_lanes.cpp"),
 }
 _lock = threading.Lock()
 _exts: dict[str, object] = {}

@@ -60,25 +60,41 @@ def _geometry(qkv: torch.Tensor, heads: int, ka: int, stride: int, dil: int):
     return B, C, d, H, W, pad, Ho, Wo, d ** -0.5
 
 
-# The attention kernel's two layouts (local_attention_lanes.cpp): "lanes" puts L (b, n) planes in the
-# vector lanes and wins on small maps (every lane busy at any width; at the default cells' shapes,
-# batch 128, 1 thread: forward 1.9-13x, backward 1.4-5x the row kernel, maps 16 to 2); "rows" runs
-# vectors along output rows and wins once a group's four key/value buffers (d * H * W * L values each)
-# outgrow L2 (lanes' backward 0.81x at 32x32, d = 8). LAYOUT None: the environment's ACMIX_ATTENTION_LAYOUT, else choose by shape;
-# "rows" / "lanes": force one (tests, A/B benchmarks).
+# Both kernels of the node have two layouts. "rows" runs vectors along a row (attention) or the flat
+# pixel index (conv path) of one plane; "lanes" puts the same pixel of L planes in one vector: (b, n)
+# planes for the attention (local_attention_lanes.cpp), images for the conv path (conv_path_lanes.cpp),
+# so every lane works on small maps. At the default cells' shapes (batch 128, 1 thread) the attention in
+# lanes runs forward 1.9-13x and backward 1.4-5x the row kernel (maps 16 to 2), and loses once a group's
+# four key/value buffers (d * H * W * L values each) outgrow L2 (backward 0.81x at 32x32, d = 8); the
+# conv path in lanes wins up to 64 output pixels (8x8, or 16x16 at stride 2) and loses at 16x16 and
+# above. LAYOUT None: the environment's ACMIX_KERNEL_LAYOUT, else by shape; "rows" / "lanes" force one
+# (tests, A/B benchmarks).
 LAYOUTS = ("auto", "rows", "lanes")
 LAYOUT: str | None = None
 
 
+def _layout() -> str:
+    layout = LAYOUT or os.environ.get("ACMIX_KERNEL_LAYOUT") or "auto"
+    if layout not in LAYOUTS:
+        raise ValueError(f"ACMIX_KERNEL_LAYOUT={layout!r}: use one of {', '.join(LAYOUTS)}")
+    return layout
+
+
 def use_lanes(B: int, heads: int, d: int, H: int, W: int) -> bool:
     """Whether the attention of this shape runs in the lanes layout (`acmix_stage2` passes the answer to the
-    op as an argument)."""
-    layout = LAYOUT or os.environ.get("ACMIX_ATTENTION_LAYOUT") or "auto"
-    if layout not in LAYOUTS:
-        raise ValueError(f"ACMIX_ATTENTION_LAYOUT={layout!r}: use one of {', '.join(LAYOUTS)}")
+    op as an argument: the saved tensors differ)."""
+    layout = _layout()
     if layout != "auto":
         return layout == "lanes"
     return B * heads >= 8 and d * H * W <= 4096
+
+
+def conv_lanes(B: int, Ho: int, Wo: int) -> bool:
+    """Whether the conv path of this shape runs in the lanes layout (same saved tensors either way)."""
+    layout = _layout()
+    if layout != "auto":
+        return layout == "lanes"
+    return B >= 8 and Ho * Wo <= 64
 
 
 def stage2_forward(qkv, pe_w, grid, wconv, alpha, heads: int, ka: int, stride: int, dil: int, keep_att: bool,
@@ -107,7 +123,9 @@ def stage2_forward(qkv, pe_w, grid, wconv, alpha, heads: int, ka: int, stride: i
     if wconv is None:  # attention only (SASA, or ACmix with fixed mixing (1, 0))
         out = att if a == 1.0 and not keep_att else att * a
     else:
-        out = load_extension("conv_path").forward(qkv.view(B, 3 * N, d, H, W), wconv, s)
+        conv_ext = load_extension("conv_path")
+        conv = conv_ext.lanes_forward if conv_lanes(B, Ho, Wo) else conv_ext.forward
+        out = conv(qkv.view(B, 3 * N, d, H, W), wconv, s)
         out.add_(att, alpha=a)
     return out, q_ext, kd, vd, (att if keep_att else qkv.new_empty(0))
 
@@ -123,7 +141,9 @@ def stage2_backward(g, qkv, pe_w, q_ext, kd, grid, vd, wconv, alpha, att, heads:
     if wconv is None:
         dqkv = qkv.new_zeros(B, 3 * C, H, W)
     else:  # the conv kernel's dx is the Stage I output's gradient buffer; the attention adds into it
-        dx, dwp = load_extension("conv_path").backward(g, qkv.view(B, 3 * N, d, H, W), wconv, s, True, need_w)
+        conv_ext = load_extension("conv_path")
+        conv_bwd = conv_ext.lanes_backward if conv_lanes(B, Ho, Wo) else conv_ext.backward
+        dx, dwp = conv_bwd(g, qkv.view(B, 3 * N, d, H, W), wconv, s, True, need_w)
         if need_w:
             dw = dwp.sum(0).reshape(wconv.shape)
         dqkv = dx.view(B, 3 * C, H, W)

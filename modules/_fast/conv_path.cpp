@@ -533,7 +533,14 @@ std::vector<at::Tensor> backward(const at::Tensor& dout_in, const at::Tensor& x,
   return {dx, dwp};
 }
 
+// the same operator with L images in the vector lanes, for small maps (conv_path_lanes.cpp)
+at::Tensor lanes_forward(const at::Tensor& x, const at::Tensor& w, int64_t stride);
+std::vector<at::Tensor> lanes_backward(const at::Tensor& dout, const at::Tensor& x, const at::Tensor& w,
+                                       int64_t stride, bool need_dx, bool need_dw);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "grouped k x k conv of (B, C, d, H, W) in place: (B, d*N, Ho, Wo)");
   m.def("backward", &backward, "its backward: (dx, per-(b, group) dW partials)");
+  m.def("lanes_forward", &lanes_forward, "the same conv, images in the vector lanes (small maps)");
+  m.def("lanes_backward", &lanes_backward, "its backward: (dx, per-(images group, group) dW partials)");
 }
