@@ -22,7 +22,6 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-
 # ------------------------------------------------------------------ running in parallel (pytest-xdist)
 # `make test` runs the suite in worker processes (pytest -n N --dist worksteal): a module-scoped fixture is then
 # built by every worker that runs one of its tests, and tests in different workers overlap. shared_dir() is one
