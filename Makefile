@@ -29,9 +29,13 @@ BENCH_OUT ?= results/default
 bench: $(BIN)/.installed
 	OMP_NUM_THREADS=$(THREADS) $(BIN)/acmix-bench run $(BENCH_CONFIG) --out $(BENCH_OUT)
 
+# The tests in TEST_WORKERS processes side by side (pytest-xdist; an idle worker takes queued tests from a busy
+# one), TEST_THREADS torch threads each: with the defaults, the 2 cores of this project's CPU machines.
+TEST_WORKERS ?= 2
+TEST_THREADS ?= 1
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
-	OMP_NUM_THREADS=$(THREADS) $(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # Every dependency at its pyproject.toml floor (constraints-floors.txt) in its own venv under the oldest
 # Python this project supports, then lint and the tests that exercise the dependencies. Needs PyPI:

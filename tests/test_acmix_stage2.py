@@ -222,25 +222,31 @@ def test_node_results_do_not_depend_on_the_thread_count():
     the node's small batched BLAS products (the positional term, 2 x d per head) and torch's reductions
     may order their sums by thread count; the C++ kernels themselves do not (tested bitwise in
     test_fast_local_attention.py and test_fast_conv_path.py)."""
+    # one process per thread count (set before any work), each running both strides from the same seed
     code = (
         "import sys, torch; sys.path.insert(0, {repo!r}); torch.set_num_threads(int(sys.argv[1]))\n"
         "from modules.operators import ACmix\n"
-        "torch.manual_seed(0); m = ACmix(32, 32, stride=int(sys.argv[2])).double()\n"
-        "x = torch.randn(3, 32, 13, 11, dtype=torch.float64, requires_grad=True)\n"
-        "assert m.stage2_one_node(m.stage1(x))\n"
-        "y = m(x); y.backward(torch.randn_like(y))\n"
-        "out = dict(y=y, x=x.grad, **{{n: p.grad for n, p in m.named_parameters()}})\n"
-        "print(repr({{k: v.detach().flatten().tolist() for k, v in out.items()}}))\n"
+        "res = {{}}\n"
+        "for stride in (1, 2):\n"
+        "    torch.manual_seed(0); m = ACmix(32, 32, stride=stride).double()\n"
+        "    x = torch.randn(3, 32, 13, 11, dtype=torch.float64, requires_grad=True)\n"
+        "    assert m.stage2_one_node(m.stage1(x))\n"
+        "    y = m(x); y.backward(torch.randn_like(y))\n"
+        "    out = dict(y=y, x=x.grad, **{{n: p.grad for n, p in m.named_parameters()}})\n"
+        "    res[stride] = {{k: v.detach().flatten().tolist() for k, v in out.items()}}\n"
+        "print(repr(res))\n"
     ).format(repo=REPO)
-    for stride in ("1", "2"):
-        outs = []
-        for n in ("1", "2"):
-            o = subprocess.run([sys.executable, "-c", code, n, stride], capture_output=True, text=True, timeout=300)
-            assert o.returncode == 0, o.stderr[-2000:]
-            outs.append(eval(o.stdout.strip().splitlines()[-1]))
+    by_threads = []
+    for n in ("1", "2"):
+        o = subprocess.run([sys.executable, "-c", code, n], capture_output=True, text=True, timeout=300)
+        assert o.returncode == 0, o.stderr[-2000:]
+        by_threads.append(eval(o.stdout.strip().splitlines()[-1]))
+    assert list(by_threads[0]) == list(by_threads[1]) == [1, 2]
+    for stride in (1, 2):
+        outs = [by_threads[0][stride], by_threads[1][stride]]
         assert outs[0].keys() == outs[1].keys()
         for k in outs[0]:
-            assert outs[0][k] == pytest.approx(outs[1][k], rel=1e-11, abs=1e-13), k
+            assert outs[0][k] == pytest.approx(outs[1][k], rel=1e-11, abs=1e-13), (stride, k)
 
 
 @pytest.mark.parametrize("stride", [1, 2, 3])

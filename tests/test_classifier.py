@@ -158,7 +158,7 @@ DDP_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_ddp_evaluation_counts_every_sample_once(tmp_path):
+def test_ddp_evaluation_counts_every_sample_once(tmp_path, ddp_alone):  # ddp_alone: tests/conftest.py
     out = tmp_path / "res.json"
     script = tmp_path / "ddp_eval.py"
     script.write_text(DDP_SCRIPT.format(repo=str(REPO), out=str(out)))

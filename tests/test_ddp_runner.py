@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-m
                                 reason="needs Fashion-MNIST (apt-get install dataset-fashion-mnist)")
 
 
-def test_ddp_two_cpu_processes_match_single_process_eval(tmp_path):
+def test_ddp_two_cpu_processes_match_single_process_eval(tmp_path, ddp_alone):  # ddp_alone: tests/conftest.py
     raw = {
         "name": "ddp",
         "matrix": {"backbones": ["resnet26"], "operators": ["acmix"], "shifts": ["multigroup"],

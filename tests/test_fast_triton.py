@@ -156,14 +156,21 @@ def _run(args, env_extra, timeout=240):
 
 
 @pytest.fixture(scope="module")
-def interpreted():
+def interpreted(run_once):
     if not HAVE_TRITON:
         pytest.skip(f"triton is not importable here ({triton_impl._IMPORT_ERROR}); pip install triton")
-    p = _run(["--worker"], {"TRITON_INTERPRET": "1"})
-    lines = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
-    if p.returncode == 3 and lines and not lines[0].get("available"):
+
+    def worker():
+        p = _run(["--worker"], {"TRITON_INTERPRET": "1"})
+        return {"returncode": p.returncode, "stdout": p.stdout, "stderr": p.stderr}
+
+    # the interpreter run takes the better part of a minute: once per test run, also under pytest-xdist
+    p = run_once("triton_interpreter_worker", worker)
+    rc, stdout, stderr = p["returncode"], p["stdout"], p["stderr"]
+    lines = [json.loads(l) for l in stdout.splitlines() if l.startswith("{")]
+    if rc == 3 and lines and not lines[0].get("available"):
         pytest.skip(f"triton interpreter unavailable: {lines[0].get('why')}")
-    assert p.returncode == 0, f"worker exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    assert rc == 0, f"worker exit {rc}\n{stdout[-3000:]}\n{stderr[-3000:]}"
     return {"cases": {l["case"]: l for l in lines if "case" in l},
             "gradcheck": [l["gradcheck"] for l in lines if "gradcheck" in l],
             "bad": {l["bad"]: l["msg"] for l in lines if "bad" in l},

@@ -129,19 +129,39 @@ def _cli(*args):
                           timeout=300)
 
 
-def test_cli_per_layer_rows_match_normal_output_and_errors():
+def _cli_here(capsys, *args):
+    """`acmix-bench flops ARGS` in this process (bench.cli.main, as the console script calls it): (exit code,
+    stdout, stderr). One start-up of torch less per call than _cli; the exit path itself is checked by _cli."""
+    import torch
+
+    from bench.cli import main
+
+    capsys.readouterr()
+    threads = torch.get_num_threads()  # `flops` sets its --threads for the process
+    try:
+        rc = main(["flops", *args])
+    except SystemExit as e:  # argparse's own errors
+        rc = e.code
+    finally:
+        torch.set_num_threads(threads)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_per_layer_rows_match_normal_output_and_errors(capsys):
     args = ["--model", "resnet26-acmix", "--size", "32", "--stem", "small"]
-    p = _cli(*args, "--per-layer", "--depth", "1", "--voice", "torch", "--format", "csv")
-    assert p.returncode == 0, p.stderr
-    rows = list(csv.DictReader(io.StringIO(p.stdout)))
+    rc, out, err = _cli_here(capsys, *args, "--per-layer", "--depth", "1", "--voice", "torch", "--format", "csv")
+    assert rc == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
     assert rows[0]["module"] == "" and len(rows) == 1 + sum(1 for r in rows if r["depth"] == "1")
     assert all(int(r["depth"]) <= 1 for r in rows)
-    q = _cli(*args, "--voices", "torch", "--format", "csv")
-    assert q.returncode == 0, q.stderr
-    total = next(r for r in csv.DictReader(io.StringIO(q.stdout)) if r["stage"] == "total")
+    rc, out, err = _cli_here(capsys, *args, "--voices", "torch", "--format", "csv")
+    assert rc == 0, err
+    total = next(r for r in csv.DictReader(io.StringIO(out)) if r["stage"] == "total")
     assert rows[0]["macs"] == total["macs"] and rows[0]["params"] == total["params"]
     # a voice that cannot attribute per module (backward ops run outside every module): one line, exit 2
-    e = _cli(*args, "--per-layer", "--voice", "torch", "--backward", "counted")
-    assert e.returncode == 2 and e.stdout == "" and len(e.stderr.strip().splitlines()) == 1
+    rc, out, err = _cli_here(capsys, *args, "--per-layer", "--voice", "torch", "--backward", "counted")
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1
+    # the same through the console entry point in its own process: exit status 2, one line, no traceback
     e = _cli(*args, "--per-layer", "--voice", "nosuch")
     assert e.returncode == 2 and len(e.stderr.strip().splitlines()) == 1 and "nosuch" in e.stderr
