@@ -323,20 +323,30 @@ LANE_CASES = [  # B, heads, d, H, W, k_a, stride, dilation
 def test_lanes_kernel_equals_row_kernel(B, N, d, H, W, ka, s, dil, dtype):
     """lanes_forward / lanes_backward_fold against the row kernel's forward and backward_fold on the same
     inputs: output, query gradient and the folded key/value gradient added into a map that already holds
-    values (the conv path's gradient in the node)."""
+    values (the conv path's gradient in the node); the same bits at 1 and 2 threads."""
     ext = _fast.load_extension("local_attention")
     qkv, pe_w, grid, pad = _lane_inputs(B, N, d, H, W, ka, s, dil, dtype)
     out, q_ext, kd, vd, _ = node.stage2_forward(qkv, pe_w, grid, None, None, N, ka, s, dil, False, False)
     assert kd.numel() > 0
-    lanes = ext.lanes_forward(qkv, q_ext, grid, N, ka, s, dil, pad)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == f64 else dict(rtol=2e-5, atol=2e-6)
-    torch.testing.assert_close(lanes, out, **tol)
     gy = torch.randn_like(out)
     held = torch.randn_like(qkv)
-    dst_rows, dst_lanes = held.clone(), held.clone()
+    dst_rows = held.clone()
     dq_rows = ext.backward_fold(gy.view(B * N, d, *out.shape[-2:]), q_ext, kd, grid, vd, ka, dil, dst_rows, N,
                                 N * d, 2 * N * d, pad, 0.6)
-    dq_lanes = ext.lanes_backward_fold(gy, qkv, q_ext, grid, dst_lanes, N, ka, s, dil, pad, 0.6)
+    runs, threads = [], torch.get_num_threads()
+    try:
+        for nt in (1, 2):  # groups of planes are tasks: the same bits at any thread count
+            torch.set_num_threads(nt)
+            dst_lanes = held.clone()
+            dq_lanes = ext.lanes_backward_fold(gy, qkv, q_ext, grid, dst_lanes, N, ka, s, dil, pad, 0.6)
+            runs.append((ext.lanes_forward(qkv, q_ext, grid, N, ka, s, dil, pad), dq_lanes, dst_lanes))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    lanes, dq_lanes, dst_lanes = runs[0]
+    torch.testing.assert_close(lanes, out, **tol)
     torch.testing.assert_close(dq_lanes, dq_rows, **tol)
     torch.testing.assert_close(dst_lanes, dst_rows, **tol)
     assert torch.equal(dst_lanes[:, :N * d], held[:, :N * d])  # query channels: the caller adds dq
