@@ -36,7 +36,8 @@ def test_build_compiles_from_the_staged_copies(monkeypatch, tmp_path):
     _fast._build("conv_path")
     key = _fast.source_key("conv_path")
     assert seen["build_directory"] == str(tmp_path / f"conv_path_{key}")
-    assert seen["sources"] == [str(tmp_path / f"conv_path_{key}" / "src" / "conv_path.cpp")]
+    assert seen["sources"] == [str(tmp_path / f"conv_path_{key}" / "src" / f) for f in _fast.KERNELS["conv_path"]]
+    assert "conv_path.cpp" in _fast.KERNELS["conv_path"]
 
 
 def test_each_torch_installation_has_its_own_build(monkeypatch, tmp_path):
