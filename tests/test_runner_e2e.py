@@ -182,11 +182,18 @@ def test_failures_are_isolated(tmp_path, monkeypatch):
     assert len(todo) == 3
 
 
+def _default_sigint():
+    # the run starts as from a terminal: Ctrl-C raises KeyboardInterrupt. A child inherits an ignored SIGINT
+    # (Python then never installs its handler), and the test process may have one: Lightning ignores SIGINT
+    # around its distributed teardown, and a test worker can inherit that from an earlier in-process run
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _spawn(cfg, out, *extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "bench.cli", "run", cfg, "--out", out, "--no-progress", *extra],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
 
 
 def _wait_for(pred, proc, timeout=240):
