@@ -10,14 +10,13 @@
 // summed over the lanes in a fixed order into the task's own slot (images group, d, N, C, k, k); the
 // caller sums the slots. Nothing depends on the thread count.
 #include <torch/extension.h>
-#include <ATen/Parallel.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
 #include "simd.h"
+#include "tasks.h"
 
 namespace {
 
@@ -56,14 +55,6 @@ std::vector<int32_t> tap_table(const CGeo& g) {
           t[(y * g.Wo + x) * g.K2() + a * g.k + b] = static_cast<int32_t>(in ? h * g.W + ww : g.HW());
         }
   return t;
-}
-
-// Elements from one channel of a lanes buffer to the next: an odd number of cache lines (power-of-two
-// strides put every channel in one L1 set).
-template <typename T>
-int64_t cstride(int64_t n) {
-  const int64_t line = 64 / static_cast<int64_t>(sizeof(T)), lines = (n + line - 1) / line;
-  return (lines % 2 ? lines : lines + 1) * line;
 }
 
 // group i's weights as wg[(c*K2 + t)*N + n] = w[i*N + n][c][t]
@@ -215,16 +206,6 @@ void backward_task(const CGeo& g, const int32_t* tab, const T* wg, const T* X, T
         }
 }
 
-template <typename F>
-void ctasks(int64_t n, F&& f) {
-  const int nt = at::in_parallel_region() ? 1 : static_cast<int>(std::min<int64_t>(at::get_num_threads(), n));
-#pragma omp parallel num_threads(std::max(nt, 1))
-  {
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < n; ++t) f(t);
-  }
-}
-
 template <typename T>
 T* scratch(std::vector<T>& buf, int64_t n) {
   if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
@@ -241,11 +222,11 @@ at::Tensor lanes_forward(const at::Tensor& x, const at::Tensor& w, int64_t strid
     using T = scalar_t;
     constexpr int VB = kRegBytes, L = VB / static_cast<int>(sizeof(T));
     const std::vector<int32_t> tab = tap_table(g);
-    const int64_t cs = cstride<T>((g.HW() + 1) * L), nimg = (g.B + L - 1) / L;
+    const int64_t cs = channel_stride<T>((g.HW() + 1) * L), nimg = (g.B + L - 1) / L;
     const T* Xp = x.data_ptr<T>();
     const T* Wp = w.data_ptr<T>();
     T* O = out.data_ptr<T>();
-    ctasks(nimg * g.d, [&](int64_t task) {
+    parallel_tasks(nimg * g.d, [&](int64_t task) {
       thread_local std::vector<T> buf;
       const int64_t ti = task / g.d, i = task % g.d, b0 = ti * L, nl = std::min<int64_t>(L, g.B - b0);
       T* X = scratch(buf, g.C * cs + g.C * g.K2() * g.N);
@@ -274,14 +255,14 @@ std::vector<at::Tensor> lanes_backward(const at::Tensor& dout_in, const at::Tens
     using T = scalar_t;
     constexpr int VB = kRegBytes, LL = VB / static_cast<int>(sizeof(T));
     const std::vector<int32_t> tab = tap_table(g);
-    const int64_t cs = cstride<T>((g.HW() + 1) * LL), gs = cstride<T>(g.HWo() * LL), HW = g.HW(), HWo = g.HWo();
+    const int64_t cs = channel_stride<T>((g.HW() + 1) * LL), gs = channel_stride<T>(g.HWo() * LL), HW = g.HW(), HWo = g.HWo();
     const T* Xp = x.data_ptr<T>();
     const T* Wp = w.data_ptr<T>();
     const T* Gp = dout.data_ptr<T>();
     T* DXp = need_dx ? dx.data_ptr<T>() : nullptr;
     T* DW = need_dw ? dwp.data_ptr<T>() : nullptr;
     const int64_t slot = g.N * g.C * g.K2();
-    ctasks(nimg * g.d, [&](int64_t task) {
+    parallel_tasks(nimg * g.d, [&](int64_t task) {
       thread_local std::vector<T> buf;
       const int64_t ti = task / g.d, i = task % g.d, b0 = ti * LL, nl = std::min<int64_t>(LL, g.B - b0);
       T* X = scratch(buf, 2 * g.C * cs + g.N * gs + g.C * g.K2() * g.N);

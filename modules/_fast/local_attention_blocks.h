@@ -23,6 +23,7 @@
 
 #include "local_attention_tiles.h"
 #include "softmax_exp.h"
+#include "tasks.h"
 
 namespace {
 
@@ -295,16 +296,6 @@ int64_t backward_block_rows(const Geometry& g) {
   const int64_t rmax = std::max<int64_t>(1, 12 / std::max<int64_t>(1, g.S) + 2);
   const int64_t nblk = (g.Ho + rmax - 1) / rmax;
   return std::max<int64_t>(1, (g.Ho + nblk - 1) / std::max<int64_t>(1, nblk));
-}
-
-template <typename F>
-void parallel_tasks(int64_t n, F&& f) {
-  const int nt = at::in_parallel_region() ? 1 : static_cast<int>(std::min<int64_t>(at::get_num_threads(), n));
-#pragma omp parallel num_threads(std::max(nt, 1))
-  {
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < n; ++t) f(t);
-  }
 }
 
 Geometry geometry(const at::Tensor& q, const at::Tensor& kd, const at::Tensor& grid, const at::Tensor& vd,

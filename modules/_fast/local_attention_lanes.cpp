@@ -48,13 +48,6 @@ std::vector<T> unsplit_grid(const LaneGeo& g, const at::Tensor& grid) {
   return out;
 }
 
-// Elements from one channel of a lanes buffer to the next: n rounded up to an odd number of cache lines.
-template <typename T>
-int64_t channel_stride(int64_t n) {
-  const int64_t line = 64 / static_cast<int64_t>(sizeof(T)), lines = (n + line - 1) / line;
-  return (lines % 2 ? lines : lines + 1) * line;
-}
-
 // The planes bn0 .. bn0 + nl - 1 of channels c_off + n*d .. c_off + n*d + d - 1 of qkv into dst
 // (d, H*W, L), channel stride cs; lanes >= nl are left as they are (zero).
 template <typename T, int L>
