@@ -125,7 +125,7 @@ def test_shards_partition_the_matrix():
             C.parse_shard(bad)
 
 
-@pytest.mark.parametrize("name, n", [("default", 12), ("shifts", 15), ("resnet_imagenet", 9), ("swin_t_imagenet", 5),
+@pytest.mark.parametrize("name, n", [("default", 24), ("shifts", 15), ("resnet_imagenet", 9), ("swin_t_imagenet", 5),
                                      ("cifar100", 12)])
 def test_shipped_configs_validate_against_the_registry(name, n):
     import os
