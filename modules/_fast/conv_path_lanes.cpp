@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "lanes.h"
 #include "simd.h"
 #include "tasks.h"
 
@@ -66,64 +67,82 @@ void group_weights(const CGeo& g, const T* w, int64_t i, T* wg) {
       for (int64_t t = 0; t < K2; ++t) wg[(c * K2 + t) * g.N + n] = w[((i * g.N + n) * g.C + c) * K2 + t];
 }
 
-// X[c][hw][l] = x[b0 + l][c][i][hw] for l < nl, and X[c][HW][l] = 0
+// X[c][hw][l] = x[b0 + l][c][i][hw] for l < nl (zero for l >= nl), and X[c][HW][l] = 0
 template <typename T, int L>
 void gather_group(const CGeo& g, const T* x, int64_t b0, int64_t nl, int64_t i, int64_t cs, T* X) {
   const int64_t HW = g.HW();
-  for (int64_t c = 0; c < g.C; ++c) std::fill(X + c * cs + HW * L, X + c * cs + (HW + 1) * L, T(0));
-  for (int64_t l = 0; l < nl; ++l)
-    for (int64_t c = 0; c < g.C; ++c) {
-      const T* s = x + (((b0 + l) * g.C + c) * g.d + i) * HW;
-      T* dd = X + c * cs + l;
-      for (int64_t h = 0; h < HW; ++h) dd[h * L] = s[h];
-    }
+  const T* src[L];
+  for (int64_t c = 0; c < g.C; ++c) {
+    for (int64_t l = 0; l < nl; ++l) src[l] = x + (((b0 + l) * g.C + c) * g.d + i) * HW;
+    to_lanes<T, L>(src, nl, HW, X + c * cs);
+    std::fill(X + c * cs + HW * L, X + c * cs + (HW + 1) * L, T(0));
+  }
 }
 
 constexpr int kNB = 4;  // output channels per register block
 
-// NB output channels n0 .. n0 + NB - 1 of output pixel p, in registers (every index a compile-time one)
-template <typename T, int VB, int NB>
-inline void forward_pixel(const CGeo& g, const int32_t* src, const T* wg, const T* X, int64_t cs, int64_t n0,
-                          T* res) {
+// NB output channels n0 .. n0 + NB - 1 of NP output pixels (taps src[0..K2), src[K2..2*K2), ...), in
+// registers (every index a compile-time one), stored to O[n][p][:] (channel stride os). Two pixels share
+// each weight broadcast and give 2*NB independent accumulators, enough to cover the FMA latency.
+template <typename T, int VB, int NB, int NP>
+inline void forward_pixels(const CGeo& g, const int32_t* src, const T* wg, const T* X, int64_t cs, int64_t n0,
+                           T* O, int64_t os, int64_t p) {
   using V = typename VecB<T, VB>::type;
   constexpr int L = VB / static_cast<int>(sizeof(T));
   const int64_t K2 = g.K2();
-  V acc[NB];
+  V acc[NP][NB];
+#pragma GCC unroll 2
+  for (int q = 0; q < NP; ++q)
 #pragma GCC unroll 4
-  for (int n = 0; n < NB; ++n) acc[n] = V{};
+    for (int n = 0; n < NB; ++n) acc[q][n] = V{};
   for (int64_t c = 0; c < g.C; ++c) {
     const T* xc = X + c * cs;
     const T* wc = wg + c * K2 * g.N + n0;
     for (int64_t t = 0; t < K2; ++t) {
-      const V xv = ldv<VB>(xc + static_cast<int64_t>(src[t]) * L);
+      V xv[NP];
+#pragma GCC unroll 2
+      for (int q = 0; q < NP; ++q) xv[q] = ldv<VB>(xc + static_cast<int64_t>(src[q * K2 + t]) * L);
       const T* wt = wc + t * g.N;
 #pragma GCC unroll 4
-      for (int n = 0; n < NB; ++n) acc[n] += wt[n] * xv;
+      for (int n = 0; n < NB; ++n) {
+        const T wn = wt[n];
+#pragma GCC unroll 2
+        for (int q = 0; q < NP; ++q) acc[q][n] += wn * xv[q];
+      }
     }
   }
+#pragma GCC unroll 2
+  for (int q = 0; q < NP; ++q)
 #pragma GCC unroll 4
-  for (int n = 0; n < NB; ++n) stv<VB>(res + n * L, acc[n]);
+    for (int n = 0; n < NB; ++n) stv<VB>(O + (n0 + n) * os + (p + q) * L, acc[q][n]);
 }
 
+template <typename T, int VB, int NP>
+inline void forward_block(const CGeo& g, const int32_t* src, const T* wg, const T* X, int64_t cs, T* O,
+                          int64_t os, int64_t p) {
+  for (int64_t n0 = 0; n0 < g.N; n0 += kNB) {
+    switch (std::min<int64_t>(kNB, g.N - n0)) {
+      case 1: forward_pixels<T, VB, 1, NP>(g, src, wg, X, cs, n0, O, os, p); break;
+      case 2: forward_pixels<T, VB, 2, NP>(g, src, wg, X, cs, n0, O, os, p); break;
+      case 3: forward_pixels<T, VB, 3, NP>(g, src, wg, X, cs, n0, O, os, p); break;
+      default: forward_pixels<T, VB, 4, NP>(g, src, wg, X, cs, n0, O, os, p); break;
+    }
+  }
+}
+
+// group i of images b0 .. b0 + nl - 1: the output planes in lanes (O, N x HWo x L), then into out
 template <typename T, int VB>
-void forward_task(const CGeo& g, const int32_t* tab, const T* wg, const T* X, int64_t cs, int64_t b0, int64_t nl,
-                  int64_t i, T* out) {
+void forward_task(const CGeo& g, const int32_t* tab, const T* wg, const T* X, int64_t cs, T* O, int64_t os,
+                  int64_t b0, int64_t nl, int64_t i, T* out) {
   constexpr int L = VB / static_cast<int>(sizeof(T));
   const int64_t K2 = g.K2(), HWo = g.HWo();
-  alignas(64) T res[kNB * L];
-  for (int64_t p = 0; p < HWo; ++p) {
-    const int32_t* src = tab + p * K2;
-    for (int64_t n0 = 0; n0 < g.N; n0 += kNB) {
-      const int nb = static_cast<int>(std::min<int64_t>(kNB, g.N - n0));
-      switch (nb) {
-        case 1: forward_pixel<T, VB, 1>(g, src, wg, X, cs, n0, res); break;
-        case 2: forward_pixel<T, VB, 2>(g, src, wg, X, cs, n0, res); break;
-        case 3: forward_pixel<T, VB, 3>(g, src, wg, X, cs, n0, res); break;
-        default: forward_pixel<T, VB, 4>(g, src, wg, X, cs, n0, res); break;
-      }
-      for (int n = 0; n < nb; ++n)
-        for (int64_t l = 0; l < nl; ++l) out[((b0 + l) * g.d * g.N + i * g.N + n0 + n) * HWo + p] = res[n * L + l];
-    }
+  int64_t p = 0;
+  for (; p + 2 <= HWo; p += 2) forward_block<T, VB, 2>(g, tab + p * K2, wg, X, cs, O, os, p);
+  if (p < HWo) forward_block<T, VB, 1>(g, tab + p * K2, wg, X, cs, O, os, p);
+  T* dst[L];
+  for (int64_t n = 0; n < g.N; ++n) {
+    for (int64_t l = 0; l < nl; ++l) dst[l] = out + ((b0 + l) * g.d * g.N + i * g.N + n) * HWo;
+    from_lanes<false, T, L>(O + n * os, HWo, dst, nl);
   }
 }
 
@@ -222,19 +241,20 @@ at::Tensor lanes_forward(const at::Tensor& x, const at::Tensor& w, int64_t strid
     using T = scalar_t;
     constexpr int VB = kRegBytes, L = VB / static_cast<int>(sizeof(T));
     const std::vector<int32_t> tab = tap_table(g);
-    const int64_t cs = channel_stride<T>((g.HW() + 1) * L), nimg = (g.B + L - 1) / L;
+    const int64_t cs = channel_stride<T>((g.HW() + 1) * L), os = channel_stride<T>(g.HWo() * L);
+    const int64_t nimg = (g.B + L - 1) / L;
     const T* Xp = x.data_ptr<T>();
     const T* Wp = w.data_ptr<T>();
     T* O = out.data_ptr<T>();
     parallel_tasks(nimg * g.d, [&](int64_t task) {
       thread_local std::vector<T> buf;
       const int64_t ti = task / g.d, i = task % g.d, b0 = ti * L, nl = std::min<int64_t>(L, g.B - b0);
-      T* X = scratch(buf, g.C * cs + g.C * g.K2() * g.N);
-      T* wg = X + g.C * cs;
-      if (nl < L) std::fill(X, X + g.C * cs, T(0));
+      T* X = scratch(buf, g.C * cs + g.N * os + g.C * g.K2() * g.N);
+      T* Ob = X + g.C * cs;
+      T* wg = Ob + g.N * os;
       gather_group<T, L>(g, Xp, b0, nl, i, cs, X);
       group_weights(g, Wp, i, wg);
-      forward_task<T, VB>(g, tab.data(), wg, X, cs, b0, nl, i, O);
+      forward_task<T, VB>(g, tab.data(), wg, X, cs, Ob, os, b0, nl, i, O);
     });
   });
   return out;
@@ -269,26 +289,22 @@ std::vector<at::Tensor> lanes_backward(const at::Tensor& dout_in, const at::Tens
       T* DX = X + g.C * cs;
       T* G = DX + g.C * cs;
       T* wg = G + g.N * gs;
-      if (nl < LL) {
-        std::fill(X, X + g.C * cs, T(0));
-        std::fill(G, G + g.N * gs, T(0));
-      }
       if (need_dw) gather_group<T, LL>(g, Xp, b0, nl, i, cs, X);
-      for (int64_t l = 0; l < nl; ++l)
-        for (int64_t n = 0; n < g.N; ++n) {
-          const T* s = Gp + ((b0 + l) * g.d * g.N + i * g.N + n) * HWo;
-          for (int64_t p = 0; p < HWo; ++p) G[n * gs + p * LL + l] = s[p];
-        }
+      const T* gsrc[LL];
+      for (int64_t n = 0; n < g.N; ++n) {
+        for (int64_t l = 0; l < nl; ++l) gsrc[l] = Gp + ((b0 + l) * g.d * g.N + i * g.N + n) * HWo;
+        to_lanes<T, LL>(gsrc, nl, HWo, G + n * gs);
+      }
       group_weights(g, Wp, i, wg);
       if (need_dx) std::fill(DX, DX + g.C * cs, T(0));
       backward_task<T, VB>(g, tab.data(), wg, X, DX, G, cs, gs, need_dx, need_dw, need_dw ? DW + (ti * g.d + i) * slot : nullptr);
-      if (need_dx)
-        for (int64_t l = 0; l < nl; ++l)
-          for (int64_t c = 0; c < g.C; ++c) {
-            T* dd = DXp + (((b0 + l) * g.C + c) * g.d + i) * HW;
-            const T* s = DX + c * cs + l;
-            for (int64_t h = 0; h < HW; ++h) dd[h] = s[h * LL];
-          }
+      if (need_dx) {
+        T* dst[LL];
+        for (int64_t c = 0; c < g.C; ++c) {
+          for (int64_t l = 0; l < nl; ++l) dst[l] = DXp + (((b0 + l) * g.C + c) * g.d + i) * HW;
+          from_lanes<false, T, LL>(DX + c * cs, HW, dst, nl);
+        }
+      }
     });
   });
   return {dx, dwp};

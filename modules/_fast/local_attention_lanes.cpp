@@ -25,6 +25,7 @@
 // Same maths as the row kernel; summation order differs (within float rounding).
 #include "local_attention.h"
 #include "local_attention_blocks.h"
+#include "lanes.h"
 
 namespace {
 
@@ -49,25 +50,37 @@ std::vector<T> unsplit_grid(const LaneGeo& g, const at::Tensor& grid) {
 }
 
 // The planes bn0 .. bn0 + nl - 1 of channels c_off + n*d .. c_off + n*d + d - 1 of qkv into dst
-// (d, H*W, L), channel stride cs; lanes >= nl are left as they are (zero).
+// (d, H*W, L), channel stride cs; lanes >= nl are set to zero.
 template <typename T, int L>
 void gather_planes(const LaneGeo& g, const T* qkv, int64_t c_off, int64_t bn0, int64_t nl, int64_t cs, T* dst) {
   const int64_t HW = g.HW();
-  for (int64_t l = 0; l < nl; ++l) {
-    const int64_t bn = bn0 + l, b = bn / g.N, n = bn % g.N;
-    const T* src = qkv + (b * 3 * g.C + c_off + n * g.d) * HW;
-    for (int64_t c = 0; c < g.d; ++c)
-      for (int64_t i = 0; i < HW; ++i) dst[c * cs + i * L + l] = src[c * HW + i];
+  const T* src[L];
+  for (int64_t c = 0; c < g.d; ++c) {
+    for (int64_t l = 0; l < nl; ++l) {
+      const int64_t bn = bn0 + l, b = bn / g.N, n = bn % g.N;
+      src[l] = qkv + (b * 3 * g.C + c_off + n * g.d + c) * HW;
+    }
+    to_lanes<T, L>(src, nl, HW, dst + c * cs);
   }
 }
 
-// (nl planes of) a (BN, Cc, Ho, Wo) tensor -> dst (Cc, Ho*Wo, L), channel stride cs
+// (nl planes of) a (BN, Cc, Ho, Wo) tensor -> dst (Cc, Ho*Wo, L), channel stride cs (lanes >= nl zero)
 template <typename T, int L>
 void gather_plain(const T* src, int64_t Cc, int64_t HWo, int64_t bn0, int64_t nl, int64_t cs, T* dst) {
-  for (int64_t l = 0; l < nl; ++l) {
-    const T* s = src + (bn0 + l) * Cc * HWo;
-    for (int64_t c = 0; c < Cc; ++c)
-      for (int64_t p = 0; p < HWo; ++p) dst[c * cs + p * L + l] = s[c * HWo + p];
+  const T* s[L];
+  for (int64_t c = 0; c < Cc; ++c) {
+    for (int64_t l = 0; l < nl; ++l) s[l] = src + ((bn0 + l) * Cc + c) * HWo;
+    to_lanes<T, L>(s, nl, HWo, dst + c * cs);
+  }
+}
+
+// the inverse of gather_plain: src (Cc, HWo, L), channel stride cs -> planes bn0 .. of a (BN, Cc, Ho, Wo) tensor
+template <typename T, int L>
+void scatter_plain(const T* src, int64_t Cc, int64_t HWo, int64_t bn0, int64_t nl, int64_t cs, T* dst) {
+  T* d[L];
+  for (int64_t c = 0; c < Cc; ++c) {
+    for (int64_t l = 0; l < nl; ++l) d[l] = dst + ((bn0 + l) * Cc + c) * HWo;
+    from_lanes<false, T, L>(src + c * cs, HWo, d, nl);
   }
 }
 
@@ -123,8 +136,8 @@ inline typename VecB<T, VB>::type lane_softmax(const LaneCtx<T, VB>& cx, int64_t
 }
 
 template <typename T, int VB, int D>
-void lane_forward_group(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* Qb, const T* Kb, const T* Vb, int64_t bn0,
-                        int64_t nl, T* O, typename VecB<T, VB>::type* P) {
+void lane_forward_group(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* Qb, const T* Kb, const T* Vb,
+                        T* Ob, typename VecB<T, VB>::type* P) {
   using V = typename VecB<T, VB>::type;
   constexpr int L = LaneCtx<T, VB>::L;
   constexpr int CH = 8;  // output channels accumulated in registers at once
@@ -149,20 +162,14 @@ void lane_forward_group(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* Qb, con
             for (int c = 0; c < nc; ++c) acc[c] += w * ldv<VB>(vp + c * plane);
           }
         }
-        for (int c = 0; c < nc; ++c) {
-          const V o = acc[c] * inv;
-          for (int64_t l = 0; l < nl; ++l) {
-            const int64_t bn = bn0 + l, b = bn / g.N, n = bn % g.N;
-            O[((b * g.N + n) * d + c0 + c) * HWo + p] = o[l];
-          }
-        }
+        for (int c = 0; c < nc; ++c) stv<VB>(Ob + (c0 + c) * cx.qs + p * L, acc[c] * inv);
       }
     }
 }
 
 template <typename T, int VB, int D>
 void lane_backward_group(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* Qb, const T* Gb, const T* Kb,
-                         const T* Vb, T* dKb, T* dVb, int64_t bn0, int64_t nl, T* DQ,
+                         const T* Vb, T* dKb, T* dVb, T* DQb,
                          typename VecB<T, VB>::type* P, typename VecB<T, VB>::type* dP) {
   using V = typename VecB<T, VB>::type;
   constexpr int L = LaneCtx<T, VB>::L;
@@ -239,16 +246,14 @@ void lane_backward_group(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* Qb, co
         for (int64_t c = 0; c < d; ++c) {
           V a = V{};
           for (int64_t j = 0; j < K2; ++j) a += dP[j] * ldv<VB>(Kb + static_cast<int64_t>(src[j]) * L + c * plane);
-          for (int64_t l = 0; l < nl; ++l) DQ[((bn0 + l) * Cq + c) * HWo + p] = a[l];
+          stv<VB>(DQb + c * qs + p * L, a);
         }
       } else {
-        for (int c = 0; c < D; ++c)
-          for (int64_t l = 0; l < nl; ++l) DQ[((bn0 + l) * Cq + c) * HWo + p] = dq[c][l];
+#pragma GCC unroll 16
+        for (int c = 0; c < D; ++c) stv<VB>(DQb + c * qs + p * L, dq[c]);
       }
-      for (int64_t l = 0; l < nl; ++l) {
-        DQ[((bn0 + l) * Cq + d) * HWo + p] = dqx[l];
-        DQ[((bn0 + l) * Cq + d + 1) * HWo + p] = dqy[l];
-      }
+      stv<VB>(DQb + d * qs + p * L, dqx);
+      stv<VB>(DQb + (d + 1) * qs + p * L, dqy);
     }
 }
 
@@ -257,11 +262,13 @@ template <typename T, int L>
 void fold_planes(const LaneGeo& g, const T* src, int64_t c_off, int64_t bn0, int64_t nl, int64_t cs, T scale,
                  T* dst) {
   const int64_t HW = g.HW();
-  for (int64_t l = 0; l < nl; ++l) {
-    const int64_t bn = bn0 + l, b = bn / g.N, n = bn % g.N;
-    T* d0 = dst + (b * 3 * g.C + c_off + n * g.d) * HW;
-    for (int64_t c = 0; c < g.d; ++c)
-      for (int64_t i = 0; i < HW; ++i) d0[c * HW + i] += scale * src[c * cs + i * L + l];
+  T* d[L];
+  for (int64_t c = 0; c < g.d; ++c) {
+    for (int64_t l = 0; l < nl; ++l) {
+      const int64_t bn = bn0 + l, b = bn / g.N, n = bn % g.N;
+      d[l] = dst + (b * 3 * g.C + c_off + n * g.d + c) * HW;
+    }
+    from_lanes<true, T, L>(src + c * cs, HW, d, nl, scale);
   }
 }
 
@@ -343,16 +350,17 @@ at::Tensor lanes_forward(const at::Tensor& qkv, const at::Tensor& q, const at::T
     const int64_t n_kv = g.d * cx.ks + 64 / sizeof(T), n_q = (g.d + 2) * cx.qs;
     parallel_tasks(ngroups, [&](int64_t t) {
       thread_local Scratch<T> scratch;
-      T* Kb = scratch.get(2 * n_kv + n_q + K2 * L);
+      T* Kb = scratch.get(2 * n_kv + 2 * n_q + K2 * L);
       T* Vb = Kb + n_kv;
       T* Qb = Vb + n_kv;
-      V* P = reinterpret_cast<V*>(Qb + n_q);
+      T* Ob = Qb + n_q;
+      V* P = reinterpret_cast<V*>(Ob + n_q);
       const int64_t bn0 = t * L, nl = std::min<int64_t>(L, g.BN() - bn0);
-      if (nl < L) std::fill(Kb, Kb + 2 * n_kv + n_q, T(0));
       gather_planes<T, L>(g, X, g.C, bn0, nl, cx.ks, Kb);
       gather_planes<T, L>(g, X, 2 * g.C, bn0, nl, cx.ks, Vb);
       gather_plain<T, L>(Q, g.d + 2, g.HWo(), bn0, nl, cx.qs, Qb);
-      LANES_WITH_HEAD_DIM(g.d, (lane_forward_group<T, VB, D>(cx, g.d, Qb, Kb, Vb, bn0, nl, O, P)));
+      LANES_WITH_HEAD_DIM(g.d, (lane_forward_group<T, VB, D>(cx, g.d, Qb, Kb, Vb, Ob, P)));
+      scatter_plain<T, L>(Ob, g.d, g.HWo(), bn0, nl, cx.qs, O);
     });
   });
   return out;
@@ -384,25 +392,23 @@ at::Tensor lanes_backward_fold(const at::Tensor& dout_in, const at::Tensor& qkv,
     const int64_t n_kv = g.d * cx.ks + 64 / sizeof(T), n_q = (g.d + 2) * cx.qs, n_g = g.d * cx.qs + 64 / sizeof(T);
     parallel_tasks(ngroups, [&](int64_t t) {
       thread_local Scratch<T> scratch;
-      T* Kb = scratch.get(4 * n_kv + n_q + n_g + 2 * K2 * L);
+      T* Kb = scratch.get(4 * n_kv + 2 * n_q + n_g + 2 * K2 * L);
       T* Vb = Kb + n_kv;
       T* dKb = Vb + n_kv;
       T* dVb = dKb + n_kv;
       T* Qb = dVb + n_kv;
-      T* Gb = Qb + n_q;
+      T* DQb = Qb + n_q;
+      T* Gb = DQb + n_q;
       V* P = reinterpret_cast<V*>(Gb + n_g);
       V* dP = P + K2;
       const int64_t bn0 = t * L, nl = std::min<int64_t>(L, g.BN() - bn0);
       std::fill(dKb, dKb + 2 * n_kv, T(0));
-      if (nl < L) {
-        std::fill(Kb, Kb + 2 * n_kv, T(0));
-        std::fill(Qb, Qb + n_q + n_g, T(0));
-      }
       gather_planes<T, L>(g, X, g.C, bn0, nl, cx.ks, Kb);
       gather_planes<T, L>(g, X, 2 * g.C, bn0, nl, cx.ks, Vb);
       gather_plain<T, L>(Q, g.d + 2, g.HWo(), bn0, nl, cx.qs, Qb);
       gather_plain<T, L>(Gd, g.d, g.HWo(), bn0, nl, cx.qs, Gb);
-      LANES_WITH_HEAD_DIM(g.d, (lane_backward_group<T, VB, D>(cx, g.d, Qb, Gb, Kb, Vb, dKb, dVb, bn0, nl, DQ, P, dP)));
+      LANES_WITH_HEAD_DIM(g.d, (lane_backward_group<T, VB, D>(cx, g.d, Qb, Gb, Kb, Vb, dKb, dVb, DQb, P, dP)));
+      scatter_plain<T, L>(DQb, g.d + 2, g.HWo(), bn0, nl, cx.qs, DQ);
       fold_planes<T, L>(g, dKb, g.C, bn0, nl, cx.ks, sc, DST);
       fold_planes<T, L>(g, dVb, 2 * g.C, bn0, nl, cx.ks, sc, DST);
     });
