@@ -140,7 +140,9 @@ void lane_forward_group(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* Qb, con
                         T* Ob, typename VecB<T, VB>::type* P) {
   using V = typename VecB<T, VB>::type;
   constexpr int L = LaneCtx<T, VB>::L;
-  constexpr int CH = 8;  // output channels accumulated in registers at once
+  // output channels accumulated in registers at once: the head dim itself where it is a compile-time one
+  // below 8 (d of 2, 4, 5), so every block takes the unrolled loop with its accumulators in registers
+  constexpr int CH = D > 0 && D < 8 ? D : 8;
   const LaneGeo& g = cx.g;
   const int64_t d = D ? D : d_rt, HWo = g.HWo(), plane = cx.ks, K2 = g.ka * g.ka;
   for (int64_t y = 0; y < g.Ho; ++y)
