@@ -144,7 +144,7 @@ void lane_forward_group(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* Qb, con
   // below 8 (d of 2, 4, 5), so every block takes the unrolled loop with its accumulators in registers
   constexpr int CH = D > 0 && D < 8 ? D : 8;
   const LaneGeo& g = cx.g;
-  const int64_t d = D ? D : d_rt, HWo = g.HWo(), plane = cx.ks, K2 = g.ka * g.ka;
+  const int64_t d = D ? D : d_rt, plane = cx.ks, K2 = g.ka * g.ka;
   for (int64_t y = 0; y < g.Ho; ++y)
     for (int64_t x = 0; x < g.Wo; ++x) {
       const int64_t p = y * g.Wo + x;
@@ -176,7 +176,7 @@ void lane_backward_group(const LaneCtx<T, VB>& cx, int64_t d_rt, const T* Qb, co
   using V = typename VecB<T, VB>::type;
   constexpr int L = LaneCtx<T, VB>::L;
   const LaneGeo& g = cx.g;
-  const int64_t d = D ? D : d_rt, Cq = d + 2, HWo = g.HWo(), plane = cx.ks, qs = cx.qs, K2 = g.ka * g.ka;
+  const int64_t d = D ? D : d_rt, plane = cx.ks, qs = cx.qs, K2 = g.ka * g.ka;
   for (int64_t y = 0; y < g.Ho; ++y)
     for (int64_t x = 0; x < g.Wo; ++x) {
       const int64_t p = y * g.Wo + x;
